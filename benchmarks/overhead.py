@@ -1,0 +1,135 @@
+"""How much does watching cost? Median step-time ratios against an unmonitored loop.
+
+Every variant trains its own copy of the same model, and the variants take turns in
+short blocks (round robin), so a slow patch of a noisy machine hits them all alike.
+Reported: median over blocks of (variant block time / unmonitored block time of the
+same round).
+
+    python benchmarks/overhead.py            # the figures in docs/performance.md
+    python benchmarks/overhead.py --quick    # a fast look
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+import gradwatch as gw
+
+Workload = tuple[str, Callable[[], nn.Module], Callable[[], tuple[torch.Tensor, torch.Tensor]], Callable[..., torch.Tensor]]
+
+
+def mlp() -> nn.Module:
+    layers: list[nn.Module] = []
+    for _ in range(20):
+        layers += [nn.Linear(256, 256), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(256, 10))
+
+
+def cnn() -> nn.Module:
+    layers: list[nn.Module] = []
+    c = 1
+    for _ in range(6):
+        layers += [nn.Conv2d(c, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU()]
+        c = 32
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(32 * 8 * 8, 10))
+
+
+class LSTMNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(32, 128, batch_first=True)
+        self.head = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x)
+        return self.head(out[:, -1])
+
+
+def workloads() -> list[Workload]:
+    ce = nn.functional.cross_entropy
+    return [
+        ("mlp 20x256", mlp, lambda: (torch.randn(128, 256), torch.randint(0, 10, (128,))), ce),
+        ("cnn 6 conv+bn, 8x8", cnn, lambda: (torch.randn(128, 1, 8, 8), torch.randint(0, 10, (128,))), ce),
+        ("lstm, 64 steps", LSTMNet, lambda: (torch.randn(32, 64, 32), torch.randint(0, 10, (32,))), ce),
+    ]
+
+
+class Variant:
+    """One way of training: its own model copy, optimizer and monitoring."""
+
+    def __init__(self, name: str, model: nn.Module, kind: str, every: int | None = None) -> None:
+        self.name = name
+        self.model = model
+        self.opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        self.kind = kind
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.watcher: gw.Watcher | None = None
+        if kind == "watch":
+            self.watcher = gw.watch(model, every=every) if every else gw.watch(model)
+        self.times: list[float] = []
+        self.sink = 0.0
+
+    def run(self, data: list[tuple[torch.Tensor, torch.Tensor]], loss_fn: Callable[..., torch.Tensor]) -> float:
+        t0 = time.perf_counter()
+        for x, y in data:
+            loss = loss_fn(self.model(x), y)
+            self.opt.zero_grad()
+            loss.backward()
+            if self.watcher is not None:
+                self.watcher.step(loss=loss)
+            elif self.kind == "hand":
+                self.sink += sum(p.grad.norm().item() for p in self.params if p.grad is not None)
+            self.opt.step()
+        return time.perf_counter() - t0
+
+
+def measure(workload: Workload, rounds: int, block: int) -> dict[str, float]:
+    _, make, sample, loss_fn = workload
+    torch.manual_seed(0)
+    base = make()
+    variants = [
+        Variant("unmonitored", copy.deepcopy(base), "none"),
+        Variant("gw.watch (defaults)", copy.deepcopy(base), "watch"),
+        Variant("gw.watch(every=1)", copy.deepcopy(base), "watch", every=1),
+        Variant("hand-written .item() per param", copy.deepcopy(base), "hand"),
+    ]
+    data = [sample() for _ in range(block)]
+    for v in variants:  # warm-up: allocator, first-call paths, the watcher's first record
+        v.run(data[:4], loss_fn)
+    ratios: dict[str, list[float]] = {v.name: [] for v in variants[1:]}
+    for r in range(rounds):
+        order = variants if r % 2 == 0 else variants[::-1]
+        times = {v.name: v.run(data, loss_fn) for v in order}
+        for v in variants[1:]:
+            ratios[v.name].append(times[v.name] / times["unmonitored"])
+    for v in variants:
+        if v.watcher is not None:
+            v.watcher.close()
+    return {k: statistics.median(x) for k, x in ratios.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--block", type=int, default=40, help="steps per block (a multiple of every)")
+    ap.add_argument("--quick", action="store_true", help="5 rounds of 20 steps")
+    args = ap.parse_args()
+    rounds, block = (5, 20) if args.quick else (args.rounds, args.block)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, default every={gw.DEFAULT_EVERY}, "
+          f"{rounds} rounds of {block} steps")
+    header = ["workload", "gw.watch (defaults)", "gw.watch(every=1)", "hand-written .item() per param"]
+    print(" | ".join(header))
+    for w in workloads():
+        res = measure(w, rounds, block)
+        print(" | ".join([w[0]] + [f"{res[h]:.3f}x" for h in header[1:]]), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""gradwatch: find out why a PyTorch network is not learning when the cause is its gradients.
+
+    import gradwatch as gw
+
+    with gw.watch(model) as w:
+        ...                       # your training loop, calling w.step(loss=loss) after backward
+    print(w.diagnose())
+
+`import gradwatch` needs only torch and numpy; plotting, the terminal report, the lab
+and the framework integrations import their extras when first used.
+"""
+
+from gradwatch._errors import (
+    GradwatchError,
+    GradwatchTypeError,
+    GradwatchValueError,
+    LogFormatError,
+    ModelError,
+    UsageError,
+)
+from gradwatch._version import __version__
+from gradwatch.anatomy import Anatomy, Layer
+from gradwatch.record import Timeline
+from gradwatch.run import Run, load
+from gradwatch.types import (
+    Change,
+    Diagnosis,
+    Finding,
+    FixResult,
+    Kind,
+    LayerReport,
+    Severity,
+)
+from gradwatch.watch import DEFAULT_EVERY, Watcher, every_n, watch
+
+__all__ = [
+    "DEFAULT_EVERY",
+    "Anatomy",
+    "Change",
+    "Diagnosis",
+    "Finding",
+    "FixResult",
+    "GradwatchError",
+    "GradwatchTypeError",
+    "GradwatchValueError",
+    "Kind",
+    "Layer",
+    "LayerReport",
+    "LogFormatError",
+    "ModelError",
+    "Run",
+    "Severity",
+    "Timeline",
+    "UsageError",
+    "Watcher",
+    "__version__",
+    "every_n",
+    "load",
+    "watch",
+]

@@ -1,0 +1,208 @@
+"""Which modules own parameters, in what order they run, and their basic shape facts.
+
+A *layer* is a module that owns at least one parameter directly (not through a child).
+A shared (tied) parameter belongs to the first module that registers it, and is
+measured there once; that layer lists the other names of the parameter under `tied`.
+Frozen parameters (``requires_grad=False``) are never measured: a layer with only
+frozen parameters is marked ``frozen`` and reported as such.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradwatch._errors import GradwatchTypeError, GradwatchValueError
+
+
+@dataclass
+class Layer:
+    """One module that owns parameters."""
+
+    name: str
+    type: str
+    fan_in: int | None
+    fan_out: int | None
+    n_params: int
+    param_names: list[str]
+    trainable: bool
+    tied: list[str] = field(default_factory=list)
+    order: int | None = None  # position in the first forward pass; None if never seen running
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def frozen(self) -> bool:
+        return not self.trainable
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "fan_in": self.fan_in,
+            "fan_out": self.fan_out,
+            "n_params": self.n_params,
+            "param_names": list(self.param_names),
+            "trainable": self.trainable,
+            "tied": list(self.tied),
+            "order": self.order,
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Layer:
+        return cls(
+            name=str(d["name"]),
+            type=str(d.get("type", "?")),
+            fan_in=d.get("fan_in"),
+            fan_out=d.get("fan_out"),
+            n_params=int(d.get("n_params", 0)),
+            param_names=list(d.get("param_names", [])),
+            trainable=bool(d.get("trainable", True)),
+            tied=list(d.get("tied", [])),
+            order=d.get("order"),
+            extra=dict(d.get("extra", {})),
+        )
+
+
+def fan_in_of(module: nn.Module) -> int | None:
+    """The number of inputs feeding one output unit, for the layer types where it is defined."""
+    if isinstance(module, nn.Linear | nn.Bilinear):
+        return int(module.in_features) if isinstance(module, nn.Linear) else None
+    if isinstance(module, nn.modules.conv._ConvNd):
+        k = math.prod(module.kernel_size)
+        if module.transposed:
+            return int(module.out_channels // module.groups * k)
+        return int(module.in_channels // module.groups * k)
+    if isinstance(module, nn.RNNBase):
+        return int(module.input_size)
+    if isinstance(module, nn.Embedding | nn.EmbeddingBag):
+        return 1
+    w = getattr(module, "weight", None)
+    if isinstance(w, torch.Tensor) and w.dim() >= 2:
+        return int(math.prod(w.shape[1:]))
+    return None
+
+
+def _fan_out_of(module: nn.Module) -> int | None:
+    if isinstance(module, nn.Linear):
+        return int(module.out_features)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return int(module.out_channels)
+    if isinstance(module, nn.RNNBase):
+        return int(module.hidden_size)
+    if isinstance(module, nn.Embedding | nn.EmbeddingBag):
+        return int(module.embedding_dim)
+    w = getattr(module, "weight", None)
+    if isinstance(w, torch.Tensor) and w.dim() >= 1:
+        return int(w.shape[0])
+    return None
+
+
+class Anatomy:
+    """The ordered list of layers of a model, and the parameters each one owns.
+
+    Build it with `Anatomy.from_module(model)`; `reorder()` puts the layers in the order
+    a forward pass ran them. An anatomy read back from a log has no module attached.
+    """
+
+    def __init__(self, layers: Sequence[Layer], model_type: str = "?") -> None:
+        self.layers: list[Layer] = list(layers)
+        self.model_type = model_type
+        self._by_name = {layer.name: layer for layer in self.layers}
+        self._params: dict[str, list[nn.Parameter]] = {}
+
+    # -- construction ---------------------------------------------------------------
+    @classmethod
+    def from_module(cls, model: nn.Module) -> Anatomy:
+        if not isinstance(model, nn.Module):
+            raise GradwatchTypeError(
+                f"expected a torch.nn.Module, got {type(model).__module__}.{type(model).__qualname__}"
+            )
+        owner: dict[int, Layer] = {}  # id(param) -> the layer that owns it (its first module)
+        layers: list[Layer] = []
+        params: dict[str, list[nn.Parameter]] = {}
+        for mod_name, module in model.named_modules():
+            own: list[tuple[str, nn.Parameter]] = []
+            for p_name, p in module.named_parameters(recurse=False):
+                qual = f"{mod_name}.{p_name}" if mod_name else p_name
+                if id(p) in owner:  # shared (tied) parameter: measured once, at its owner
+                    owner[id(p)].tied.append(qual)
+                else:
+                    own.append((qual, p))
+            if not own:
+                continue
+            name = mod_name or "(root)"
+            trainable = [p for _, p in own if p.requires_grad]
+            layer = Layer(
+                name=name,
+                type=type(module).__name__,
+                fan_in=fan_in_of(module),
+                fan_out=_fan_out_of(module),
+                n_params=sum(p.numel() for _, p in own),
+                param_names=[q for q, _ in own],
+                trainable=bool(trainable),
+            )
+            for _, p in own:
+                owner[id(p)] = layer
+            layers.append(layer)
+            params[name] = trainable
+        if not layers:
+            raise GradwatchValueError(
+                f"the model ({type(model).__name__}) has no parameters, so there are no "
+                "gradients to watch; pass the module that holds the trainable layers"
+            )
+        anatomy = cls(layers, model_type=type(model).__name__)
+        anatomy._params = params
+        return anatomy
+
+    # -- queries --------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def __getitem__(self, name: str) -> Layer:
+        return self._by_name[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    @property
+    def names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    @property
+    def trainable(self) -> list[Layer]:
+        """The layers with at least one trainable parameter, in order."""
+        return [layer for layer in self.layers if layer.trainable]
+
+    def parameters_of(self, name: str) -> list[nn.Parameter]:
+        """The trainable parameters a layer owns (empty for an anatomy read from a log)."""
+        return self._params.get(name, [])
+
+    # -- ordering -------------------------------------------------------------------
+    def reorder(self, executed: Sequence[str]) -> None:
+        """Put layers in the order given (first forward call), the rest after, as registered."""
+        pos = {name: i for i, name in enumerate(dict.fromkeys(executed)) if name in self._by_name}
+        for layer in self.layers:
+            layer.order = pos.get(layer.name)
+        indexed = list(enumerate(self.layers))
+        indexed.sort(key=lambda t: (t[1].order is None, t[1].order or 0, t[0]))
+        self.layers = [layer for _, layer in indexed]
+
+    # -- serialisation --------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": self.model_type, "layers": [layer.to_dict() for layer in self.layers]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Anatomy:
+        return cls([Layer.from_dict(x) for x in d.get("layers", [])], str(d.get("model_type", "?")))
+
+    def __repr__(self) -> str:
+        return f"Anatomy({self.model_type}, {len(self.layers)} layers)"

@@ -1,0 +1,69 @@
+"""Real data that needs no download: scikit-learn's bundled 8x8 digits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Split:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @property
+    def n_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def n_classes(self) -> int:
+        return int(torch.cat([self.y_train, self.y_test]).max()) + 1
+
+
+def digits(seed: int = 0, test_fraction: float = 0.2) -> Split:
+    """The 1,797 8x8 digit images as 64 standardised features, split at random with `seed`."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            "the digits data comes from scikit-learn: pip install 'gradwatch[lab]'"
+        ) from e
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32)
+    y = torch.tensor(data.target, dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(x), generator=g)
+    n_test = round(len(x) * test_fraction)
+    test, train = perm[:n_test], perm[n_test:]
+    mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
+    x = (x - mean) / std
+    return Split(x[train], y[train], x[test], y[test])
+
+
+def batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, steps: int, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`steps` minibatches drawn by shuffled passes over (x, y), reproducible from `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    while len(out) < steps:
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x) - batch_size + 1, batch_size):
+            idx = perm[i : i + batch_size]
+            out.append((x[idx], y[idx]))
+            if len(out) == steps:
+                break
+    return out
+
+
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return float((model(x).argmax(-1) == y).float().mean())
+    finally:
+        model.train(was_training)

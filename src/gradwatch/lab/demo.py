@@ -1,0 +1,91 @@
+"""`gradwatch demo`: the vanishing-gradient problem on real data, measured layer by layer.
+
+Two 16-layer MLPs learn scikit-learn's 8x8 digits under `gw.watch`: one with sigmoid
+activations and PyTorch's default initialisation, one with ReLU and He initialisation.
+The demo prints each layer's gradient norm on a log scale, side by side, and both
+test accuracies.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import TextIO
+
+import numpy as np
+import torch
+from torch import nn
+
+import gradwatch as gw
+from gradwatch.lab.data import accuracy, batches, digits
+from gradwatch.lab.models import mlp
+
+
+@dataclass
+class Trained:
+    label: str
+    grad_norms: list[float]
+    layer_names: list[str]
+    accuracy: float
+    final_loss: float
+
+
+def train(label: str, activation: str, init: str, *, depth: int, steps: int, seed: int) -> Trained:
+    data = digits(seed=seed)
+    model = mlp(data.n_features, data.n_classes, depth=depth, width=64, activation=activation, init=init, seed=seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    with gw.watch(model) as w:
+        for x, y in batches(data.x_train, data.y_train, 64, steps, seed=seed):
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            w.step(loss=loss)
+            opt.step()
+    recent = w.timeline.layer_metric("grad_norm")[-5:]
+    _, losses = w.timeline.loss()
+    return Trained(
+        label=label,
+        grad_norms=[float(v) for v in np.nanmean(recent, axis=0)],
+        layer_names=list(w.timeline.layers),
+        accuracy=accuracy(model, data.x_test, data.y_test),
+        final_loss=float(np.mean(losses[-20:])),
+    )
+
+
+def _bar(value: float, lo: float, hi: float, width: int = 22) -> str:
+    if not math.isfinite(value) or value <= 0:
+        return " " * width
+    frac = (math.log10(value) - lo) / max(hi - lo, 1e-9)
+    n = max(1, round(frac * width))
+    return ("█" * n).ljust(width)
+
+
+def run(steps: int = 300, depth: int = 16, seed: int = 0, out: TextIO | None = None) -> tuple[Trained, Trained]:
+    out = out or sys.stdout
+    print(
+        f"gradwatch demo: two {depth}-layer MLPs (width 64) learn scikit-learn's 8x8 digits,\n"
+        f"{steps} SGD steps (lr 0.01, momentum 0.9), watched with gw.watch.\n",
+        file=out,
+    )
+    bad = train("sigmoid, default init", "sigmoid", "default", depth=depth, steps=steps, seed=seed)
+    good = train("relu, He init", "relu", "he", depth=depth, steps=steps, seed=seed)
+    values = [v for t in (bad, good) for v in t.grad_norms if math.isfinite(v) and v > 0]
+    lo, hi = math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))
+    print(f"gradient norm per layer, log scale from 1e{lo} to 1e{hi} (input side at the top)\n", file=out)
+    print(f"{'layer':>6}  {bad.label:<33}  {good.label:<33}", file=out)
+    for i, name in enumerate(bad.layer_names):
+        b, g = bad.grad_norms[i], good.grad_norms[i]
+        print(f"{name:>6}  {b:8.1e} {_bar(b, lo, hi)}  {g:8.1e} {_bar(g, lo, hi)}", file=out)
+    print(file=out)
+    for t in (bad, good):
+        print(f"{t.label:<24} test accuracy {t.accuracy:6.1%}   final loss {t.final_loss:.3f}", file=out)
+    ratio = bad.grad_norms[0] / bad.grad_norms[-1]
+    print(
+        f"\nWith sigmoid, the first layer gets {ratio:.0e} of the last layer's gradient: each sigmoid\n"
+        "passes back at most a quarter of the signal, so the early layers never learn and the\n"
+        "accuracy stays at chance (10 classes). ReLU with He initialisation keeps the gradient\n"
+        "about level across depth, and the same network learns.",
+        file=out,
+    )
+    return bad, good

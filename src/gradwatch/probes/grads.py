@@ -1,0 +1,217 @@
+"""Per-layer gradient, weight and update statistics, measured in grouped tensor operations.
+
+For every trainable parameter the probe computes, on the device:
+
+- the L2 norm of its gradient (one ``torch._foreach_norm`` per device/dtype group),
+- the largest and smallest gradient entry (``torch.aminmax``), giving max |g|,
+- the number of non-zero entries (``torch.count_nonzero``), giving the share of exact zeros,
+- the L2 norm of the parameter itself (one ``_foreach_norm`` per group),
+- the L2 norm of its change across an optimizer step, from a snapshot kept in a
+  preallocated buffer (``_foreach_copy_`` before, ``_foreach_sub_`` + ``_foreach_norm`` after).
+
+The per-parameter numbers go to the host in one copy (see `Transfer`), where numpy
+sums them per layer. Only when a gradient norm comes back non-finite does the probe
+count the non-finite entries of that one tensor, a rare path that syncs once more.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradwatch.anatomy import Anatomy
+from gradwatch.probes.transfer import Transfer
+
+_GroupKey = tuple[torch.device, torch.dtype]
+
+
+@dataclass
+class GradSnapshot:
+    """Device-side gradient statistics of one step, waiting for the transfer."""
+
+    grads: list[torch.Tensor | None]  # kept only to count non-finite entries on the rare path
+
+
+class GradientProbe:
+    """Measures the trainable parameters of an `Anatomy`, layer by layer."""
+
+    def __init__(self, anatomy: Anatomy, layers: list[str], *, updates: bool = True) -> None:
+        self.layers = list(layers)
+        params: list[nn.Parameter] = []
+        layer_of: list[int] = []
+        for i, name in enumerate(self.layers):
+            for p in anatomy.parameters_of(name):
+                params.append(p)
+                layer_of.append(i)
+        self.params = params
+        self.layer_of = np.asarray(layer_of, dtype=np.int64)
+        self.numel = np.asarray([p.numel() for p in params], dtype=np.float64)
+        self.updates = updates
+        self._snap: list[torch.Tensor] | None = None
+        self._snap_valid = False
+        self._groups: dict[str, tuple[np.ndarray, list[torch.Tensor]]] | None = None
+        self._groups_signature: list[tuple[torch.device, torch.dtype]] = []
+        self.seen_gradient = False
+
+    # -- gradients ------------------------------------------------------------------
+    @torch.no_grad()
+    def measure_grads(self, transfer: Transfer) -> GradSnapshot:
+        """Queue gradient statistics of the current `.grad`s; return what the host needs later."""
+        grads = [p.grad for p in self.params]
+        groups: dict[_GroupKey, list[int]] = {}
+        odd: list[int] = []  # sparse or complex: measured one by one
+        for i, g in enumerate(grads):
+            if g is None or g.numel() == 0:
+                continue
+            if g.is_sparse or g.is_complex():
+                odd.append(i)
+            else:
+                groups.setdefault((g.device, g.dtype), []).append(i)
+        for idx in groups.values():
+            gs: list[torch.Tensor] = [grads[i] for i in idx]  # type: ignore[misc]
+            mins, maxs = zip(*(torch.aminmax(g) for g in gs), strict=True)
+            key = _key(idx)
+            transfer.put(f"g.idx.{key}", np.asarray(idx, dtype=np.float64))
+            transfer.put(f"g.norm.{key}", torch.stack(torch._foreach_norm(gs, 2)))
+            transfer.put(f"g.max.{key}", torch.maximum(torch.stack(mins).neg_(), torch.stack(maxs)))
+            # float64 keeps counts exact past 2**24 entries
+            transfer.put(f"g.nz.{key}", torch.stack([torch.count_nonzero(g) for g in gs]).double())
+        for i in odd:
+            g = grads[i]
+            assert g is not None
+            v = g.coalesce().values() if g.is_sparse else g
+            key = _key([i])
+            transfer.put(f"g.idx.{key}", np.asarray([i], dtype=np.float64))
+            transfer.put(f"g.norm.{key}", torch.linalg.vector_norm(v).reshape(1))
+            transfer.put(f"g.max.{key}", v.abs().amax().reshape(1) if v.numel() else torch.zeros(1))
+            transfer.put(f"g.nz.{key}", torch.count_nonzero(v).reshape(1).double())
+        if groups or odd:
+            self.seen_gradient = True
+        return GradSnapshot(grads=grads)
+
+    # -- weights and updates --------------------------------------------------------
+    @torch.no_grad()
+    def measure_weights(self, transfer: Transfer) -> None:
+        for key, (idx, ps) in self._param_groups().items():
+            transfer.put(f"w.idx.{key}", idx)
+            transfer.put(f"w.norm.{key}", torch.stack(torch._foreach_norm(ps, 2)))
+
+    @torch.no_grad()
+    def snapshot(self) -> None:
+        """Copy the parameters aside, so the next `measure_update` sees one step's change."""
+        if not self.updates:
+            return
+        if self._snap is None or any(
+            s.shape != p.shape or s.dtype != p.dtype or s.device != p.device
+            for s, p in zip(self._snap, self.params, strict=True)
+        ):
+            self._snap = [torch.empty_like(p) for p in self.params]
+        _copy_(self._snap, list(self.params))
+        self._snap_valid = True
+
+    @torch.no_grad()
+    def measure_update(self, transfer: Transfer) -> None:
+        """Queue the norm of (parameters now - snapshot), if a snapshot is waiting."""
+        if not (self.updates and self._snap_valid and self._snap is not None):
+            return
+        snap = self._snap
+        for key, (idx, ps) in self._param_groups().items():
+            diff = [snap[i] for i in idx.astype(np.int64)]
+            torch._foreach_sub_(diff, ps)
+            transfer.put(f"u.idx.{key}", idx)
+            transfer.put(f"u.norm.{key}", torch.stack(torch._foreach_norm(diff, 2)))
+        self._snap_valid = False
+
+    def _param_groups(self) -> dict[str, tuple[np.ndarray, list[torch.Tensor]]]:
+        """Parameters grouped by device and dtype; rebuilt only when those change (model.to())."""
+        signature = [(p.device, p.dtype) for p in self.params]
+        if self._groups is None or signature != self._groups_signature:
+            groups: dict[_GroupKey, list[int]] = defaultdict(list)
+            for i, key in enumerate(signature):
+                groups[key].append(i)
+            self._groups = {
+                _key(idx): (np.asarray(idx, dtype=np.float64), [self.params[i] for i in idx])
+                for idx in groups.values()
+            }
+            self._groups_signature = signature
+        return self._groups
+
+    # -- host side ------------------------------------------------------------------
+    def summarise(self, host: dict[str, np.ndarray], snap: GradSnapshot | None) -> dict[str, np.ndarray]:
+        """Per-layer metrics (arrays over `self.layers`) from the transferred numbers."""
+        n_params, n_layers = len(self.params), len(self.layers)
+        norm = _scatter(host, "g.norm", n_params)
+        maxabs = _scatter(host, "g.max", n_params)
+        nonzero = _scatter(host, "g.nz", n_params)
+        wnorm = _scatter(host, "w.norm", n_params)
+        unorm = _scatter(host, "u.norm", n_params)
+        nonfinite = np.zeros(n_params)
+        if snap is not None:
+            for i in np.flatnonzero(~np.isfinite(norm)):
+                g = snap.grads[i]
+                if g is None or g.is_sparse:
+                    continue
+                # Rare path: one more sync, only for a tensor whose norm is not finite.
+                nonfinite[i] = float((~torch.isfinite(g)).sum())
+                if nonfinite[i] == 0:  # all entries finite: the float32 sum of squares overflowed
+                    norm[i] = float(torch.linalg.vector_norm(g.double()))
+        # A parameter counts when its gradient was measured (count_nonzero is never NaN).
+        has = ~np.isnan(nonzero)
+        counted = np.bincount(self.layer_of, weights=np.where(has, self.numel, 0.0), minlength=n_layers)
+        none = counted == 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            grad_norm = np.sqrt(_sum(self.layer_of, np.where(has, norm**2, 0.0), n_layers))
+            grad_max = _max(self.layer_of, np.where(has, maxabs, -np.inf), n_layers)
+            zeros = _sum(self.layer_of, np.where(has, self.numel - nonzero, 0.0), n_layers)
+            out = {
+                "grad_norm": np.where(none, np.nan, grad_norm),
+                "grad_rms": np.where(none, np.nan, grad_norm / np.sqrt(counted)),
+                "grad_max": np.where(none, np.nan, grad_max),
+                "grad_zero_frac": np.where(none, np.nan, zeros / counted),
+                "grad_nonfinite": np.where(none, np.nan, _sum(self.layer_of, nonfinite, n_layers)),
+                "weight_norm": np.sqrt(_sum(self.layer_of, wnorm**2, n_layers)),
+            }
+            update = np.sqrt(_sum(self.layer_of, unorm**2, n_layers))
+            out["update_norm"] = update
+            out["update_ratio"] = update / out["weight_norm"]
+        return out
+
+
+def _key(idx: list[int]) -> str:
+    return f"{idx[0]}-{len(idx)}"
+
+
+def _scatter(host: dict[str, np.ndarray], prefix: str, n: int) -> np.ndarray:
+    """Rebuild a per-parameter array from the groups sent under `prefix` (NaN where not sent)."""
+    out = np.full(n, np.nan)
+    kind = prefix.split(".")[0]
+    for name, values in host.items():
+        if name.startswith(prefix + "."):
+            key = name[len(prefix) + 1 :]
+            idx = host[f"{kind}.idx.{key}"].astype(np.int64)
+            out[idx] = values
+    return out
+
+
+def _sum(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros(n)
+    np.add.at(out, index, values)  # NaN and inf propagate, unlike bincount's float tricks
+    return out
+
+
+def _max(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    out = np.full(n, -np.inf)
+    np.maximum.at(out, index, values)
+    return out
+
+
+def _copy_(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+    if hasattr(torch, "_foreach_copy_"):
+        torch._foreach_copy_(dst, src)
+    else:  # pragma: no cover - torch < 2.1
+        for d, s in zip(dst, src, strict=True):
+            d.copy_(s)

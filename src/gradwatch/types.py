@@ -1,0 +1,270 @@
+"""The result types every stage shares: kinds, severities, findings, diagnoses, fixes.
+
+They sit at the bottom of the package (nothing here imports another gradwatch module
+but the errors), so detectors, explainers, the fixer and the reports can all use them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+from gradwatch._errors import GradwatchValueError
+
+__all__ = [
+    "Change",
+    "Diagnosis",
+    "Finding",
+    "FixResult",
+    "Kind",
+    "LayerReport",
+    "Severity",
+]
+
+
+class _StrEnum(str, Enum):
+    """`enum.StrEnum` for Python 3.10: members compare and print as their value."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    @classmethod
+    def parse(cls, value: str | _StrEnum) -> Any:
+        """Return the member for `value`, or raise an error that lists the valid choices."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            choices = ", ".join(m.value for m in cls)
+            raise GradwatchValueError(
+                f"{value!r} is not a valid {cls.__name__}; choose one of: {choices}"
+            ) from None
+
+
+class Kind(_StrEnum):
+    """What a finding is about. The values are part of the public contract."""
+
+    VANISHING_GRADIENT = "vanishing_gradient"
+    EXPLODING_GRADIENT = "exploding_gradient"
+    NONFINITE_GRADIENT = "nonfinite_gradient"
+    TEMPORAL_VANISHING = "temporal_vanishing"
+    DEAD_UNITS = "dead_units"
+    SATURATED_UNITS = "saturated_units"
+    FLAT_LOSS = "flat_loss"
+    DIVERGING_LOSS = "diverging_loss"
+    STALLED_WEIGHTS = "stalled_weights"
+    CONSTANT_OUTPUT = "constant_output"
+
+
+class Severity(_StrEnum):
+    """How much a finding matters: `info` < `warning` < `error`."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Severity):
+            return NotImplemented
+        return self.rank < other.rank
+
+    def __le__(self, other: object) -> bool:
+        if not isinstance(other, Severity):
+            return NotImplemented
+        return self.rank <= other.rank
+
+    def __gt__(self, other: object) -> bool:
+        if not isinstance(other, Severity):
+            return NotImplemented
+        return self.rank > other.rank
+
+    def __ge__(self, other: object) -> bool:
+        if not isinstance(other, Severity):
+            return NotImplemented
+        return self.rank >= other.rank
+
+
+_SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2}
+
+
+def _json_number(x: float | None) -> float | str | None:
+    """Finite floats stay numbers; NaN and infinities become strings so the result is strict JSON."""
+    if x is None:
+        return None
+    x = float(x)
+    if math.isfinite(x):
+        return x
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+@dataclass
+class Finding:
+    """One thing a detector found, with the evidence a person needs to check it."""
+
+    kind: Kind
+    severity: Severity
+    layers: list[str]
+    step: int | None
+    evidence: dict[str, float]
+    message: str
+    causes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.kind = Kind.parse(self.kind)
+        self.severity = Severity.parse(self.severity)
+
+    def __str__(self) -> str:
+        where = f" at step {self.step}" if self.step is not None else ""
+        return f"[{self.severity}] {self.kind}{where}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": str(self.kind),
+            "severity": str(self.severity),
+            "layers": list(self.layers),
+            "step": self.step,
+            "evidence": {k: _json_number(v) for k, v in self.evidence.items()},
+            "message": self.message,
+            "causes": list(self.causes),
+        }
+
+
+@dataclass
+class LayerReport:
+    """What is known about one layer (a module that owns parameters)."""
+
+    name: str
+    type: str
+    measured_grad_norm: float | None = None
+    predicted_grad_norm: float | None = None
+    weight_norm: float | None = None
+    update_ratio: float | None = None
+    grad_zero_frac: float | None = None
+    frozen: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, float):
+                d[k] = _json_number(v)
+        d["extra"] = {
+            k: (_json_number(v) if isinstance(v, float) else v) for k, v in self.extra.items()
+        }
+        return d
+
+
+@dataclass
+class Diagnosis:
+    """The verdict on a model or a run: findings, per-layer reports, and whether it is healthy."""
+
+    findings: list[Finding] = field(default_factory=list)
+    layers: list[LayerReport] = field(default_factory=list)
+    steps: int = 0
+    notes: list[str] = field(default_factory=list)
+    causes: list[Any] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        """True when no finding is above `info`."""
+        return all(f.severity <= Severity.INFO for f in self.findings)
+
+    def by_kind(self, kind: Kind | str) -> list[Finding]:
+        k = Kind.parse(kind)
+        return [f for f in self.findings if f.kind == k]
+
+    def __iter__(self) -> Iterator[Finding]:
+        return iter(self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "steps": self.steps,
+            "findings": [f.to_dict() for f in self.findings],
+            "layers": [layer.to_dict() for layer in self.layers],
+            "notes": list(self.notes),
+            "causes": [c.to_dict() if hasattr(c, "to_dict") else str(c) for c in self.causes],
+        }
+
+    def __str__(self) -> str:
+        lines: list[str] = []
+        shown = [f for f in self.findings if f.severity > Severity.INFO]
+        quiet = [f for f in self.findings if f.severity <= Severity.INFO]
+        if self.healthy:
+            lines.append(f"healthy: no gradient problem found ({self.steps} steps looked at)")
+        else:
+            lines.append(
+                f"{len(shown)} problem{'s' if len(shown) != 1 else ''} found "
+                f"({self.steps} steps looked at):"
+            )
+        for f in sorted(shown, key=lambda f: -f.severity.rank):
+            lines.append(f"  {f}")
+        for f in quiet:
+            lines.append(f"  {f}")
+        measured = [r for r in self.layers if r.measured_grad_norm is not None]
+        if measured:
+            first, last = measured[0], measured[-1]
+            lines.append(
+                f"  gradient norm: {_fmt(first.measured_grad_norm)} at the first layer "
+                f"({first.name}), {_fmt(last.measured_grad_norm)} at the last ({last.name})"
+            )
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2e}"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One edit made to a model, printed as a single line a person understands."""
+
+    kind: str
+    target: str
+    description: str
+    reason: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.description}" + (f" ({self.reason})" if self.reason else "")
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass
+class FixResult:
+    """A repaired model, the changes made to it, and advice for what cannot live in the model.
+
+    `advice` may hold `clip_grad_norm` (float) and `lr_scale` (float), and free-text
+    `manual` instructions for causes that model surgery cannot reach.
+    """
+
+    model: Any
+    changes: list[Change] = field(default_factory=list)
+    advice: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+    def __str__(self) -> str:
+        if not self.changes and not self.advice:
+            return "no change needed"
+        lines = [f"- {c}" for c in self.changes]
+        for k, v in self.advice.items():
+            lines.append(f"- advice: {k} = {v}")
+        return "\n".join(lines)
+
+
+def as_float_dict(values: Mapping[str, Any]) -> dict[str, float]:
+    """Coerce evidence values to plain floats (numpy scalars and tensors included)."""
+    return {k: float(v) for k, v in values.items()}

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gradwatch as gw
+from gradwatch.anatomy import Anatomy, fan_in_of
+
+
+class Backwards(nn.Module):
+    """Registered a, b, c; runs c, a, b."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 2)
+        self.c = nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(self.c(x))))
+
+
+class Nested(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(2, 3), nn.Sequential(nn.Linear(3, 3), nn.ReLU()))
+        self.scale = nn.Parameter(torch.ones(3))  # owned by the root itself
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x) * self.scale
+
+
+def test_layers_are_modules_that_own_parameters() -> None:
+    a = Anatomy.from_module(Nested())
+    assert a.names == ["(root)", "block.0", "block.1.0"]
+    assert a["block.1.0"].param_names == ["block.1.0.weight", "block.1.0.bias"]
+    assert a["(root)"].param_names == ["scale"]
+    assert a["block.0"].n_params == 2 * 3 + 3
+
+
+def test_execution_order_comes_from_the_first_forward_pass() -> None:
+    model = Backwards()
+    assert Anatomy.from_module(model).names == ["a", "b", "c"]
+    with gw.watch(model, every=1) as w:
+        model(torch.randn(5, 3)).sum().backward()
+        w.step()
+    assert w.anatomy.names == ["c", "a", "b"]
+    assert w.timeline.layers == ["c", "a", "b"]
+    assert [layer.order for layer in w.anatomy.layers] == [0, 1, 2]
+
+
+def test_layers_never_run_keep_registration_order_at_the_end() -> None:
+    a = Anatomy.from_module(Backwards())
+    a.reorder(["b"])
+    assert a.names == ["b", "a", "c"]
+    assert a["a"].order is None
+
+
+def test_shared_parameters_are_measured_once_at_their_first_owner() -> None:
+    emb = nn.Embedding(10, 4)
+    head = nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight
+    model = nn.Sequential(emb, head)
+    a = Anatomy.from_module(model)
+    assert a.names == ["0"]
+    assert a["0"].tied == ["1.weight"]
+    assert len(a.parameters_of("0")) == 1
+
+
+def test_frozen_layers_are_marked_and_not_measured() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2))
+    model[0].requires_grad_(False)
+    a = Anatomy.from_module(model)
+    assert a["0"].frozen and not a["1"].frozen
+    assert a.parameters_of("0") == []
+    assert [layer.name for layer in a.trainable] == ["1"]
+
+
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        (nn.Linear(7, 3), 7),
+        (nn.Conv2d(4, 8, kernel_size=3), 4 * 9),
+        (nn.Conv2d(4, 8, kernel_size=(3, 5), groups=2), 2 * 15),
+        (nn.Conv1d(6, 2, kernel_size=4), 24),
+        (nn.ConvTranspose2d(4, 6, kernel_size=3), 6 * 9),
+        (nn.LSTM(5, 9), 5),
+        (nn.Embedding(100, 16), 1),
+        (nn.LayerNorm(8), None),
+    ],
+)
+def test_fan_in(module: nn.Module, expected: int | None) -> None:
+    assert fan_in_of(module) == expected
+
+
+def test_a_model_without_parameters_is_refused() -> None:
+    with pytest.raises(ValueError, match="no parameters"):
+        Anatomy.from_module(nn.Sequential(nn.ReLU(), nn.Tanh()))
+
+
+def test_a_non_module_is_refused_with_its_type() -> None:
+    with pytest.raises(TypeError, match="expected a torch.nn.Module, got builtins.dict"):
+        Anatomy.from_module({"not": "a model"})  # type: ignore[arg-type]
+
+
+def test_round_trip_through_a_dict() -> None:
+    a = Anatomy.from_module(Nested())
+    b = Anatomy.from_dict(a.to_dict())
+    assert b.names == a.names
+    assert [layer.to_dict() for layer in b.layers] == [layer.to_dict() for layer in a.layers]

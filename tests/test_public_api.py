@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import gradwatch as gw
+
+
+def test_everything_exported_exists() -> None:
+    for name in gw.__all__:
+        assert hasattr(gw, name), name
+
+
+def test_the_contract_names() -> None:
+    assert {k.value for k in gw.Kind} == {
+        "vanishing_gradient", "exploding_gradient", "nonfinite_gradient", "temporal_vanishing",
+        "dead_units", "saturated_units", "flat_loss", "diverging_loss", "stalled_weights", "constant_output",
+    }
+    assert [s.value for s in sorted(gw.Severity)] == ["info", "warning", "error"]
+    assert str(gw.Kind.FLAT_LOSS) == "flat_loss" and gw.Kind("flat_loss") == "flat_loss"
+
+
+def test_a_typo_in_a_kind_lists_the_choices() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="not a valid Kind; choose one of: vanishing_gradient"):
+        gw.Kind.parse("vanishing")
+
+
+def test_import_needs_only_torch_and_numpy() -> None:
+    code = (
+        "import sys, gradwatch; "
+        "bad = [m for m in ('matplotlib', 'rich', 'lightning', 'transformers', 'sklearn', 'pytorch_lightning') if m in sys.modules]; "
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_diagnosis_and_finding_print_and_serialise() -> None:
+    import json
+    import math
+
+    f = gw.Finding(kind="flat_loss", severity="warning", layers=["0"], step=40, evidence={"loss": math.nan}, message="stuck")
+    d = gw.Diagnosis(findings=[f], layers=[gw.LayerReport(name="0", type="Linear", measured_grad_norm=1e-3)], steps=100)
+    assert not d.healthy
+    assert "[warning] flat_loss at step 40: stuck" in str(d)
+    json.dumps(d.to_dict(), allow_nan=False)
+    assert d.to_dict()["findings"][0]["evidence"]["loss"] == "nan"
+    assert gw.Diagnosis(findings=[gw.Finding("dead_units", "info", [], None, {}, "fyi")]).healthy
