@@ -23,6 +23,8 @@ from gradwatch.anatomy import Anatomy, Layer
 from gradwatch.record import Timeline
 from gradwatch.run import Run, load
 from gradwatch.types import (
+    Cause,
+    CauseKind,
     Change,
     Diagnosis,
     Finding,
@@ -36,6 +38,8 @@ from gradwatch.watch import DEFAULT_EVERY, Watcher, every_n, watch
 __all__ = [
     "DEFAULT_EVERY",
     "Anatomy",
+    "Cause",
+    "CauseKind",
     "Change",
     "Diagnosis",
     "Finding",

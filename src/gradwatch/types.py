@@ -15,6 +15,8 @@ from typing import Any
 from gradwatch._errors import GradwatchValueError
 
 __all__ = [
+    "Cause",
+    "CauseKind",
     "Change",
     "Diagnosis",
     "Finding",
@@ -105,6 +107,47 @@ def _json_number(x: float | None) -> float | str | None:
     return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
 
 
+class CauseKind(_StrEnum):
+    """Why gradients misbehave, as `gradwatch.explain` names it (ranked causes in a Diagnosis)."""
+
+    SATURATING_ACTIVATIONS = "saturating_activations"  # sigmoid/tanh stacked deep
+    DEPTH_WITHOUT_SKIP = "depth_without_skip"  # a long chain of layers with no residual path
+    INIT_MISMATCH = "init_mismatch"  # the initialisation's gain does not suit the activation
+    NO_NORMALIZATION = "no_normalization"  # deep and no BatchNorm/LayerNorm
+    VANILLA_RNN_LONG_SEQUENCE = "vanilla_rnn_long_sequence"  # nn.RNN (or a tanh cell) over many steps
+    STEP_SIZE_TOO_LARGE = "step_size_too_large"  # updates large next to the weights
+    DEAD_RELU_BIAS = "dead_relu_bias"  # biases that switch ReLUs off from the start
+
+
+@dataclass
+class Cause:
+    """A reason, read from the model's structure or from theory, behind one or more findings."""
+
+    kind: CauseKind
+    score: float  # how strongly it is implicated, 0..1; causes are listed best first
+    layers: list[str]
+    evidence: dict[str, float]
+    message: str
+    remedy: str = ""
+
+    def __post_init__(self) -> None:
+        self.kind = CauseKind.parse(self.kind)
+
+    def __str__(self) -> str:
+        fix = f" Fix: {self.remedy}" if self.remedy else ""
+        return f"{self.kind}: {self.message}{fix}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": str(self.kind),
+            "score": self.score,
+            "layers": list(self.layers),
+            "evidence": {k: _json_number(v) for k, v in self.evidence.items()},
+            "message": self.message,
+            "remedy": self.remedy,
+        }
+
+
 @dataclass
 class Finding:
     """One thing a detector found, with the evidence a person needs to check it."""
@@ -115,7 +158,7 @@ class Finding:
     step: int | None
     evidence: dict[str, float]
     message: str
-    causes: list[str] = field(default_factory=list)
+    causes: list[str] = field(default_factory=list)  # CauseKind values of the causes behind it
 
     def __post_init__(self) -> None:
         self.kind = Kind.parse(self.kind)
@@ -170,7 +213,7 @@ class Diagnosis:
     layers: list[LayerReport] = field(default_factory=list)
     steps: int = 0
     notes: list[str] = field(default_factory=list)
-    causes: list[Any] = field(default_factory=list)
+    causes: list[Cause] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -191,7 +234,7 @@ class Diagnosis:
             "findings": [f.to_dict() for f in self.findings],
             "layers": [layer.to_dict() for layer in self.layers],
             "notes": list(self.notes),
-            "causes": [c.to_dict() if hasattr(c, "to_dict") else str(c) for c in self.causes],
+            "causes": [c.to_dict() for c in self.causes],
         }
 
     def __str__(self) -> str:
