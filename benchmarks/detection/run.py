@@ -33,7 +33,7 @@ import gradwatch as gw  # noqa: E402
 
 CACHE = HERE / ".cache"
 #: Bump when a run's recipe changes, so stale logs are re-recorded.
-SUITE_VERSION = 1
+SUITE_VERSION = 2
 
 
 def record(spec: Spec, cache: Path, every: int, fresh: bool) -> tuple[Path, Outcome]:

@@ -262,6 +262,20 @@ def _normal_init(std: float, activation: str, depth: int) -> Callable[[], nn.Mod
     return make
 
 
+def _scaled_rnn(scale: float) -> Callable[[int, int], nn.Module]:
+    """A tanh RNN whose recurrent matrix is `scale` times a random orthogonal one: every
+    singular value is `scale`, beyond Pascanu et al.'s bound of 1 for vanishing."""
+
+    def make(n_in: int, n_out: int) -> nn.Module:
+        model = SeqNet("rnn", n_in, 32, n_out)
+        with torch.no_grad():
+            q, _ = torch.linalg.qr(torch.randn(32, 32))
+            model.rnn.weight_hh_l0.copy_(scale * q)
+        return model
+
+    return make
+
+
 def _dead_bias_mlp() -> nn.Module:
     model = mlp(64, 10, depth=4, width=64, activation="relu", init="he")
     for m in list(model)[:-1]:
@@ -411,13 +425,16 @@ def specs() -> list[Spec]:
              _digits_run(_deep_mlp(8, "tanh", "xavier"), adam(1e-3), 300)),
         Spec("lstm-adding-adam", "lstm", "Adam", True,
              "LSTM on the adding problem (T=30): gradient through time tiny at first, then learns",
-             _seq_run("adding", 30, lambda i, o: SeqNet("lstm", i, 32, o), adam(1e-2), 600), needs=TIME),
+             _seq_run("adding", 30, lambda i, o: SeqNet("lstm", i, 32, o), adam(1e-2), 600), needs=TIME, quick=True),
         Spec("gru-adding-adam", "gru", "Adam", True,
              "GRU on the adding problem (T=30): learns to look back",
              _seq_run("adding", 30, lambda i, o: SeqNet("gru", i, 32, o), adam(1e-2), 600), needs=TIME),
         Spec("gru-recall-adam", "gru", "Adam", True,
              "GRU recalls the first of 10 symbols",
              _seq_run("recall", 10, lambda i, o: SeqNet("gru", i, 32, o), adam(3e-3), 400), needs=TIME),
+        Spec("rnn-tanh-orth2-recall-adam", "rnn", "Adam", True,
+             "tanh RNN with recurrent weights 2x orthogonal: gradient grows ~50x back through time, learns",
+             _seq_run("recall", 20, _scaled_rnn(2.0), adam(1e-3), 300), needs=TIME),
         # ---- faulty runs ------------------------------------------------------------------
         Spec("mlp16-sigmoid-sgd", "mlp", "SGD", False,
              "16-layer sigmoid MLP, default init: first layer gets ~1e-13 of the last layer's gradient",
@@ -434,7 +451,7 @@ def specs() -> list[Spec]:
         Spec("rnn-tanh-adding-adam", "rnn", "Adam", False,
              "tanh RNN on the adding problem (T=30): cannot look back, stays at the baseline",
              _seq_run("adding", 30, lambda i, o: SeqNet("rnn", i, 32, o), adam(1e-2), 600),
-             labels=A({K.TEMPORAL_VANISHING}), allowed=A({K.SATURATED_UNITS}), needs=TIME),
+             labels=A({K.TEMPORAL_VANISHING}), allowed=A({K.SATURATED_UNITS, K.FLAT_LOSS}), needs=TIME, quick=True),
         Spec("rnn-tanh-recall-sgd", "rnn", "SGD", False,
              "tanh RNN must recall the first of 40 symbols",
              _seq_run("recall", 40, lambda i, o: SeqNet("rnn", i, 32, o), sgd(0.05), 400),
@@ -463,10 +480,14 @@ def specs() -> list[Spec]:
              "20-layer tanh MLP, weights N(0, 9/fan_in): chaotic phase",
              _digits_run(_normal_init(3.0, "tanh", 20), adam(1e-3), 300),
              labels=A({K.EXPLODING_GRADIENT}), allowed=blown | stuck),
+        Spec("rnn-tanh-orth3-adding-adam", "rnn", "Adam", False,
+             "tanh RNN with recurrent weights 3x orthogonal: the gradient grows ~1e4x back through time",
+             _seq_run("adding", 30, _scaled_rnn(3.0), adam(1e-3), 300),
+             labels=A({K.EXPLODING_GRADIENT}), allowed=blown | stuck, needs=TIME),
         Spec("mlp4-dead-bias-sgd", "mlp", "SGD", False,
              "ReLU biases start at -6: every hidden unit is off from the first step",
              _digits_run(_dead_bias_mlp, sgd(0.05), 300),
-             labels=A({K.DEAD_UNITS}), allowed=stuck | A({K.VANISHING_GRADIENT}), needs=ACT),
+             labels=A({K.DEAD_UNITS}), allowed=stuck | A({K.VANISHING_GRADIENT}), needs=ACT, quick=True),
         Spec("cnn3-dead-bias-sgd", "cnn", "SGD", False,
              "conv biases start at -5: every ReLU channel is off",
              _digits_run(lambda: small_cnn(bias=-5.0), sgd(0.05), 300, image=True),
@@ -482,7 +503,10 @@ def specs() -> list[Spec]:
         Spec("mlp-zero-input-sgd", "mlp", "SGD", False,
              "a data bug: inputs zeroed before the model, so every output is the same",
              _digits_run(_deep_mlp(3, "relu", "he"), sgd(0.05), 300, transform=torch.zeros_like),
-             labels=A({K.CONSTANT_OUTPUT}), allowed=A({K.FLAT_LOSS, K.STALLED_WEIGHTS}), needs=ACT),
+             labels=A({K.CONSTANT_OUTPUT}), needs=ACT,
+             # With one input for every sample, each ReLU is either always on or never: the
+             # ones never on are dead over the batch, as a consequence, not the cause.
+             allowed=A({K.FLAT_LOSS, K.STALLED_WEIGHTS, K.DEAD_UNITS})),
         Spec("mlp-lr-tiny-sgd", "mlp", "SGD", False,
              "SGD lr 1e-6: the weights barely move",
              _digits_run(_deep_mlp(3, "relu", "he"), sgd(1e-6), 300),

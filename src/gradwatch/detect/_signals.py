@@ -275,7 +275,8 @@ def loss_view(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> LossView:
     se = 1.2533 * noise / math.sqrt(w)  # standard error of a median of w noisy values
     roll = np.median(np.lib.stride_tricks.sliding_window_view(v, w), axis=1)
     best = float(roll.min())
-    best_step = int(s[int(np.argmin(roll)) + w - 1])
+    last_min = len(roll) - 1 - int(np.argmin(roll[::-1]))  # the latest window at the minimum
+    best_step = int(s[last_min + w - 1])
 
     # Flat: how long the rolling median has stayed within a band around the recent level.
     band = max(th.trend_sigmas * se, 0.5 * th.stuck_progress * abs(recent))
@@ -330,7 +331,9 @@ def num(x: float) -> str:
     a = abs(x)
     if a == 0:
         return "0"
-    if 1e-2 <= a < 1e4:
+    if 100 <= a < 1e4:
+        return f"{x:.0f}"
+    if 1e-2 <= a < 100:
         return f"{x:.3g}"
     mantissa, exponent = f"{x:.1e}".split("e")
     return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
@@ -351,7 +354,9 @@ def step_at(timeline: Timeline, index: int | None) -> int | None:
 
 #: ReLU-family functions whose negative side still passes a gradient: "never positive" is
 #: not "dead" for them.
-LEAKY = frozenset({"leaky_relu", "elu", "selu", "celu", "gelu", "silu", "prelu", "rrelu", "mish", "softplus"})
+LEAKY = frozenset(
+    {"leaky_relu", "elu", "selu", "celu", "gelu", "silu", "prelu", "rrelu", "mish", "softplus", "hardswish"}
+)
 
 
 def site_info(timeline: Timeline, site: str) -> dict[str, Any]:

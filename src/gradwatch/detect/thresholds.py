@@ -64,11 +64,8 @@ class Thresholds:
     #: The share of a sequence, at each end, averaged to compare early and late time steps.
     time_edge_frac: float = 0.1
     #: Temporal vanishing: the gradient reaching the earliest steps is below this fraction
-    #: of the gradient at the latest steps.
+    #: of the gradient at the latest steps (the same bar as `vanish_ratio`, across time).
     time_reach: float = 1e-3
-    #: Rising: the reach grew by this many decades between the first and last third of the
-    #: records: the layer is learning to carry the signal back (as an LSTM does).
-    time_rise_decades: float = 1.0
 
     # -- updates ----------------------------------------------------------------------------
     #: Stalled: every layer's update is below this fraction of its weights per step; at

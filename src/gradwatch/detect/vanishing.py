@@ -49,9 +49,10 @@ def vanishing_gradient(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
     finite = np.isfinite(now)
     slope = math.nan
     if finite.sum() >= 2:
-        # Decades lost per layer, from the first chain layer to the reference (0 at the end).
+        # Decades the gradient loses per layer on its way back to the input (the reference
+        # layer sits at 0, one position after the last compared layer).
         x = np.append(np.arange(len(now))[finite], len(now))
-        slope = -float(np.polyfit(x, np.append(now[finite], 0.0), 1)[0])
+        slope = float(np.polyfit(x, np.append(now[finite], 0.0), 1)[0])
     loss = loss_view(timeline, anatomy, th)
 
     if loss.status == "stuck":
