@@ -112,3 +112,13 @@ def test_time_profiles_reach_is_early_over_late_in_decades() -> None:
 )
 def test_num(x: float, text: str) -> None:
     assert num(x) == text
+
+
+def test_a_noisy_loss_that_never_got_below_chance_is_stuck() -> None:
+    an = chain_anatomy(2, classes=10)
+    # Jumps of +-0.25 around ln(10) keep the rolling median from being level for 60 steps,
+    # but the classifier has learned nothing in 150 steps.
+    c = math.log(10)
+    noisy = lambda s: (c - 0.25 if s < 50 else c + 0.25 if s < 100 else c) + 0.01 * math.sin(1.7 * s)  # noqa: E731
+    lv = loss_view(build(an, 16, loss=noisy), an, TH)
+    assert lv.status == "stuck" and lv.flat_since == 0 and lv.flat_steps == 151

@@ -314,6 +314,15 @@ def loss_view(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> LossView:
         status = "converged"
     elif previous - recent > max(th.trend_sigmas * se * math.sqrt(2), 1e-3 * abs(previous)):
         status = "improving"
+    elif (
+        at_chance
+        and chance is not None
+        and best >= (1 - th.chance_tolerance) * chance
+        and int(s[-1] - s[0]) + 1 >= th.flat_min_steps
+    ):
+        # A noisy loss that has never got below chance: a classifier that has learned nothing.
+        status = "stuck"
+        view["flat_since"], view["flat_steps"] = int(s[0]), int(s[-1] - s[0] + 1)
     elif flat_steps >= th.flat_min_steps:
         status = "plateau"
     else:

@@ -25,11 +25,12 @@ class Thresholds:
     loss_min_steps: int = 30
     #: The starting loss is the median of the first this many losses.
     loss_head: int = 10
-    #: The recent loss is the median of the last `loss_tail_frac` of the losses, at least
-    #: `loss_tail_min` and at most `loss_tail_max` of them; the trend compares it with the
-    #: window of the same length just before it.
+    #: The recent loss is the median of the last `loss_tail_frac` of the losses; the trend
+    #: compares it with the window of the same length just before it...
     loss_tail_frac: float = 0.2
+    #: ...a window of at least this many losses (fewer make a noisy median)...
     loss_tail_min: int = 20
+    #: ...and at most this many, so a long run is judged on its recent past.
     loss_tail_max: int = 200
     #: Stuck: the recent loss is within this fraction of the starting loss (it fell by less
     #: than 10% of its value), or within `chance_tolerance` of chance...
