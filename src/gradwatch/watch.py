@@ -306,6 +306,34 @@ class Watcher:
         if self._log is not None:
             self._log.write(record)
 
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The step count and the Timeline, as plain data, for saving beside a model checkpoint."""
+        self._flush_losses()
+        return {
+            "step_count": self.step_count,
+            "layers": [layer.name for layer in self.anatomy.trainable],
+            "timeline": self.timeline.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from `state_dict()`: steps continue from the saved count, history is kept.
+
+        Layer names must match the model's (the same architecture).
+        """
+        layers = list(state["layers"])
+        mine = [layer.name for layer in self.anatomy.trainable]
+        if sorted(layers) != sorted(mine):
+            raise GradwatchValueError(
+                "the saved state is for a model with other layers: "
+                f"saved {layers[:5]}{'...' if len(layers) > 5 else ''}, this model has {mine[:5]}"
+                f"{'...' if len(mine) > 5 else ''}"
+            )
+        self.timeline.load_state_dict(state["timeline"])
+        self.step_count = int(state["step_count"])
+        if self._fprobe is not None and not self.schedule(self.step_count):
+            self._fprobe.disarm()
+
     # -- results and teardown --------------------------------------------------------------
     def diagnose(self) -> Diagnosis:
         """Judge the run so far: findings and per-layer reports (see `gradwatch.Diagnosis`)."""
