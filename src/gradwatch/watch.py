@@ -290,8 +290,9 @@ class Watcher:
         if not self._closed:
             self._flush_losses()
         from gradwatch.detect import diagnose
+        from gradwatch.explain import explain
 
-        return diagnose(self.timeline, self.anatomy)
+        return explain(diagnose(self.timeline, self.anatomy), self.anatomy, self.timeline, model=self.model)
 
     def close(self) -> None:
         """Remove every hook, write what is pending to the log and close it. Safe to call twice."""
