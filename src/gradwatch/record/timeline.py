@@ -201,6 +201,8 @@ class Timeline:
 
     def __init__(self, layers: Sequence[str] = (), capacity: int = 1024, loss_capacity: int = 8192) -> None:
         self.layers: list[str] = list(layers)
+        #: Activation sites seen so far: name -> {"fn", "module", "family", ...} (docs/metrics.md).
+        self.sites: dict[str, dict[str, Any]] = {}
         self.records = Table(capacity)
         self.losses = Table(loss_capacity)
         self.profiles = Profiles(capacity)
@@ -242,6 +244,7 @@ class Timeline:
             self.losses.append(int(step), {"loss": {"loss": float(value)}})
         if record.get("type") != "record":
             return
+        self.sites.update(record.get("sites", {}))
         step = int(record["step"])
         layers = tuple(self.layers)
         rows: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
