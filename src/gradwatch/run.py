@@ -42,7 +42,7 @@ class Run:
         from gradwatch.detect import diagnose
         from gradwatch.explain import explain
 
-        return explain(diagnose(self.timeline, self.anatomy), self.anatomy, self.timeline)
+        return explain(diagnose(self.timeline, self.anatomy), self.anatomy, self.timeline, facts=self.header.get("structure"))
 
     def __repr__(self) -> str:
         return f"<Run {self.path}: {len(self)} records, {len(self.timeline.layers)} layers>"

@@ -10,6 +10,6 @@
 
 from gradwatch.explain.causes import CAUSES, find_causes
 from gradwatch.explain.inspect import inspect
-from gradwatch.explain.link import RELATED, explain, link
+from gradwatch.explain.link import RELATED, explain, link, structure_facts
 
-__all__ = ["CAUSES", "RELATED", "explain", "find_causes", "inspect", "link"]
+__all__ = ["CAUSES", "RELATED", "explain", "find_causes", "inspect", "link", "structure_facts"]

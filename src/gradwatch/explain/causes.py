@@ -386,8 +386,8 @@ def step_size_too_large(ctx: Context) -> Cause | None:
             "lr_scale": scale,
         },
         message=(
-            f"at step {step} the optimizer changed the weights by {worst:.2g} of their norm in one "
-            f"step (median over layers), above {MAX_UPDATE_RATIO:g}: the step is too large for "
+            f"at step {step} one optimizer step changed the weights by {worst:.0%} of their norm "
+            f"(median over layers; above {MAX_UPDATE_RATIO:.0%} is too much): the step is too large for "
             "the gradient's scale"
         ),
         remedy=f"multiply the learning rate by about {scale:.2g}, or clip the gradient norm",

@@ -394,6 +394,8 @@ def _findings(anatomy: Anatomy, measured: dict[str, float], prediction: Predicti
 
 
 def _jacobian_note(model: nn.Module, example_input: Any) -> str:
+    if isinstance(example_input, tuple | list) and len(example_input) == 1:
+        example_input = example_input[0]
     if not (isinstance(example_input, torch.Tensor) and example_input.is_floating_point()):
         return "Jacobian spectrum skipped: it needs a single floating-point tensor input"
     with Preserved(model, grads=True):

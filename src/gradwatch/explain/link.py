@@ -19,7 +19,7 @@ from gradwatch.explain.causes import find_causes
 from gradwatch.record import Timeline
 from gradwatch.types import Cause, CauseKind, Diagnosis, Finding, Kind
 
-__all__ = ["RELATED", "explain", "link"]
+__all__ = ["RELATED", "causes_of", "explain", "link", "structure_facts"]
 
 _C = CauseKind
 #: Which causes can produce each kind of finding (by mechanism).
@@ -78,21 +78,38 @@ def link(
     return diagnosis
 
 
+def structure_facts(model: nn.Module, anatomy: Anatomy) -> dict[str, Any]:
+    """`analyse` the model (enriching `anatomy`) and return the Structure as a dict, for a log header.
+
+    Called once, when a watcher writes its first record: the facts are those of the model
+    as it started (its initialisation), and a run read back from the log sees the same.
+    Never raises; a failure is noted in the facts.
+    """
+    try:
+        return analyse(model, None, anatomy).to_dict()
+    except Exception as e:  # a model fx and the module walk both choke on must not stop training
+        return {"method": "none", "notes": [f"structure not read ({type(e).__name__}: {e})"]}
+
+
 def explain(
     diagnosis: Diagnosis,
     anatomy: Anatomy,
     timeline: Timeline | None = None,
     *,
+    facts: dict[str, Any] | None = None,
     model: nn.Module | None = None,
     example_input: Any = None,
 ) -> Diagnosis:
-    """`link` with the structure read from `model` (or, without one, from the anatomy's facts).
+    """`link` with the structure from saved `facts` (`structure_facts`), else read from `model`,
+    else rebuilt from the anatomy's per-layer facts.
 
     A failure to explain is written to ``diagnosis.notes`` instead of raised: the
     findings stand on their own.
     """
     try:
-        if model is not None:
+        if facts:
+            structure = Structure.from_anatomy(anatomy, facts)
+        elif model is not None:
             structure = analyse(model, example_input, anatomy)
         else:
             structure = Structure.from_anatomy(anatomy)

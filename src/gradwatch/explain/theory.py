@@ -74,7 +74,7 @@ _FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 #: Gauss–Hermite points for one-dimensional expectations and per axis for two-dimensional ones.
-N_QUAD_1D = 101
+N_QUAD_1D = 100  # even: no node at 0, where ReLU-like derivatives jump
 N_QUAD_2D = 48
 
 
@@ -137,9 +137,28 @@ def moments(act: Activation, q: float, *, quadrature: bool = False) -> tuple[flo
     if a is not None and not quadrature:
         k = (1.0 + a * a) / 2.0
         return k * q, k
-    z, w = _hermite(N_QUAD_1D)
-    u = math.sqrt(q) * z
+    u, w = _nodes_1d(q)
     return float(w @ act.phi(u) ** 2), float(w @ act.dphi(u) ** 2)
+
+
+def _nodes_1d(q: float) -> tuple[np.ndarray, np.ndarray]:
+    """Points and weights for E[f(u)], u ~ N(0, q).
+
+    Gauss–Hermite while sqrt(q) <= 2; beyond that its nodes near 0 lie further apart than
+    the width (~1) of a sigmoid's or tanh's derivative, so a midpoint rule over +-10 sqrt(q)
+    is used instead, with steps of 1/16 (coarser, up to 8000 points, for very wide ones,
+    where such features no longer matter). Midpoints keep 0 off the grid, where ReLU-like
+    derivatives jump.
+    """
+    s = math.sqrt(q)
+    if s <= 2.0:
+        z, w = _hermite(N_QUAD_1D)
+        return s * z, w
+    h = max(1.0 / 16.0, 20.0 * s / 8000.0)
+    n = math.ceil(10.0 * s / h)
+    u = (np.arange(-n, n) + 0.5) * h
+    w = np.exp(-(u**2) / (2.0 * q))
+    return u, w / w.sum()
 
 
 def chi(act: Activation, sigma_w2: float, q: float) -> float:
@@ -180,8 +199,10 @@ def bivariate_moments(act: Activation, q: float, rho: np.ndarray, *, quadrature:
     if a is not None and not quadrature:
         kphi, kd = _relu_pair(rho, a)
         return kphi * q, kd
-    z, w = _hermite(N_QUAD_2D)
     s = math.sqrt(q)
+    # more nodes for wide pre-activations, for the reason given in _nodes_1d (even: none at 0)
+    n = N_QUAD_2D if s <= 2.0 else min(200, 2 * math.ceil(N_QUAD_2D * s / 4.0))
+    z, w = _hermite(n)
     u1 = s * z  # (n,)
     u2 = s * (rho[:, None, None] * z[None, :, None] + np.sqrt(1 - rho**2)[:, None, None] * z[None, None, :])
     ww = w[:, None] * w[None, :]
@@ -189,6 +210,16 @@ def bivariate_moments(act: Activation, q: float, rho: np.ndarray, *, quadrature:
     p2, d2 = act.phi(u2), act.dphi(u2)
     kphi = np.einsum("ij,i,rij->r", ww, p1, p2)
     kd = np.einsum("ij,i,rij->r", ww, d1, d2)
+    if s > 2.0:
+        # Wide pre-activations: a tensor grid this size under-resolves features of width ~1
+        # (tanh', sigmoid'). Calibrate to the finer one-dimensional rule, which the pair
+        # expectation must equal at rho = 1.
+        e2, ed2 = moments(act, q, quadrature=True)
+        at_one = (float(w @ p1**2), float(w @ d1**2))
+        if at_one[0] > 0:
+            kphi = kphi * (e2 / at_one[0])
+        if at_one[1] > 0:
+            kd = kd * (ed2 / at_one[1])
     return kphi, kd
 
 
@@ -245,6 +276,7 @@ def gains(chain: Sequence[ChainLayer], q0: float = 1.0) -> Gains:
     return Gains(q=q, ephi2=ephi2, edphi2=edphi2, chi=chis)
 
 
+@lru_cache(maxsize=256)
 def critical_sigma_w2(spec: str | None, depth: int, q0: float = 1.0, sigma_b2: float = 0.0) -> float | None:
     """The weight scale ``sigma_w^2`` at which a `depth`-layer chain of `spec` keeps the gradient norm.
 
@@ -268,7 +300,7 @@ def critical_sigma_w2(spec: str | None, depth: int, q0: float = 1.0, sigma_b2: f
     f_lo, f_hi = log_gain(lo), log_gain(hi)
     if f_lo > 0 or f_hi < 0:
         return None
-    for _ in range(50):
+    for _ in range(30):  # 2^-30 of the bracket: far finer than any weight scale needs
         mid = (lo + hi) / 2
         if log_gain(mid) < 0:
             lo = mid
