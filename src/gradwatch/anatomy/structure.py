@@ -148,15 +148,15 @@ def _weight_facts(module: nn.Module) -> dict[str, Any]:
     """sigma_w2, sigma_b2 and, for ReLU-bias checks, the deciles of b_i / ||W_i||."""
     facts: dict[str, Any] = {"sigma_w2": None, "sigma_b2": None}
     w = getattr(module, "weight", None)
-    if isinstance(module, nn.RNNBase):
-        w = getattr(module, "weight_ih_l0", None)
-    elif isinstance(module, nn.RNNCellBase):
-        w = getattr(module, "weight_ih", None)
     b = getattr(module, "bias", None)
     if isinstance(module, nn.RNNBase):
-        b = getattr(module, "bias_ih_l0", None)
+        w, b = getattr(module, "weight_ih_l0", None), getattr(module, "bias_ih_l0", None)
     elif isinstance(module, nn.RNNCellBase):
-        b = getattr(module, "bias_ih", None)
+        w, b = getattr(module, "weight_ih", None), getattr(module, "bias_ih", None)
+    elif isinstance(module, nn.MultiheadAttention):
+        w, b = module.in_proj_weight, module.in_proj_bias
+    elif type(module).__name__ == "Conv1D" and isinstance(w, torch.Tensor) and w.dim() == 2:
+        w = w.t()  # Hugging Face's Conv1D (GPT-2) stores its weight as (in, out)
     is_weight = isinstance(w, torch.Tensor) and w.dim() >= 2 and not is_norm_module(module)
     with torch.no_grad():
         if is_weight:
