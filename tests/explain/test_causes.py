@@ -152,3 +152,19 @@ def test_dead_relu_bias() -> None:
     fired = (model[0](x) > 0).float().mean(0)
     assert float((fired < 0.01).float().mean()) >= 0.5
     assert CauseKind.DEAD_RELU_BIAS not in kinds(mlp(8, 3, depth=3, width=64, activation="relu", seed=0))
+
+
+def test_vanilla_rnn_sequence_length_from_a_watched_run() -> None:
+    """A watcher has no example input: the length comes from the gradient-through-time profile."""
+    model = Recurrent(nn.RNN)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gw.watch(model, every=1) as w:
+        for _ in range(2):
+            loss = model(torch.randn(4, 60, 2)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            w.step(loss=loss)
+            opt.step()
+    assert len(w.timeline.profiles.get("grad_t/rnn")[-1][1]) == 60
+    c = {c.kind: c for c in w.diagnose().causes}[CauseKind.VANILLA_RNN_LONG_SEQUENCE]
+    assert c.evidence["seq_len"] == 60

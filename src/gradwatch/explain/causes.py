@@ -309,14 +309,20 @@ def vanilla_rnn_long_sequence(ctx: Context) -> Cause | None:
     Pascanu et al. (2013): largest singular value below 1/gamma guarantees vanishing.
     """
     found: list[tuple[float, Layer]] = []
+    t_of: dict[str, int] = {}
     for layer in ctx.anatomy.layers:
         e = layer.extra
         if not e.get("recurrent") or e.get("cell") != "rnn":
             continue
         t, rho = e.get("seq_len"), e.get("hh_radius")
+        if t is None and ctx.timeline is not None and f"grad_t/{layer.name}" in ctx.timeline.profiles:
+            # a watched run: the gradient-through-time profile has one entry per time step
+            seen = ctx.timeline.profiles.get(f"grad_t/{layer.name}")
+            t = len(seen[-1][1]) if seen else None
         if t is None or rho is None or t < 2:
             continue
         d = (t - 1) * _decades(rho)
+        t_of[layer.name] = int(t)
         if abs(d) >= DECADES:
             found.append((d, layer))
     if not found:
@@ -330,14 +336,14 @@ def vanilla_rnn_long_sequence(ctx: Context) -> Cause | None:
         score=_score(d),
         layers=[x.name for _, x in found],
         evidence={
-            "seq_len": float(e["seq_len"]),
+            "seq_len": float(t_of[layer.name]),
             "spectral_radius": float(e["hh_radius"]),
             "largest_singular_value": float(e.get("hh_norm", math.nan)),
             "vanishing_guaranteed": float(e.get("hh_norm", math.inf) < 1.0 / gamma),
             "decades": d,
         },
         message=(
-            f"a vanilla RNN ('{layer.name}') over {e['seq_len']} steps: with W_hh's spectral radius "
+            f"a vanilla RNN ('{layer.name}') over {t_of[layer.name]} steps: with W_hh's spectral radius "
             f"{e['hh_radius']:.3g}, the gradient through time {way} by about 1e{d:+.0f} from the "
             "last step to the first"
         ),
