@@ -22,3 +22,22 @@ def test_python_dash_m_and_help() -> None:
 def test_no_command_prints_help_and_fails(capsys) -> None:
     assert main([]) == 2
     assert "usage: gradwatch" in capsys.readouterr().out
+
+
+def test_inspect_a_factory(tmp_path, capsys) -> None:
+    f = tmp_path / "net.py"
+    f.write_text(
+        "import torch\n"
+        "from gradwatch.lab.models import mlp\n"
+        "def make():\n"
+        "    return mlp(8, 3, depth=20, width=32, activation='relu', seed=0), torch.randn(16, 8)\n"
+        "def only_model():\n"
+        "    return mlp(8, 3, depth=2, width=32, activation='relu', init='he', seed=0)\n"
+    )
+    assert main(["inspect", f"{f}:make"]) == 0
+    out = capsys.readouterr().out
+    assert "init_mismatch" in out and "kaiming_normal_" in out and "predicted" in out
+    assert main(["inspect", f"{f}:only_model"]) == 0
+    assert "guessed from the first layer: shape (8, 8)" in capsys.readouterr().out
+    assert main(["inspect", f"{f}:nope"]) == 2
+    assert "no callable 'nope'" in capsys.readouterr().err

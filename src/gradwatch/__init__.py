@@ -20,6 +20,7 @@ from gradwatch._errors import (
 )
 from gradwatch._version import __version__
 from gradwatch.anatomy import Anatomy, Layer
+from gradwatch.explain import inspect
 from gradwatch.record import Timeline
 from gradwatch.run import Run, load
 from gradwatch.types import (
@@ -59,6 +60,7 @@ __all__ = [
     "Watcher",
     "__version__",
     "every_n",
+    "inspect",
     "load",
     "watch",
 ]

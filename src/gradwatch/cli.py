@@ -5,12 +5,75 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def _demo(args: argparse.Namespace) -> int:
     from gradwatch.lab import demo
 
     demo.run(steps=args.steps, depth=args.depth, seed=args.seed)
+    return 0
+
+
+def _guess_input(model: object) -> Any:
+    """A batch of 8 for a model whose first layer says what it takes (Linear, Conv, Embedding); else None."""
+    import torch
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        return None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            return torch.randn(8, m.in_features)
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(m)]
+            return torch.randn(8, m.in_channels, *([32] * dims))
+        if isinstance(m, nn.Embedding):
+            return torch.randint(0, m.num_embeddings, (8, 16))
+    return None
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import importlib.util
+    from pathlib import Path
+
+    import gradwatch as gw
+
+    path, _, factory = args.target.rpartition(":")
+    if not path or not factory:
+        print(f"gradwatch inspect: expected FILE.py:FACTORY, got {args.target!r}", file=sys.stderr)
+        return 2
+    if not Path(path).is_file():
+        print(f"gradwatch inspect: no such file: {path}", file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    made = getattr(module, factory, None)
+    if not callable(made):
+        print(f"gradwatch inspect: {path} has no callable {factory!r}", file=sys.stderr)
+        return 2
+    result = made()
+    if isinstance(result, tuple) and len(result) == 2:
+        model, example = result
+    else:
+        model, example = result, _guess_input(result)
+        if example is None:
+            print(f"gradwatch inspect: cannot guess an input for {type(result).__name__}; "
+                  f"make {factory}() return (model, example_input)", file=sys.stderr)
+            return 2
+        print(f"(example input guessed from the first layer: shape {tuple(example.shape)})")
+    d = gw.inspect(model, example)
+    print(d)
+    print(f"\n{'layer':<32} {'type':<14} {'measured':>10} {'predicted':>10}")
+    for r in d.layers:
+        m = "-" if r.measured_grad_norm is None else f"{r.measured_grad_norm:.2e}"
+        p = "-" if r.predicted_grad_norm is None else f"{r.predicted_grad_norm:.2e}"
+        print(f"{r.name[:32]:<32} {r.type[:14]:<14} {m:>10} {p:>10}")
+    print("\ncauses:" if d.causes else "\nno risk found in the structure")
+    for c in d.causes:
+        print(f"  [{c.score:.2f}] {c}")
     return 0
 
 
@@ -25,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=16, help="hidden layers (default 16)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
+    p = sub.add_parser("inspect", help="judge a model before training: gradient per layer, theory, risks")
+    p.add_argument(
+        "target", metavar="FILE.py:FACTORY",
+        help="FACTORY() returns (model, example_input), or a model whose first layer shows its input",
+    )
+    p.set_defaults(func=_inspect)
     return parser
 
 

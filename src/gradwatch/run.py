@@ -40,8 +40,9 @@ class Run:
     def diagnose(self) -> Diagnosis:
         """The same Diagnosis the live watcher gave for the same records."""
         from gradwatch.detect import diagnose
+        from gradwatch.explain import explain
 
-        return diagnose(self.timeline, self.anatomy)
+        return explain(diagnose(self.timeline, self.anatomy), self.anatomy, self.timeline, facts=self.header.get("structure"))
 
     def __repr__(self) -> str:
         return f"<Run {self.path}: {len(self)} records, {len(self.timeline.layers)} layers>"

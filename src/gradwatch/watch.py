@@ -112,6 +112,7 @@ class Watcher:
         self._order_handles: list[RemovableHandle] = []
         self._closed = False
         self._started = False
+        self._structure: dict[str, Any] | None = None  # the model's structure at the first record
         self._log_path = log
         self._log: JsonlLog | None = None
         self._fprobe = ForwardProbe(model) if activations else None
@@ -231,6 +232,9 @@ class Watcher:
 
     def _write_header(self) -> None:
         self._started = True
+        from gradwatch.explain import structure_facts
+
+        self._structure = structure_facts(self.model, self.anatomy)  # also fills anatomy extras
         if self._log is None:
             return
         self._log.write(
@@ -254,6 +258,7 @@ class Watcher:
                 },
                 "columns": list(self.timeline.layers),
                 "anatomy": self.anatomy.to_dict(),
+                "structure": self._structure,
             }
         )
 
@@ -340,8 +345,9 @@ class Watcher:
         if not self._closed:
             self._flush_losses()
         from gradwatch.detect import diagnose
+        from gradwatch.explain import explain
 
-        return diagnose(self.timeline, self.anatomy)
+        return explain(diagnose(self.timeline, self.anatomy), self.anatomy, self.timeline, facts=self._structure)
 
     def close(self) -> None:
         """Remove every hook, write what is pending to the log and close it. Safe to call twice."""

@@ -1,5 +1,6 @@
-"""The model's map: its layers (modules that own parameters) in execution order."""
+"""The model's map: its layers (modules that own parameters) in execution order, and its structure."""
 
 from gradwatch.anatomy.map import Anatomy, Layer, fan_in_of
+from gradwatch.anatomy.structure import Structure, analyse
 
-__all__ = ["Anatomy", "Layer", "fan_in_of"]
+__all__ = ["Anatomy", "Layer", "Structure", "analyse", "fan_in_of"]

@@ -1,0 +1,464 @@
+"""Why gradients misbehave: one small rule per `CauseKind`, each backed by the mechanism.
+
+Every rule reads the enriched anatomy and `Structure` (and, for the step size, a
+Timeline) and returns a `Cause` with its evidence, or None. Rules that talk about
+depth work on the model's *plain runs*: stretches of its longest chain without a skip
+between weight layers that no normalisation separates, where mean-field theory
+(`gradwatch.explain.theory`) predicts how the gradient changes from layer to layer.
+
+Scores are 0..1. Where a rule measures an effect in decades of gradient change, its
+score is ``decades / 6`` capped at 1: six decades (a millionth) is beyond what any
+optimiser recovers from. The thresholds, with their reasons, are the constants below
+and in docs/causes.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gradwatch._errors import GradwatchValueError
+from gradwatch.anatomy import Anatomy, Layer
+from gradwatch.anatomy.activations import family, parse_spec
+from gradwatch.anatomy.structure import Structure, bias_dead_share
+from gradwatch.explain.theory import ChainLayer, Gains, critical_sigma_w2, gains
+from gradwatch.record import Timeline
+from gradwatch.types import Cause, CauseKind
+
+__all__ = ["CAUSES", "Context", "find_causes"]
+
+#: A predicted change of the gradient norm by this many decades is a problem: 1e-3 is the
+#: first-to-last ratio AutoTrainer (and our vanishing detector) calls vanishing.
+DECADES = 3.0
+#: Plain nets deeper than this train worse than shallower ones even at a critical
+#: initialisation (He et al. 2016: plain 20-layer nets train, deeper plain ones degrade;
+#: Balduzzi et al. 2017: gradients of plain nets decorrelate like 2^-L).
+PLAIN_DEPTH_LIMIT = 20
+#: Below this many weight layers depth alone is not blamed, whatever the gain.
+MIN_DEPTH = 10
+#: Mean-field trainable depth: nets train when deeper than about 6 xi fails (Schoenholz et al. 2017).
+XI_FACTOR = 6.0
+#: An initialisation whose critical sigma_w^2 is beyond this is not a practical fix (sigmoid
+#: needs ~100); the saturating-activation cause covers those.
+MAX_CRITICAL_SIGMA_W2 = 10.0
+#: A unit whose bias is this many pre-activation standard deviations below zero fires for
+#: fewer than 0.14% of inputs: switched off from the start.
+DEAD_Z = 3.0
+#: A layer with at least this share of its ReLU units switched off counts (the dead-unit
+#: share TheDeepChecker flags).
+DEAD_SHARE = 0.5
+#: Update-to-weight ratio above which a step is too large: the top of TheDeepChecker's
+#: healthy band (log10 in [-4, -1]); above it one step moves weights by over 10%.
+MAX_UPDATE_RATIO = 0.1
+#: The update-to-weight ratio the learning-rate advice aims at.
+TARGET_UPDATE_RATIO = 1e-2
+
+
+@dataclass
+class Context:
+    """What the rules read. `q0` is the mean square of the model's input (1 for standardised data)."""
+
+    anatomy: Anatomy
+    structure: Structure
+    timeline: Timeline | None = None
+    q0: float = 1.0
+    _runs: list[tuple[list[Layer], Gains]] | None = field(default=None, repr=False)
+
+    def runs(self) -> list[tuple[list[Layer], Gains]]:
+        """The plain runs of the longest chain, with their mean-field gains (cached)."""
+        if self._runs is None:
+            self._runs = _plain_runs(self)
+        return self._runs
+
+
+def _is_weight_layer(layer: Layer) -> bool:
+    e = layer.extra
+    return (
+        e.get("sigma_w2") is not None
+        and not e.get("recurrent")
+        and layer.type not in ("Embedding", "EmbeddingBag")
+        and layer.fan_in is not None
+    )
+
+
+def _chain_layer(layer: Layer) -> ChainLayer:
+    e = layer.extra
+    return ChainLayer(
+        name=layer.name,
+        fan_in=int(layer.fan_in or 1),
+        sigma_w2=float(e["sigma_w2"]),
+        sigma_b2=float(e.get("sigma_b2") or 0.0),
+        activation=e.get("activation"),
+        bias=e.get("sigma_b2") is not None,
+    )
+
+
+def _plain_runs(ctx: Context) -> list[tuple[list[Layer], Gains]]:
+    s, a = ctx.structure, ctx.anatomy
+    if not chain_is_reliable(s):
+        return []
+    layers = [a[n] for n in s.chain if n in a and _is_weight_layer(a[n])]
+    runs: list[list[Layer]] = []
+    cur: list[Layer] = []
+    for layer in layers:
+        # A normalisation next to a layer resets the signal's scale there: the run ends.
+        if cur and (layer.extra.get("norm") or cur[-1].extra.get("norm")):
+            runs.append(cur)
+            cur = []
+        cur.append(layer)
+    if cur:
+        runs.append(cur)
+    out = []
+    for i, run in enumerate(runs):
+        q0 = ctx.q0 if i == 0 else 1.0  # after a normalisation the signal has unit scale
+        try:
+            out.append((run, gains([_chain_layer(x) for x in run], q0)))
+        except GradwatchValueError:
+            continue  # an activation the theory does not know: no prediction for this run
+    return out
+
+
+def chain_is_reliable(s: Structure) -> bool:
+    """Whether `s.chain` is known to be the model's real longest chain without a skip."""
+    return s.method in ("fx", "trace", "sequential", "anatomy") and bool(s.chain)
+
+
+def _decades(x: float) -> float:
+    return float(np.log10(max(x, 1e-300)))
+
+
+def _score(decades: float) -> float:
+    return float(min(1.0, abs(decades) / 6.0))
+
+
+# -- the rules -----------------------------------------------------------------------------
+def saturating_activations(ctx: Context) -> Cause | None:
+    """Sigmoid/tanh-like units stacked without normalisation, whose derivatives alone shrink the gradient.
+
+    Through ``n`` such layers the back-propagated signal is multiplied by ``E[phi'(h)^2]``
+    per layer (``<= 1/16`` for sigmoid); fires when the product takes more than
+    `DECADES` decades off the gradient norm.
+    """
+    best: tuple[float, list[Layer], np.ndarray] | None = None
+    for run, g in ctx.runs():
+        stack: list[int] = []
+        for i, layer in enumerate([*run, None]):
+            sat = layer is not None and i < len(run) - 1 and family(layer.extra.get("activation")) == "saturating"
+            if sat:
+                stack.append(i)
+                continue
+            if stack:
+                d = -0.5 * float(np.sum(np.log10(np.maximum(g.edphi2[stack], 1e-300))))
+                if best is None or d > best[0]:
+                    best = (d, [run[j] for j in stack], g.edphi2[stack])
+                stack = []
+    if best is None or best[0] < DECADES:
+        return None
+    d, layers, ed = best
+    acts = sorted({str(x.extra.get("activation")) for x in layers})
+    return Cause(
+        kind=CauseKind.SATURATING_ACTIVATIONS,
+        score=_score(d),
+        layers=[x.name for x in layers],
+        evidence={
+            "saturating_layers": float(len(layers)),
+            "mean_dphi2": float(np.mean(ed)),
+            "decades": -d,
+        },
+        message=(
+            f"{len(layers)} layers of {', '.join(acts)} in a row, without normalisation: their "
+            f"derivatives alone (E[phi'^2] = {np.mean(ed):.3g} per layer) shrink the gradient by "
+            f"about 1e{-d:.0f} from the last of them to the first"
+        ),
+        remedy=(
+            "use a non-saturating activation (ReLU family or GELU, with He initialisation) in the "
+            "hidden layers, or put BatchNorm/LayerNorm before each saturating activation"
+        ),
+    )
+
+
+def init_mismatch(ctx: Context) -> Cause | None:
+    """Weight scales away from the critical value of their activation (chi far from 1 per layer).
+
+    Fires when over a plain run the predicted back-propagated gradient or forward signal
+    changes by more than `DECADES` decades and the run's sigma_w^2 differs from the
+    critical one (where the product of gains is 1) by more than 1.5x.
+    """
+    best: tuple[float, list[Layer], Gains, float, float, str | None] | None = None
+    for run, g in ctx.runs():
+        if len(run) < 3:
+            continue
+        back = 0.5 * float(np.sum(np.log10(np.maximum(g.chi[:-1], 1e-300))))
+        fwd = 0.5 * (_decades(g.q[-1]) - _decades(g.q[0]))
+        d = back if abs(back) >= abs(fwd) else fwd
+        if abs(d) < DECADES:
+            continue
+        specs = [x.extra.get("activation") for x in run[:-1]]
+        spec = max(set(specs), key=specs.count, default=None)
+        crit = critical_sigma_w2(spec, len(run), ctx.q0, float(np.mean([_chain_layer(x).sigma_b2 for x in run])))
+        if crit is None or crit > MAX_CRITICAL_SIGMA_W2:
+            continue
+        sw = float(np.mean([x.extra["sigma_w2"] for x in run[1:]]))
+        if abs(math.log(sw / crit)) < math.log(1.5):
+            continue
+        if best is None or abs(d) > abs(best[0]):
+            best = (d, run, g, sw, crit, spec)
+    if best is None:
+        return None
+    d, run, g, sw, crit, spec = best
+    chi_mean = float(np.exp(np.mean(np.log(np.maximum(g.chi[:-1], 1e-300)))))
+    way = "vanishes" if d < 0 else "explodes"
+    return Cause(
+        kind=CauseKind.INIT_MISMATCH,
+        score=_score(d),
+        layers=[x.name for x in run],
+        evidence={
+            "sigma_w2": sw,
+            "critical_sigma_w2": crit,
+            "chi": chi_mean,
+            "decades": d,
+            "depth": float(len(run)),
+        },
+        message=(
+            f"weights with sigma_w^2 = {sw:.3g} (fan_in * Var(W)) under {spec or 'no activation'}: "
+            f"each layer multiplies the squared gradient by chi = {chi_mean:.3g}, so over "
+            f"{len(run)} layers the signal {way} by about 1e{d:+.0f}"
+        ),
+        remedy=_init_remedy(spec, crit),
+    )
+
+
+def _init_remedy(spec: str | None, crit: float) -> str:
+    name = parse_spec(spec)[0] if spec else "linear"
+    std = f"nn.init.normal_(weight, std=sqrt({crit:.3g} / fan_in)), biases 0"
+    if name in ("relu", "leaky_relu"):
+        a = math.sqrt(max(2.0 / crit - 1.0, 0.0))
+        extra = f", a={a:.3g}" if name == "leaky_relu" else ""
+        return f"He initialisation: nn.init.kaiming_normal_(weight, nonlinearity='{name}'{extra}) (sigma_w^2 = {crit:.3g}), biases 0"
+    if abs(math.log(crit)) < math.log(1.3):
+        return f"Xavier/LeCun-scaled initialisation (sigma_w^2 = {crit:.3g}): {std}"
+    return f"initialise so that sigma_w^2 = {crit:.3g}: {std}"
+
+
+def depth_without_skip(ctx: Context) -> Cause | None:
+    """A long chain of layers with no residual path around them.
+
+    Fires when the longest chain exceeds `PLAIN_DEPTH_LIMIT` layers, or when it is at least
+    `MIN_DEPTH` deep and deeper than `XI_FACTOR` times the mean-field depth scale xi.
+    """
+    s = ctx.structure
+    if not chain_is_reliable(s):
+        return None
+    depth = s.longest_plain_chain
+    runs = ctx.runs()
+    xi = min((g.depth_scale for _, g in runs if len(g.chi) > 1), default=math.inf)
+    limit = float(PLAIN_DEPTH_LIMIT)
+    why = f"deeper than {PLAIN_DEPTH_LIMIT} layers, where plain nets train worse than shallower ones"
+    if depth >= MIN_DEPTH and XI_FACTOR * xi < limit:
+        limit = XI_FACTOR * xi
+        why = f"deeper than 6 xi = {limit:.3g}, the depth scale over which mean-field theory says the gradient survives"
+    if depth <= limit:
+        return None
+    return Cause(
+        kind=CauseKind.DEPTH_WITHOUT_SKIP,
+        score=float(min(1.0, depth / (2.0 * limit))),
+        layers=list(s.chain),
+        evidence={"depth": float(depth), "limit": limit, "xi": xi, "skip_connections": float(s.skip_connections)},
+        message=f"the gradient must cross {depth} layers with no skip connection on its shortest way back: {why}",
+        remedy="add residual connections (x + f(x)) around blocks of 2-3 layers, or make the network shallower",
+    )
+
+
+def no_normalization(ctx: Context) -> Cause | None:
+    """A deep plain run, no normalisation anywhere, and a predicted gain far from 1."""
+    if ctx.structure.normalizations:
+        return None
+    worst: tuple[float, list[Layer]] | None = None
+    for run, g in ctx.runs():
+        if len(run) < MIN_DEPTH:
+            continue
+        back = 0.5 * float(np.sum(np.log10(np.maximum(g.chi[:-1], 1e-300))))
+        fwd = 0.5 * (_decades(g.q[-1]) - _decades(g.q[0]))
+        d = max(abs(back), abs(fwd))
+        if d >= DECADES and (worst is None or d > worst[0]):
+            worst = (d, run)
+    if worst is None:
+        return None
+    d, run = worst
+    return Cause(
+        kind=CauseKind.NO_NORMALIZATION,
+        score=0.5 * _score(d),
+        layers=[x.name for x in run],
+        evidence={"depth": float(len(run)), "decades": d, "normalizations": 0.0},
+        message=(
+            f"{len(run)} layers and no BatchNorm/LayerNorm anywhere: nothing resets the signal's "
+            f"scale, which theory predicts changes by about {d:.0f} decades across them"
+        ),
+        remedy="add BatchNorm (or LayerNorm) after each hidden Linear/Conv layer, before its activation",
+    )
+
+
+def vanilla_rnn_long_sequence(ctx: Context) -> Cause | None:
+    """A vanilla RNN over a sequence long enough for ``rho(W_hh)^T`` to leave the 1e-3..1e3 band.
+
+    The gradient through time multiplies ``W_hh^T diag(phi')`` per step, so its size goes
+    like ``rho^T`` (rho the spectral radius of W_hh; phi' <= 1 only makes it smaller);
+    Pascanu et al. (2013): largest singular value below 1/gamma guarantees vanishing.
+    """
+    found: list[tuple[float, Layer]] = []
+    t_of: dict[str, int] = {}
+    for layer in ctx.anatomy.layers:
+        e = layer.extra
+        if not e.get("recurrent") or e.get("cell") != "rnn":
+            continue
+        t, rho = e.get("seq_len"), e.get("hh_radius")
+        if t is None and ctx.timeline is not None and f"grad_t/{layer.name}" in ctx.timeline.profiles:
+            # a watched run: the gradient-through-time profile has one entry per time step
+            seen = ctx.timeline.profiles.get(f"grad_t/{layer.name}")
+            t = len(seen[-1][1]) if seen else None
+        if t is None or rho is None or t < 2:
+            continue
+        d = (t - 1) * _decades(rho)
+        t_of[layer.name] = int(t)
+        if abs(d) >= DECADES:
+            found.append((d, layer))
+    if not found:
+        return None
+    d, layer = max(found, key=lambda x: abs(x[0]))
+    e = layer.extra
+    gamma = 0.25 if e.get("activation") == "sigmoid" else 1.0
+    way = "vanishes" if d < 0 else "explodes"
+    return Cause(
+        kind=CauseKind.VANILLA_RNN_LONG_SEQUENCE,
+        score=_score(d),
+        layers=[x.name for _, x in found],
+        evidence={
+            "seq_len": float(t_of[layer.name]),
+            "spectral_radius": float(e["hh_radius"]),
+            "largest_singular_value": float(e.get("hh_norm", math.nan)),
+            "vanishing_guaranteed": float(e.get("hh_norm", math.inf) < 1.0 / gamma),
+            "decades": d,
+        },
+        message=(
+            f"a vanilla RNN ('{layer.name}') over {t_of[layer.name]} steps: with W_hh's spectral radius "
+            f"{e['hh_radius']:.3g}, the gradient through time {way} by about 1e{d:+.0f} from the "
+            "last step to the first"
+        ),
+        remedy="use nn.LSTM or nn.GRU; or initialise W_hh orthogonal (or as the identity with ReLU, IRNN) and clip gradients",
+    )
+
+
+def step_size_too_large(ctx: Context) -> Cause | None:
+    """Optimizer steps that change the weights by more than `MAX_UPDATE_RATIO` of their norm.
+
+    Reads the recorded update-to-weight ratios: the worst recording step's median over
+    layers. Also reports the effective step size (update norm / gradient norm, the
+    learning rate under plain SGD) and the scale that brings the ratio to `TARGET_UPDATE_RATIO`.
+    """
+    tl = ctx.timeline
+    if tl is None or len(tl) == 0 or not tl.layers:
+        return None
+    ratio = tl.layer_metric("update_ratio")
+    if ratio.size == 0 or not np.isfinite(ratio).any():
+        return None
+    with np.errstate(all="ignore"):
+        per_step = np.array([np.median(r[np.isfinite(r)]) if np.isfinite(r).any() else np.nan for r in ratio])
+    if not np.isfinite(per_step).any():
+        return None
+    k = int(np.nanargmax(per_step))
+    worst = float(per_step[k])
+    if worst <= MAX_UPDATE_RATIO:
+        return None
+    grad = tl.layer_metric("grad_norm")
+    upd = tl.layer_metric("update_norm")
+    with np.errstate(all="ignore"):
+        eff = upd / grad
+    eff_k = eff[k][np.isfinite(eff[k])]
+    layers = [n for n, r in zip(tl.layers, ratio[k], strict=True) if np.isfinite(r) and r > MAX_UPDATE_RATIO]
+    scale = TARGET_UPDATE_RATIO / worst
+    step = int(tl.steps[k])
+    return Cause(
+        kind=CauseKind.STEP_SIZE_TOO_LARGE,
+        score=float(min(1.0, 0.5 + 0.5 * _decades(worst / MAX_UPDATE_RATIO))),
+        layers=layers,
+        evidence={
+            "update_ratio": worst,
+            "step": float(step),
+            "effective_step": float(np.median(eff_k)) if eff_k.size else math.nan,
+            "grad_norm": float(np.nanmedian(grad[k])) if np.isfinite(grad[k]).any() else math.nan,
+            "lr_scale": scale,
+        },
+        message=(
+            f"at step {step} one optimizer step changed the weights by {worst:.0%} of their norm "
+            f"(median over layers; above {MAX_UPDATE_RATIO:.0%} is too much): the step is too large for "
+            "the gradient's scale"
+        ),
+        remedy=f"multiply the learning rate by about {scale:.2g}, or clip the gradient norm",
+    )
+
+
+def dead_relu_bias(ctx: Context) -> Cause | None:
+    """ReLU layers whose biases sit so far below zero that most units never fire from the start."""
+    # rms of each layer's input: the data's for the first layer, mean-field theory's after it,
+    # unit scale right after a normalisation.
+    rms_in: dict[str, float] = {}
+    for k, (run, g) in enumerate(ctx.runs()):
+        for i, layer in enumerate(run):
+            rms_in[layer.name] = math.sqrt(g.ephi2[i - 1]) if i > 0 else math.sqrt(ctx.q0 if k == 0 else 1.0)
+    hits: list[tuple[float, Layer]] = []
+    first = ctx.structure.chain[0] if ctx.structure.chain else None
+    for layer in ctx.anatomy.layers:
+        e = layer.extra
+        spec = e.get("activation")
+        if not spec or parse_spec(spec)[0] not in ("relu", "relu6") or not e.get("bias_ratio_q"):
+            continue
+        rms = rms_in.get(layer.name, math.sqrt(ctx.q0) if layer.name == first else 1.0)
+        share = bias_dead_share(e["bias_ratio_q"], rms, DEAD_Z)
+        if share >= DEAD_SHARE:
+            hits.append((share, layer))
+    if not hits:
+        return None
+    share, worst = max(hits, key=lambda x: x[0])
+    return Cause(
+        kind=CauseKind.DEAD_RELU_BIAS,
+        score=float(share),
+        layers=[x.name for _, x in hits],
+        evidence={
+            "dead_share": share,
+            "layers": float(len(hits)),
+            "median_bias_over_weight_norm": float(worst.extra["bias_ratio_q"][4]),
+        },
+        message=(
+            f"in {len(hits)} ReLU layer(s) most biases sit over {DEAD_Z:g} standard deviations of "
+            f"the pre-activation below zero (about {share:.0%} of '{worst.name}''s units): those "
+            "units output 0 for almost every input, so no gradient reaches their weights"
+        ),
+        remedy="initialise the biases of ReLU layers to 0 (or a small positive value such as 0.01)",
+    )
+
+
+#: Every rule, in the order that breaks ties between equal scores.
+CAUSES: list[Callable[[Context], Cause | None]] = [
+    saturating_activations,
+    dead_relu_bias,
+    vanilla_rnn_long_sequence,
+    step_size_too_large,
+    init_mismatch,
+    depth_without_skip,
+    no_normalization,
+]
+
+
+def find_causes(anatomy: Anatomy, structure: Structure, timeline: Timeline | None = None, *, q0: float = 1.0) -> list[Cause]:
+    """Run every rule; return the causes found, best first (by score, ties in `CAUSES` order)."""
+    ctx = Context(anatomy=anatomy, structure=structure, timeline=timeline, q0=q0)
+    found: list[tuple[int, Cause]] = []
+    for i, rule in enumerate(CAUSES):
+        c = rule(ctx)
+        if c is not None:
+            found.append((i, c))
+    found.sort(key=lambda t: (-t[1].score, t[0]))
+    return [c for _, c in found]

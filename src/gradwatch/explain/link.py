@@ -1,0 +1,119 @@
+"""Tie a Diagnosis's findings to the causes behind them.
+
+`link` fills ``diagnosis.causes`` (ranked) and each ``finding.causes`` with the kinds of
+the causes that can produce that finding (`RELATED`). `explain` is what
+`Watcher.diagnose()` and `Run.diagnose()` call: it reads the structure (from the model
+when there is one, else from the anatomy's saved facts) and never lets a failure to
+explain hide the findings themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from gradwatch.anatomy import Anatomy
+from gradwatch.anatomy.structure import Structure, analyse
+from gradwatch.explain.causes import find_causes
+from gradwatch.record import Timeline
+from gradwatch.types import Cause, CauseKind, Diagnosis, Finding, Kind
+
+__all__ = ["RELATED", "causes_of", "explain", "link", "structure_facts"]
+
+_C = CauseKind
+#: Which causes can produce each kind of finding (by mechanism).
+RELATED: dict[Kind, tuple[CauseKind, ...]] = {
+    Kind.VANISHING_GRADIENT: (_C.SATURATING_ACTIVATIONS, _C.INIT_MISMATCH, _C.DEPTH_WITHOUT_SKIP, _C.NO_NORMALIZATION, _C.DEAD_RELU_BIAS),
+    Kind.EXPLODING_GRADIENT: (_C.INIT_MISMATCH, _C.STEP_SIZE_TOO_LARGE, _C.DEPTH_WITHOUT_SKIP, _C.NO_NORMALIZATION, _C.VANILLA_RNN_LONG_SEQUENCE),
+    Kind.NONFINITE_GRADIENT: (_C.STEP_SIZE_TOO_LARGE, _C.INIT_MISMATCH, _C.VANILLA_RNN_LONG_SEQUENCE),
+    Kind.TEMPORAL_VANISHING: (_C.VANILLA_RNN_LONG_SEQUENCE,),
+    Kind.DEAD_UNITS: (_C.DEAD_RELU_BIAS, _C.STEP_SIZE_TOO_LARGE, _C.INIT_MISMATCH),
+    Kind.SATURATED_UNITS: (_C.SATURATING_ACTIVATIONS, _C.INIT_MISMATCH, _C.NO_NORMALIZATION, _C.STEP_SIZE_TOO_LARGE),
+    Kind.FLAT_LOSS: (_C.SATURATING_ACTIVATIONS, _C.INIT_MISMATCH, _C.DEAD_RELU_BIAS, _C.DEPTH_WITHOUT_SKIP, _C.VANILLA_RNN_LONG_SEQUENCE, _C.NO_NORMALIZATION),
+    Kind.DIVERGING_LOSS: (_C.STEP_SIZE_TOO_LARGE, _C.INIT_MISMATCH),
+    Kind.STALLED_WEIGHTS: (_C.SATURATING_ACTIVATIONS, _C.INIT_MISMATCH, _C.DEAD_RELU_BIAS, _C.DEPTH_WITHOUT_SKIP),
+    Kind.CONSTANT_OUTPUT: (_C.DEAD_RELU_BIAS, _C.SATURATING_ACTIVATIONS, _C.INIT_MISMATCH, _C.DEPTH_WITHOUT_SKIP, _C.STEP_SIZE_TOO_LARGE),
+}
+# Causes that live in particular layers: they explain a finding only where the layers meet.
+_LOCAL = (_C.DEAD_RELU_BIAS, _C.VANILLA_RNN_LONG_SEQUENCE)
+
+
+def causes_of(finding: Finding, causes: list[Cause]) -> list[str]:
+    """The kinds (best first) of the causes in `causes` that can explain `finding`."""
+    related = RELATED.get(finding.kind, ())
+    out: list[str] = []
+    for c in causes:
+        if c.kind not in related:
+            continue
+        if c.kind in _LOCAL and finding.layers and c.layers and not set(finding.layers) & set(c.layers):
+            continue
+        out.append(str(c.kind))
+    return list(dict.fromkeys(out))
+
+
+def link(
+    diagnosis: Diagnosis,
+    anatomy: Anatomy,
+    structure: Structure,
+    timeline: Timeline | None = None,
+    *,
+    q0: float = 1.0,
+    extra_causes: list[Cause] | None = None,
+) -> Diagnosis:
+    """Fill ``diagnosis.causes`` (ranked) and every ``finding.causes``; returns the same Diagnosis.
+
+    `q0` is the mean square of the model's input (1 for standardised data); `extra_causes`
+    are merged in (deduplicated by kind, the higher score kept).
+    """
+    causes = find_causes(anatomy, structure, timeline, q0=q0)
+    by_kind = {c.kind: c for c in causes}
+    for c in extra_causes or []:
+        if c.kind not in by_kind or c.score > by_kind[c.kind].score:
+            by_kind[c.kind] = c
+    order = {c.kind: i for i, c in enumerate(causes)}
+    diagnosis.causes = sorted(by_kind.values(), key=lambda c: (-c.score, order.get(c.kind, 99)))
+    for f in diagnosis.findings:
+        f.causes = causes_of(f, diagnosis.causes)
+    return diagnosis
+
+
+def structure_facts(model: nn.Module, anatomy: Anatomy) -> dict[str, Any]:
+    """`analyse` the model (enriching `anatomy`) and return the Structure as a dict, for a log header.
+
+    Called once, when a watcher writes its first record: the facts are those of the model
+    as it started (its initialisation), and a run read back from the log sees the same.
+    Never raises; a failure is noted in the facts.
+    """
+    try:
+        return analyse(model, None, anatomy).to_dict()
+    except Exception as e:  # a model fx and the module walk both choke on must not stop training
+        return {"method": "none", "notes": [f"structure not read ({type(e).__name__}: {e})"]}
+
+
+def explain(
+    diagnosis: Diagnosis,
+    anatomy: Anatomy,
+    timeline: Timeline | None = None,
+    *,
+    facts: dict[str, Any] | None = None,
+    model: nn.Module | None = None,
+    example_input: Any = None,
+) -> Diagnosis:
+    """`link` with the structure from saved `facts` (`structure_facts`), else read from `model`,
+    else rebuilt from the anatomy's per-layer facts.
+
+    A failure to explain is written to ``diagnosis.notes`` instead of raised: the
+    findings stand on their own.
+    """
+    try:
+        if facts:
+            structure = Structure.from_anatomy(anatomy, facts)
+        elif model is not None:
+            structure = analyse(model, example_input, anatomy)
+        else:
+            structure = Structure.from_anatomy(anatomy)
+        return link(diagnosis, anatomy, structure, timeline)
+    except Exception as e:  # explaining is a bonus; it must not take the findings down with it
+        diagnosis.notes.append(f"causes not explained ({type(e).__name__}: {e})")
+        return diagnosis

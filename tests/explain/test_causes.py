@@ -1,0 +1,170 @@
+"""Each cause fires on a model built to have it and stays quiet on its healthy twin."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import gradwatch as gw
+from gradwatch.anatomy.structure import analyse
+from gradwatch.explain.causes import find_causes
+from gradwatch.lab.models import mlp
+from gradwatch.types import CauseKind
+
+
+def kinds(model: nn.Module, example: object = None, timeline: gw.Timeline | None = None) -> dict[CauseKind, gw.Cause]:
+    s = analyse(model, example)
+    return {c.kind: c for c in find_causes(s.anatomy, s, timeline)}
+
+
+class ResidualMLP(nn.Module):
+    """`blocks` blocks of Linear-ReLU-Linear with x + f(x) around each: 2 * blocks + 2 layers."""
+
+    def __init__(self, blocks: int, width: int = 32) -> None:
+        super().__init__()
+        self.stem = nn.Linear(8, width)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width)) for _ in range(blocks)
+        )
+        self.head = nn.Linear(width, 3)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        for b in self.blocks:
+            h = torch.relu(h + b(h))
+        return self.head(h)
+
+
+def test_saturating_activations() -> None:
+    deep = kinds(mlp(8, 3, depth=16, width=32, activation="sigmoid", seed=0))
+    c = deep[CauseKind.SATURATING_ACTIVATIONS]
+    assert c.score == 1.0 and len(c.layers) == 16 and c.evidence["saturating_layers"] == 16
+    assert 0 < c.evidence["mean_dphi2"] <= 1 / 16  # sigmoid' <= 1/4
+    # the evidence is the product of E[phi'^2]: 16 layers at <= 1/16 each take >= 9.6 decades off
+    assert c.evidence["decades"] == pytest.approx(0.5 * 16 * math.log10(c.evidence["mean_dphi2"]), rel=0.05)
+    assert next(iter(deep)) == CauseKind.SATURATING_ACTIVATIONS  # ranked first
+    assert CauseKind.SATURATING_ACTIVATIONS not in kinds(mlp(8, 3, depth=3, width=32, activation="sigmoid", seed=0))
+    assert CauseKind.SATURATING_ACTIVATIONS not in kinds(
+        mlp(8, 3, depth=16, width=32, activation="sigmoid", batchnorm=True, seed=0)
+    )
+    # tanh near its linear regime (small weights) is not saturated: the mismatch is the init
+    tanh = kinds(mlp(8, 3, depth=16, width=64, activation="tanh", seed=0))
+    assert CauseKind.SATURATING_ACTIVATIONS not in tanh and CauseKind.INIT_MISMATCH in tanh
+
+
+def test_init_mismatch_names_the_gain_and_the_fix() -> None:
+    model = mlp(8, 3, depth=20, width=64, activation="relu", seed=0)
+    c = kinds(model)[CauseKind.INIT_MISMATCH]
+    w2 = [64 * float(m.weight.detach().double().pow(2).mean()) for m in model if isinstance(m, nn.Linear)]
+    assert c.evidence["sigma_w2"] == pytest.approx(float(np.mean(w2[1:])), rel=1e-6)
+    assert c.evidence["chi"] == pytest.approx(float(np.exp(np.mean(np.log(np.array(w2[1:]) / 2)))), rel=1e-6)
+    assert c.evidence["critical_sigma_w2"] == 2.0 and c.evidence["decades"] < -3
+    assert "kaiming_normal_" in c.remedy and "nonlinearity='relu'" in c.remedy
+    assert CauseKind.INIT_MISMATCH not in kinds(mlp(8, 3, depth=20, width=64, activation="relu", init="he", seed=0))
+    assert CauseKind.INIT_MISMATCH not in kinds(mlp(8, 3, depth=5, width=64, activation="relu", seed=0))
+
+
+def test_depth_without_skip() -> None:
+    plain = mlp(8, 3, depth=30, width=32, activation="relu", init="he", seed=0)
+    c = kinds(plain)[CauseKind.DEPTH_WITHOUT_SKIP]
+    assert c.evidence["depth"] == 31 and c.evidence["skip_connections"] == 0 and len(c.layers) == 31
+    residual = ResidualMLP(blocks=15)  # as many layers, skips around every two
+    assert CauseKind.DEPTH_WITHOUT_SKIP not in kinds(residual)
+    assert CauseKind.DEPTH_WITHOUT_SKIP not in kinds(mlp(8, 3, depth=12, width=32, activation="relu", init="he", seed=0))
+
+
+def test_no_normalization() -> None:
+    c = kinds(mlp(8, 3, depth=20, width=32, activation="relu", seed=0))[CauseKind.NO_NORMALIZATION]
+    assert c.evidence["depth"] == 21 and c.evidence["decades"] >= 3
+    assert CauseKind.NO_NORMALIZATION not in kinds(mlp(8, 3, depth=20, width=32, activation="relu", batchnorm=True, seed=0))
+    # deep but at the critical init: nothing for a normalisation to fix
+    assert CauseKind.NO_NORMALIZATION not in kinds(mlp(8, 3, depth=20, width=32, activation="relu", init="he", seed=0))
+
+
+class Recurrent(nn.Module):
+    def __init__(self, cell: type[nn.RNNBase]) -> None:
+        super().__init__()
+        self.rnn = cell(2, 32, batch_first=True)
+        self.head = nn.Linear(32, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+def test_vanilla_rnn_long_sequence() -> None:
+    model = Recurrent(nn.RNN)
+    c = kinds(model, torch.randn(4, 100, 2))[CauseKind.VANILLA_RNN_LONG_SEQUENCE]
+    rho = float(torch.linalg.eigvals(model.rnn.weight_hh_l0.detach().double()).abs().max())
+    assert c.evidence["spectral_radius"] == pytest.approx(rho, rel=1e-9)
+    assert c.evidence["decades"] == pytest.approx(99 * math.log10(rho))
+    assert c.evidence["seq_len"] == 100 and c.layers == ["rnn"]
+    assert CauseKind.VANILLA_RNN_LONG_SEQUENCE not in kinds(Recurrent(nn.LSTM), torch.randn(4, 100, 2))
+    assert CauseKind.VANILLA_RNN_LONG_SEQUENCE not in kinds(model, torch.randn(4, 5, 2))
+
+
+def _train(lr: float) -> gw.Watcher:
+    model = mlp(8, 3, depth=4, width=32, activation="relu", init="he", seed=0)
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    with gw.watch(model, every=1) as w:
+        for _ in range(12):
+            x, y = torch.randn(32, 8, generator=g), torch.randint(0, 3, (32,), generator=g)
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            w.step(loss=loss)
+            opt.step()
+    return w
+
+
+def test_step_size_too_large_from_a_real_run() -> None:
+    w = _train(lr=3.0)
+    s = analyse(w.model)
+    c = {c.kind: c for c in find_causes(s.anatomy, s, w.timeline)}[CauseKind.STEP_SIZE_TOO_LARGE]
+    ratios = w.timeline.layer_metric("update_ratio")
+    worst = float(np.nanmax(np.nanmedian(ratios[1:], axis=1)))
+    assert c.evidence["update_ratio"] == pytest.approx(worst) and worst > 0.1
+    assert c.evidence["lr_scale"] == pytest.approx(0.01 / worst)
+    # under SGD with momentum the effective step is update / gradient, of the order of lr
+    assert 0.1 < c.evidence["effective_step"] < 100
+    healthy = _train(lr=0.05)
+    s = analyse(healthy.model)
+    assert CauseKind.STEP_SIZE_TOO_LARGE not in {c.kind for c in find_causes(s.anatomy, s, healthy.timeline)}
+    assert CauseKind.STEP_SIZE_TOO_LARGE not in {c.kind for c in find_causes(s.anatomy, s, None)}
+
+
+def test_dead_relu_bias() -> None:
+    model = mlp(8, 3, depth=3, width=64, activation="relu", seed=0)
+    with torch.no_grad():
+        model[0].bias.fill_(-3.0)
+    c = kinds(model)[CauseKind.DEAD_RELU_BIAS]
+    assert c.layers[0] == "0" and c.evidence["dead_share"] > 0.5
+    # independent check: with standard-normal inputs, how many units of layer 0 ever fire
+    x = torch.randn(4096, 8)
+    fired = (model[0](x) > 0).float().mean(0)
+    assert float((fired < 0.01).float().mean()) >= 0.5
+    assert CauseKind.DEAD_RELU_BIAS not in kinds(mlp(8, 3, depth=3, width=64, activation="relu", seed=0))
+
+
+def test_vanilla_rnn_sequence_length_from_a_watched_run() -> None:
+    """A watcher has no example input: the length comes from the gradient-through-time profile."""
+    model = Recurrent(nn.RNN)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gw.watch(model, every=1) as w:
+        for _ in range(2):
+            loss = model(torch.randn(4, 60, 2)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            w.step(loss=loss)
+            opt.step()
+    assert len(w.timeline.profiles.get("grad_t/rnn")[-1][1]) == 60
+    c = {c.kind: c for c in w.diagnose().causes}[CauseKind.VANILLA_RNN_LONG_SEQUENCE]
+    assert c.evidence["seq_len"] == 60
