@@ -234,7 +234,9 @@ class Watcher:
         self._started = True
         from gradwatch.explain import structure_facts
 
-        self._structure = structure_facts(self.model, self.anatomy)  # also fills anatomy extras
+        facts = structure_facts(self.model, self.anatomy)  # also fills anatomy extras
+        if self._structure is None:  # a resumed run keeps the facts of the initial model
+            self._structure = facts
         if self._log is None:
             return
         self._log.write(
@@ -319,6 +321,7 @@ class Watcher:
             "step_count": self.step_count,
             "layers": [layer.name for layer in self.anatomy.trainable],
             "timeline": self.timeline.state_dict(),
+            "structure": self._structure,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -336,6 +339,7 @@ class Watcher:
             )
         self.timeline.load_state_dict(state["timeline"])
         self.step_count = int(state["step_count"])
+        self._structure = state.get("structure")
         if self._fprobe is not None and not self.schedule(self.step_count):
             self._fprobe.disarm()
 

@@ -131,3 +131,11 @@ def test_a_layer_its_parent_uses_directly_follows_the_parent() -> None:
     # out_proj's weights are used inside MultiheadAttention's forward; it never runs itself.
     assert w.anatomy.names == ["inp", "attn", "attn.out_proj", "out", "unused"]
     assert w.anatomy["unused"].order is None and w.anatomy["attn.out_proj"].order == 2
+
+
+def test_fan_in_of_hugging_face_conv1d_reads_its_transposed_weight() -> None:
+    from transformers.pytorch_utils import Conv1D
+
+    layer = Conv1D(12, 5)  # 5 inputs, 12 outputs; weight stored as (5, 12)
+    a = Anatomy.from_module(nn.Sequential(layer))
+    assert (a["0"].fan_in, a["0"].fan_out) == (5, 12)

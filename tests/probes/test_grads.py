@@ -198,3 +198,14 @@ def test_property_statistics_match_plain_torch(case) -> None:
             p = getattr(getattr(model, f"l{i}"), f"p{j}")
             p.grad = None if values is None else torch.tensor(values, dtype=torch.float32).reshape(shape)
     check(model)
+
+
+def test_tiny_gradients_do_not_underflow_to_zero() -> None:
+    # float32 squares of entries under ~1e-22 underflow: the norm must be redone in float64
+    model = Bag([[(64, 64)], [(10,)]])
+    model.l0.p0.grad = torch.full((64, 64), 1e-25)
+    model.l1.p0.grad = torch.full((10,), 3e-30)
+    got = measure(model)
+    assert got["grad_norm"][0] == pytest.approx(64e-25, rel=1e-6)
+    assert got["grad_norm"][1] == pytest.approx(3e-30 * math.sqrt(10), rel=1e-6)
+    assert got["grad_rms"][0] == pytest.approx(1e-25, rel=1e-6)

@@ -83,9 +83,16 @@ def fan_in_of(module: nn.Module) -> int | None:
     if isinstance(module, nn.Embedding | nn.EmbeddingBag):
         return 1
     w = getattr(module, "weight", None)
+    if _is_hf_conv1d(module) and isinstance(w, torch.Tensor):
+        return int(w.shape[0])
     if isinstance(w, torch.Tensor) and w.dim() >= 2:
         return int(math.prod(w.shape[1:]))
     return None
+
+
+def _is_hf_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's `Conv1D` (GPT-2): a linear layer that stores its weight as (in, out)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
 def _fan_out_of(module: nn.Module) -> int | None:
@@ -97,6 +104,8 @@ def _fan_out_of(module: nn.Module) -> int | None:
         return int(module.hidden_size)
     if isinstance(module, nn.Embedding | nn.EmbeddingBag):
         return int(module.embedding_dim)
+    if _is_hf_conv1d(module):
+        return int(getattr(module, "nf"))  # noqa: B009 - nf is not in nn.Module's type
     w = getattr(module, "weight", None)
     if isinstance(w, torch.Tensor) and w.dim() >= 1:
         return int(w.shape[0])

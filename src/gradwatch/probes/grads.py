@@ -10,8 +10,9 @@ For every trainable parameter the probe computes, on the device:
   preallocated buffer (``_foreach_copy_`` before, ``_foreach_sub_`` + ``_foreach_norm`` after).
 
 The per-parameter numbers go to the host in one copy (see `Transfer`), where numpy
-sums them per layer. Only when a gradient norm comes back non-finite does the probe
-count the non-finite entries of that one tensor, a rare path that syncs once more.
+sums them per layer. Only when a gradient norm comes back non-finite (to count the
+non-finite entries) or below 1e-15 (to redo it in float64, as float32 squares underflow)
+does the probe look at that one tensor again, a rare path that syncs once more.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from gradwatch.anatomy import Anatomy
 from gradwatch.probes.transfer import Transfer
 
 _GroupKey = tuple[torch.device, torch.dtype]
+#: Below this, a float32 gradient norm may have lost entries to underflow (see `summarise`).
+_UNDERFLOW = 1e-15
 
 
 @dataclass
@@ -151,14 +154,21 @@ class GradientProbe:
         unorm = _scatter(host, "u.norm", n_params)
         nonfinite = np.zeros(n_params)
         if snap is not None:
-            for i in np.flatnonzero(~np.isfinite(norm)):
+            # Rare paths, one more sync each, only for the tensors concerned:
+            # - a norm that is not finite: count the NaN/inf entries; if there are none, the
+            #   float32 sum of squares overflowed (entries near 1e20), so redo it in float64;
+            # - a norm under 1e-15 with non-zero entries: squares of entries under ~1e-22
+            #   underflow float32 to 0 (deep sigmoid nets get there), so redo it in float64.
+            tiny = (norm < _UNDERFLOW) & (nonzero > 0)
+            for i in np.flatnonzero(~np.isfinite(norm) | tiny):
                 g = snap.grads[i]
                 if g is None or g.is_sparse:
                     continue
-                # Rare path: one more sync, only for a tensor whose norm is not finite.
-                nonfinite[i] = float((~torch.isfinite(g)).sum())
-                if nonfinite[i] == 0:  # all entries finite: the float32 sum of squares overflowed
-                    norm[i] = float(torch.linalg.vector_norm(g.double()))
+                if not np.isfinite(norm[i]):
+                    nonfinite[i] = float((~torch.isfinite(g)).sum())
+                    if nonfinite[i] > 0:
+                        continue
+                norm[i] = float(torch.linalg.vector_norm(g.double()))
         # A parameter counts when its gradient was measured (count_nonzero is never NaN).
         has = ~np.isnan(nonzero)
         counted = np.bincount(self.layer_of, weights=np.where(has, self.numel, 0.0), minlength=n_layers)
