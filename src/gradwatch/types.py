@@ -134,8 +134,11 @@ class Cause:
         self.kind = CauseKind.parse(self.kind)
 
     def __str__(self) -> str:
-        fix = f" Fix: {self.remedy}" if self.remedy else ""
-        return f"{self.kind}: {self.message}{fix}"
+        message = self.message.rstrip()
+        if self.remedy:
+            end = "" if message.endswith((".", "!", "?")) else "."
+            return f"{self.kind}: {message}{end} Fix: {self.remedy}"
+        return f"{self.kind}: {message}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -252,6 +255,11 @@ class Diagnosis:
             lines.append(f"  {f}")
         for f in quiet:
             lines.append(f"  {f}")
+        if self.causes:
+            lines.append(
+                "  risks in the model's structure:" if self.healthy else "  likely causes, most likely first:"
+            )
+            lines.extend(f"    - {c}" for c in self.causes[:3])
         measured = [r for r in self.layers if r.measured_grad_norm is not None]
         if measured:
             first, last = measured[0], measured[-1]
