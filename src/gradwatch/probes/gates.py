@@ -3,7 +3,9 @@
 The gates live inside one fused kernel, so they are rebuilt on recording steps, without
 gradient: for each layer, its pre-activations x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh from
 the layer's input and its own output sequence shifted by one step. Layers below the last
-are rerun (one extra forward of those layers; their output is not exposed). Limits: one
+are rerun (one extra forward of those layers; their output is not exposed). Only the first
+`MAX_SEQUENCES` sequences of the batch are rebuilt, which keeps the cost a fraction of
+the layer's own forward pass. Limits: one
 direction, no projection, plain (not packed) sequences; with dropout between layers, the
 rerun of the lower layers sees no dropout, so their gates are approximate.
 """
@@ -15,6 +17,12 @@ from typing import Any
 
 import torch
 from torch import nn
+
+#: Gates are rebuilt for at most this many sequences of the batch (the first ones): the
+#: statistics are shares and means over tens of thousands of gate values, which a few
+#: sequences estimate well, while rebuilding the whole batch costs as much as the layer's
+#: own forward pass.
+MAX_SEQUENCES = 8
 
 LSTM_GATES = (("input_gate", "sigmoid"), ("forget_gate", "sigmoid"), ("cell_gate", "tanh"), ("output_gate", "sigmoid"))
 
@@ -35,15 +43,16 @@ def _batch_first(module: nn.RNNBase, t: torch.Tensor) -> torch.Tensor:
 
 def gate_values(module: nn.RNNBase, args: tuple[Any, ...], output: Any) -> Iterator[tuple[str, str, torch.Tensor]]:
     """Yield (gate name, activation, values) for every layer; values are post-activation."""
-    x = _batch_first(module, args[0].detach())
-    out_seq = _batch_first(module, output[0].detach())
+    k = MAX_SEQUENCES
+    x = _batch_first(module, args[0].detach())[:k]
+    out_seq = _batch_first(module, output[0].detach())[:k]
     hx = args[1] if len(args) > 1 else None
     b, h_size, n_layers = x.shape[0], module.hidden_size, module.num_layers
     if isinstance(module, nn.LSTM):
-        h0 = hx[0].detach() if hx is not None else x.new_zeros(n_layers, b, h_size)
-        c0 = hx[1].detach() if hx is not None else x.new_zeros(n_layers, b, h_size)
+        h0 = hx[0].detach()[:, :k] if hx is not None else x.new_zeros(n_layers, b, h_size)
+        c0 = hx[1].detach()[:, :k] if hx is not None else x.new_zeros(n_layers, b, h_size)
     else:
-        h0 = hx.detach() if isinstance(hx, torch.Tensor) else x.new_zeros(n_layers, b, h_size)
+        h0 = hx.detach()[:, :k] if isinstance(hx, torch.Tensor) else x.new_zeros(n_layers, b, h_size)
         c0 = None
     layer_in = x
     for layer in range(n_layers):
