@@ -20,6 +20,7 @@ from gradwatch._errors import (
 )
 from gradwatch._version import __version__
 from gradwatch.anatomy import Anatomy, Layer
+from gradwatch.fix import RepairResult, fix, repair
 from gradwatch.record import Timeline
 from gradwatch.run import Run, load
 from gradwatch.types import (
@@ -53,12 +54,15 @@ __all__ = [
     "LogFormatError",
     "ModelError",
     "Run",
+    "RepairResult",
     "Severity",
     "Timeline",
     "UsageError",
     "Watcher",
     "__version__",
     "every_n",
+    "fix",
     "load",
+    "repair",
     "watch",
 ]

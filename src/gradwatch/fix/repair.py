@@ -1,0 +1,455 @@
+"""`repair`: diagnose a model from a short run of the user's own training, try candidate fixes in short A/B runs, keep one only when it measurably wins.
+
+The user's ``train_fn(model, advice, steps) -> score`` trains `model` in place for
+`steps` optimizer steps and returns a score where **higher is better** (a validation
+accuracy, or minus a loss). ``advice`` is a dict the function should honour when it
+holds these keys: ``lr_scale`` (multiply the learning rate) and ``clip_grad_norm``
+(call ``torch.nn.utils.clip_grad_norm_(model.parameters(), value)`` before each
+optimizer step); other keys (``manual``, ``why``) are for people.
+
+The loop, with N = `steps` (one full training run) and s = `trial_steps` (default N/10):
+
+1. the original trains for s steps under `gradwatch.watch` (gradients read in a global
+   optimizer-step hook, the loss caught where ``loss.backward()`` is called, the first
+   forward's input kept as the example input) — unless a `diagnosis` is passed;
+2. if the diagnosis is healthy, nothing is tried;
+3. otherwise the original trains once more for s steps from another seed, to see how much
+   the score moves by chance; then each candidate (the fix `gw.fix` chooses; each of its
+   remedies alone when it has several; the alternative remedies for the same causes)
+   trains for s steps from the same seed as the first original run;
+4. a candidate is **kept** when its score beats the better of the two original scores by
+   more than the margin ``max(min_gain, 2 * |original - original repeat|)``: twice the
+   run-to-run spread, so a gain must be larger than what chance alone moved the
+   original by, and never less than `min_gain` (in score units: 0.01 is one point of
+   accuracy). Among candidates within the margin of the best, the one with fewest
+   changes wins;
+5. the winner (or the original, if none won) carries on training for N - s more steps
+   (`finish=True`), so the caller gets a trained model.
+
+Cost: N + (k + 1) s steps for k candidates; candidates are tried only while that stays
+within ``budget * N`` (1.5 N by default: four candidates at s = N/10). The earlier
+AutoTrainer retrained from scratch with random repairs at 2.2x.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from gradwatch._errors import GradwatchTypeError, GradwatchValueError, UsageError
+from gradwatch.fix._graph import order_of
+from gradwatch.fix.choose import (
+    BRINGS_INIT,
+    CAUSE_REMEDIES,
+    PREFERENCE,
+    Plan,
+    apply,
+    choose,
+    infer_causes,
+    ranked_causes,
+)
+from gradwatch.record import Timeline
+from gradwatch.types import Change, Diagnosis, FixResult, Severity
+
+TrainFn = Callable[[nn.Module, dict[str, Any], int], float]
+
+
+@dataclass
+class Trial:
+    """One short training run: what was trained, with what advice, and how it scored."""
+
+    name: str
+    changes: list[Change]
+    advice: dict[str, Any]
+    steps: int
+    score: float
+    seconds: float
+    error: str = ""
+    kept: bool = False
+
+    @property
+    def size(self) -> int:
+        """How much the candidate changes: edits plus numeric advice."""
+        return len(self.changes) + sum(k in self.advice for k in ("lr_scale", "clip_grad_norm"))
+
+
+@dataclass
+class RepairResult:
+    """What `repair` tried, what each scored, and what it kept.
+
+    Attributes:
+        model: the trained winner (or the trained original) when ``finish=True``;
+            otherwise the untrained fixed model (or a copy of the original).
+        fix: the kept `FixResult`, or None when the original was kept.
+        advice: the advice to train the model with (empty when the original was kept).
+        trials: every short run, the original's first.
+        baseline: the better of the original's short-run scores.
+        margin: how much a candidate had to beat the baseline by.
+        final_score: the score after the finishing run (None without it).
+        steps: one full run (N); steps_used: steps trained in all; budget_steps: the limit.
+        seconds: wall time of the whole repair.
+    """
+
+    model: nn.Module
+    fix: FixResult | None
+    advice: dict[str, Any]
+    trials: list[Trial]
+    baseline: float
+    margin: float
+    diagnosis: Diagnosis
+    steps: int
+    steps_used: int
+    budget_steps: int
+    seconds: float
+    final_score: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def improved(self) -> bool:
+        return self.fix is not None
+
+    @property
+    def cost(self) -> float:
+        """Steps trained, in units of one full training run."""
+        return self.steps_used / self.steps
+
+    def __str__(self) -> str:
+        kept = next((t for t in self.trials if t.kept), None)
+        if kept is not None:
+            head = (
+                f"repair: kept '{kept.name}': score {_fmt(kept.score)} against the original's "
+                f"{_fmt(self.baseline)} (margin {_fmt(self.margin)})"
+            )
+        elif self.diagnosis.healthy:
+            head = "repair: the original is healthy; nothing to try"
+        else:
+            head = (
+                f"repair: no candidate beat the original's {_fmt(self.baseline)} by more than "
+                f"{_fmt(self.margin)}; kept the original"
+            )
+        lines = [head, f"  {'trial':<40} {'steps':>6} {'score':>9} {'time':>7}"]
+        for t in self.trials:
+            mark = "  kept" if t.kept else (f"  error: {t.error}" if t.error else "")
+            lines.append(f"  {t.name:<40} {t.steps:>6} {_fmt(t.score):>9} {t.seconds:>6.1f}s{mark}")
+        if self.fix is not None:
+            lines.append("  changes:")
+            lines += [f"    - {c}" for c in self.fix.changes]
+            for k in ("lr_scale", "clip_grad_norm"):
+                if k in self.advice:
+                    lines.append(f"    - train with {k} = {self.advice[k]}")
+        if self.final_score is not None:
+            lines.append(f"  after the full run: score {_fmt(self.final_score)}")
+        lines.append(
+            f"  cost: {self.steps_used} steps = {self.cost:.2f}x one run of {self.steps} "
+            f"(budget {self.budget_steps}), {self.seconds:.1f} s"
+        )
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _fmt(x: float) -> str:
+    return "failed" if not math.isfinite(x) else f"{x:.4g}"
+
+
+# -- watching the user's own loop --------------------------------------------------------------
+
+
+class _LossTap(TorchFunctionMode):
+    """Catches the tensor each ``loss.backward()`` is called on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[torch.Tensor] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func is torch.Tensor.backward and args and isinstance(args[0], torch.Tensor):
+            if args[0].numel() == 1:
+                self.pending.append(args[0].detach().reshape(()))
+        return func(*args, **(kwargs or {}))
+
+
+class _Observed:
+    """The Watcher of the original's run, its example input and any note about it."""
+
+    def __init__(self) -> None:
+        self.example_input: Any = None
+        self.timeline: Timeline | None = None
+        self.diagnosis: Diagnosis | None = None
+        self.note = ""
+
+
+def _watched_run(
+    model: nn.Module, train_fn: TrainFn, steps: int, obs: _Observed, need_diagnosis: bool
+) -> float:
+    from gradwatch.watch import watch  # fix sits above watch: imported where used
+
+    own = {id(p) for p in model.parameters()}
+    handles = []
+
+    def keep_input(module: nn.Module, args: Any, kwargs: Any) -> None:
+        if obs.example_input is None:
+            if kwargs and not args:
+                obs.example_input = dict(kwargs)
+            elif not kwargs:
+                obs.example_input = args[0] if len(args) == 1 else tuple(args)
+
+    handles.append(model.register_forward_pre_hook(keep_input, with_kwargs=True))
+    if not need_diagnosis:
+        try:
+            return train_fn(model, {}, steps)
+        finally:
+            for h in handles:
+                h.remove()
+
+    tap = _LossTap()
+    w = watch(model, every=max(1, steps // 20))
+    broken: list[str] = []
+
+    def on_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if broken or not any(id(p) in own for g in opt.param_groups for p in g["params"]):
+            return
+        loss = torch.stack(tap.pending).mean() if tap.pending else None
+        tap.pending.clear()
+        try:
+            w.step(loss=loss)
+        except UsageError as e:  # no gradient to read (a closure optimizer, say)
+            broken.append(str(e))
+
+    handles.append(torch.optim.optimizer.register_optimizer_step_pre_hook(on_step))
+    try:
+        with tap:
+            score = train_fn(model, {}, steps)
+    finally:
+        for h in handles:
+            h.remove()
+        w.close()
+    if w.step_count == 0:
+        obs.note = (
+            "no torch.optim optimizer step on the model's parameters was seen during the original's "
+            "run, so it could not be diagnosed; pass diagnosis= (from gw.watch inside train_fn)"
+        )
+    obs.timeline = w.timeline
+    obs.diagnosis = w.diagnose()
+    return score
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+
+def _candidates(
+    model: nn.Module, diagnosis: Diagnosis, example_input: Any, timeline: Timeline | None
+) -> list[tuple[str, FixResult]]:
+    """The fix `gw.fix` picks, each of its remedies alone, then alternatives for the same causes."""
+    plan = choose(model, diagnosis, example_input=example_input)
+    plans: list[Plan] = []
+    if plan.remedies:
+        plans.append(plan)
+    primaries = [r for r in plan.remedies if not (r == "init" and BRINGS_INIT & set(plan.remedies))]
+    if len(primaries) > 1:
+        for r in primaries:
+            single = Plan()
+            single.add(r, plan.reasons[r], **plan.options.get(r, {}))
+            single.clip = plan.clip and r == "lr"
+            plans.append(single)
+    order = order_of(model, example_input)
+    seen = {tuple(sorted(p.remedies)) for p in plans}
+    alternatives: list[tuple[int, Plan]] = []
+    for f in diagnosis.findings:
+        if f.severity <= Severity.INFO:
+            continue
+        kinds = [c.kind for c in ranked_causes(f, diagnosis)] or infer_causes(model, order, f.kind)
+        for k in kinds[:2]:
+            for r in CAUSE_REMEDIES.get(k, ()):
+                alt = Plan()
+                alt.add(r, f"alternative for {f.kind} -> {str(k).replace('_', ' ')}")
+                alt.clip = r == "lr"
+                key = tuple(sorted(alt.remedies))
+                if key not in seen:
+                    seen.add(key)
+                    alternatives.append((PREFERENCE.index(r), alt))
+    plans += [p for _, p in sorted(alternatives, key=lambda t: t[0])]
+    out: list[tuple[str, FixResult]] = []
+    for p in plans:
+        result = apply(model, p, diagnosis, example_input=example_input, timeline=timeline)
+        if not result.changes and not any(k in result.advice for k in ("lr_scale", "clip_grad_norm")):
+            continue
+        out.append(("+".join(r for r in p.remedies) + (" (+clip)" if "clip_grad_norm" in result.advice and "lr" not in p.remedies else ""), result))
+    return out
+
+
+def _score(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError) as e:
+        raise GradwatchTypeError(
+            f"train_fn must return a number (higher is better), got {type(x).__qualname__}"
+        ) from e
+    return v if math.isfinite(v) else -math.inf
+
+
+def _print(t: Trial) -> None:
+    extra = f" (error: {t.error})" if t.error else ""
+    print(f"repair: {t.name:<40} score {_fmt(t.score):>9}  {t.steps} steps  {t.seconds:.1f}s{extra}", flush=True)
+
+
+def repair(
+    model: nn.Module,
+    train_fn: TrainFn,
+    *,
+    steps: int,
+    budget: float = 1.5,
+    trial_steps: int | None = None,
+    diagnosis: Diagnosis | None = None,
+    example_input: Any = None,
+    min_gain: float = 0.01,
+    repeat_original: bool = True,
+    finish: bool = True,
+    seed: int = 0,
+    progress: bool | Callable[[Trial], None] = True,
+) -> RepairResult:
+    """Diagnose, try candidate fixes in short A/B runs, keep one only if it measurably wins.
+
+    Args:
+        model: the model to repair (never changed; every run trains a copy).
+        train_fn: ``train_fn(model, advice, steps) -> score``: trains `model` in place for
+            `steps` optimizer steps honouring ``advice["lr_scale"]`` and
+            ``advice["clip_grad_norm"]`` when present, and returns a score where higher
+            is better (validation accuracy, minus the loss). NaN counts as a failure.
+        steps: the length of one full training run (N).
+        budget: the most steps trained in all, in units of N.
+        trial_steps: the length of each A/B run (default N/10).
+        diagnosis: skip the watched run's own diagnosis and use this one.
+        example_input: an input for `gw.fix` (default: the first batch the original saw).
+        min_gain: the smallest score gain that counts (see the module docstring).
+        repeat_original: run the original twice to measure the run-to-run spread.
+        finish: train the winner on to N steps so the result is a trained model.
+        seed: `torch.manual_seed` before each run, so candidates see the same data order
+            and dropout draws as the original (the global RNG is restored afterwards).
+        progress: print a line per run (True), stay quiet (False), or call this with each `Trial`.
+
+    Returns:
+        A `RepairResult`; ``print(result)`` shows every trial and its score.
+    """
+    if not isinstance(model, nn.Module):
+        raise GradwatchTypeError(f"repair() expects a torch.nn.Module, got {type(model).__qualname__}")
+    if not callable(train_fn):
+        raise GradwatchTypeError(
+            f"train_fn must be a callable train_fn(model, advice, steps) -> score, got {type(train_fn).__qualname__}"
+        )
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise GradwatchValueError(f"steps must be the length of one full training run (a positive int), got {steps!r}")
+    if not isinstance(budget, int | float) or not budget >= 1.0:
+        raise GradwatchValueError(
+            f"budget must be at least 1.0 (one full run; 1.5 allows a few trials), got {budget!r}"
+        )
+    s = trial_steps if trial_steps is not None else max(1, steps // 10)
+    if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= steps:
+        raise GradwatchValueError(f"trial_steps must be an int between 1 and steps={steps}, got {trial_steps!r}")
+    if diagnosis is not None and not isinstance(diagnosis, Diagnosis):
+        raise GradwatchTypeError(f"diagnosis must be a gradwatch.Diagnosis or None, got {type(diagnosis).__qualname__}")
+    report: Callable[[Trial], None] | None = _print if progress is True else (progress or None)
+    budget_steps = math.floor(budget * steps + 1e-9)
+    rest = steps - s if finish else 0
+    trials: list[Trial] = []
+    trained: dict[int, nn.Module] = {}
+    notes: list[str] = []
+    started = time.perf_counter()
+
+    def run(name: str, m: nn.Module, advice: dict[str, Any], run_seed: int, changes: list[Change],
+            watched: _Observed | None = None) -> Trial:
+        torch.manual_seed(run_seed)
+        t0 = time.perf_counter()
+        error = ""
+        try:
+            if watched is not None:
+                raw = _watched_run(m, train_fn, s, watched, need_diagnosis=diagnosis is None)
+            else:
+                raw = train_fn(m, {k: v for k, v in advice.items()}, s)
+            score = _score(raw)
+        except GradwatchTypeError:
+            raise
+        except Exception as e:  # a candidate that crashes is a failed candidate
+            score, error = -math.inf, f"{type(e).__name__}: {e}"
+        trial = Trial(name, changes, advice, s, score, time.perf_counter() - t0, error)
+        trials.append(trial)
+        trained[len(trials) - 1] = m
+        if report is not None:
+            report(trial)
+        return trial
+
+    with torch.random.fork_rng(devices=[]):
+        obs = _Observed()
+        first = run("original", copy.deepcopy(model), {}, seed, [], watched=obs)
+        diag = diagnosis if diagnosis is not None else (obs.diagnosis or Diagnosis())
+        if obs.note:
+            notes.append(obs.note)
+        spent = s
+        baseline, margin = first.score, float(min_gain)
+        winner: int | None = None
+        cands: list[tuple[str, FixResult]] = []
+        if not diag.healthy:
+            torch.manual_seed(seed)
+            cands = _candidates(model, diag, example_input if example_input is not None else obs.example_input, obs.timeline)
+            if not cands:
+                notes.append("no transform or advice applies to this model for the findings; see gw.fix(...).advice['manual']")
+            if cands and repeat_original and spent + 2 * s + rest <= budget_steps:
+                again = run("original (repeat, another seed)", copy.deepcopy(model), {}, seed + 1, [])
+                spent += s
+                baseline = max(first.score, again.score)
+                if math.isfinite(first.score) and math.isfinite(again.score):
+                    margin = max(margin, 2 * abs(first.score - again.score))
+            for i, (name, result) in enumerate(cands):
+                if spent + s + rest > budget_steps:
+                    notes.append(f"budget reached: {len(cands) - i} candidate(s) not tried")
+                    break
+                run(name, copy.deepcopy(result.model), dict(result.advice), seed, list(result.changes))
+                spent += s
+            if all(t.error for t in trials):
+                notes.append(f"every run raised (first: {trials[0].error}); check train_fn")
+            cand_idx = [i for i, t in enumerate(trials) if not t.name.startswith("original")]
+            beating = [i for i in cand_idx if trials[i].score > baseline + margin]
+            if beating:
+                best = max(trials[i].score for i in beating)
+                close = [i for i in beating if trials[i].score >= best - margin]
+                winner = min(close, key=lambda i: (trials[i].size, -trials[i].score))
+                trials[winner].kept = True
+        kept_fix: FixResult | None = None
+        advice: dict[str, Any] = {}
+        final_score: float | None = None
+        if winner is not None:
+            idx = winner
+            name = trials[winner].name
+            kept_fix = next(r for n, r in cands if n == name)
+            advice = dict(kept_fix.advice)
+        else:
+            idx = 0
+        out_model = trained[idx]
+        if finish and rest > 0:
+            torch.manual_seed(seed + 2)
+            final_score = _score(train_fn(out_model, dict(advice), rest))
+            spent += rest
+        elif not finish:
+            out_model = copy.deepcopy(kept_fix.model) if kept_fix is not None else copy.deepcopy(model)
+    return RepairResult(
+        model=out_model,
+        fix=kept_fix,
+        advice=advice,
+        trials=trials,
+        baseline=baseline,
+        margin=margin,
+        diagnosis=diag,
+        steps=steps,
+        steps_used=spent,
+        budget_steps=budget_steps,
+        seconds=time.perf_counter() - started,
+        final_score=final_score,
+        notes=notes,
+    )
