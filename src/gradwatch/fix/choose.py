@@ -191,6 +191,8 @@ def remedies_for(cause: CauseKind, order: Order) -> tuple[str, ...]:
     remedies = CAUSE_REMEDIES.get(cause, ())
     if cause == CauseKind.SATURATING_ACTIVATIONS:
         hidden = order.ops[: order.last_layer_index() + 1]  # the output activation does not count
+        if not order.traced:  # functions read from source have no place in the order
+            hidden = hidden + [f for f in order.functions if not f.fn.endswith("@output")]
         sat = [op for op in hidden if (op.module is not None and is_saturating(op.module)) or op.fn in SATURATING_FUNCTIONS]
         sigmoid_like = any(
             isinstance(op.module, nn.Sigmoid | nn.Hardsigmoid) or op.fn in ("sigmoid", "hardsigmoid") for op in sat
@@ -252,7 +254,7 @@ def choose(
             if picked is None:
                 continue
             why = messages.get(k) or str(k).replace("_", " ")
-            reason = f"{finding.kind} -> {why}"
+            reason = f"{finding.kind}: {why}"
             options: dict[str, Any] = {}
             if picked == "activations" and any(f.kind == Kind.DEAD_UNITS for f in problems):
                 options["to"] = "leaky_relu"

@@ -11,8 +11,9 @@ Which normalisation:
 - ``LayerNorm`` (for a Linear) or ``GroupNorm(1, C)`` (for a convolution: a LayerNorm
   over channels and positions) where batch statistics do not suit: when the example
   input shows a batch of one, or a Linear applied to a sequence (an output with more
-  than two dimensions, where BatchNorm1d would normalise over the wrong axis).
-  Without an example input a Linear is assumed to see ``(batch, features)``.
+  than two dimensions, where BatchNorm1d would normalise over the wrong axis), and
+  for a Linear when there is no example input: its input shape is then unknown, and
+  LayerNorm fits every ``(..., features)`` shape where BatchNorm1d fits only one.
 
 Where: the activation's slot becomes ``nn.Sequential(norm, activation)``, so parametric
 layers keep their names. Only pairs known to run back to back are changed: neighbours
@@ -51,9 +52,10 @@ KINDS = ("auto", "batch", "layer")
 def _norm_for(layer: nn.Module, kind: str, out_shape: tuple[int, ...] | None) -> nn.Module | None:
     if isinstance(layer, nn.Linear):
         n = layer.out_features
-        sequence = out_shape is not None and len(out_shape) > 2
-        single = out_shape is not None and len(out_shape) >= 1 and out_shape[0] == 1
-        if kind == "layer" or (kind == "auto" and (sequence or single)):
+        # BatchNorm1d only fits a (batch, features) output; with the shape unknown (no
+        # example input), LayerNorm is the choice that fits every (..., features) shape.
+        batch_of_rows = out_shape is not None and len(out_shape) == 2 and out_shape[0] > 1
+        if kind == "layer" or (kind == "auto" and not batch_of_rows):
             return nn.LayerNorm(n)
         return nn.BatchNorm1d(n)
     if isinstance(layer, nn.modules.conv._ConvNd):

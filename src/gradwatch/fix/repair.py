@@ -42,9 +42,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.overrides import TorchFunctionMode
 
-from gradwatch._errors import GradwatchTypeError, GradwatchValueError, UsageError
+from gradwatch._errors import GradwatchTypeError, GradwatchValueError
 from gradwatch.fix._graph import order_of
 from gradwatch.fix.choose import (
     BRINGS_INIT,
@@ -220,10 +221,10 @@ def _watched_run(
         tap.pending.clear()
         try:
             w.step(loss=loss)
-        except UsageError as e:  # no gradient to read (a closure optimizer, say)
-            broken.append(str(e))
+        except Exception as e:  # watching is best-effort: it must never break the user's run
+            broken.append(f"{type(e).__name__}: {e}")
 
-    handles.append(torch.optim.optimizer.register_optimizer_step_pre_hook(on_step))
+    handles.append(register_optimizer_step_pre_hook(on_step))
     try:
         with tap:
             score = train_fn(model, {}, steps)
@@ -231,7 +232,9 @@ def _watched_run(
         for h in handles:
             h.remove()
         w.close()
-    if w.step_count == 0:
+    if broken:
+        obs.note = f"watching the original's run stopped early ({broken[0]}); the diagnosis covers the steps before"
+    elif w.step_count == 0:
         obs.note = (
             "no torch.optim optimizer step on the model's parameters was seen during the original's "
             "run, so it could not be diagnosed; pass diagnosis= (from gw.watch inside train_fn)"
@@ -269,7 +272,7 @@ def _candidates(
         for k in kinds[:2]:
             for r in CAUSE_REMEDIES.get(k, ()):
                 alt = Plan()
-                alt.add(r, f"alternative for {f.kind} -> {str(k).replace('_', ' ')}")
+                alt.add(r, f"alternative for {f.kind}: {str(k).replace('_', ' ')}")
                 alt.clip = r == "lr"
                 key = tuple(sorted(alt.remedies))
                 if key not in seen:
@@ -295,6 +298,35 @@ def _score(x: Any) -> float:
     return v if math.isfinite(v) else -math.inf
 
 
+#: The most candidates tried in the first round (the default trial length spreads half
+#: of the spare budget over them and the original's two runs).
+MAX_CANDIDATES = 4
+
+
+def _leader(trials: list[Trial], candidates: list[int], margin: float) -> int | None:
+    """The first candidate (in the order tried) whose score is within `margin` of the best.
+
+    Candidates are tried in the chooser's order — its own pick first — so when short runs
+    cannot tell candidates apart, the one the diagnosis points to leads.
+    """
+    finite = [i for i in candidates if math.isfinite(trials[i].score)]
+    if not finite:
+        return None
+    best = max(trials[i].score for i in finite)
+    return next(i for i in finite if trials[i].score >= best - margin)
+
+
+def _extension(steps: int, s: int, spent: int, budget_steps: int, finish: bool) -> int:
+    """How far the original and the best candidate can both train on in round 2.
+
+    Both go on by e; the one kept is then finished to `steps` (costing steps - s - e), so
+    spent + 2e + (steps - s - e) <= budget_steps, and s + e <= steps.
+    """
+    if not finish:
+        return max(0, min(steps - s, (budget_steps - spent) // 2))
+    return max(0, min(steps - s, budget_steps - spent - (steps - s)))
+
+
 def _print(t: Trial) -> None:
     extra = f" (error: {t.error})" if t.error else ""
     print(f"repair: {t.name:<40} score {_fmt(t.score):>9}  {t.steps} steps  {t.seconds:.1f}s{extra}", flush=True)
@@ -309,7 +341,7 @@ def repair(
     trial_steps: int | None = None,
     diagnosis: Diagnosis | None = None,
     example_input: Any = None,
-    min_gain: float = 0.01,
+    min_gain: float = 0.02,
     repeat_original: bool = True,
     finish: bool = True,
     seed: int = 0,
@@ -350,44 +382,53 @@ def repair(
         raise GradwatchValueError(
             f"budget must be at least 1.0 (one full run; 1.5 allows a few trials), got {budget!r}"
         )
-    s = trial_steps if trial_steps is not None else max(1, steps // 10)
+    budget_steps = math.floor(budget * steps + 1e-9)
+    waste = budget_steps - steps  # steps that may go to runs whose model is not the one kept
+    s = trial_steps if trial_steps is not None else max(1, waste // (2 * (MAX_CANDIDATES + 1)))
     if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= steps:
         raise GradwatchValueError(f"trial_steps must be an int between 1 and steps={steps}, got {trial_steps!r}")
     if diagnosis is not None and not isinstance(diagnosis, Diagnosis):
         raise GradwatchTypeError(f"diagnosis must be a gradwatch.Diagnosis or None, got {type(diagnosis).__qualname__}")
     report: Callable[[Trial], None] | None = _print if progress is True else (progress or None)
-    budget_steps = math.floor(budget * steps + 1e-9)
-    rest = steps - s if finish else 0
     trials: list[Trial] = []
-    trained: dict[int, nn.Module] = {}
+    models: list[nn.Module] = []  # the model each trial trained (a continued trial shares its model)
+    trained_steps: list[int] = []  # steps the model of each trial has been trained in all
     notes: list[str] = []
     started = time.perf_counter()
 
     def run(name: str, m: nn.Module, advice: dict[str, Any], run_seed: int, changes: list[Change],
-            watched: _Observed | None = None) -> Trial:
+            n: int, watched: _Observed | None = None, before: int = 0) -> Trial:
         torch.manual_seed(run_seed)
         t0 = time.perf_counter()
         error = ""
         try:
             if watched is not None:
-                raw = _watched_run(m, train_fn, s, watched, need_diagnosis=diagnosis is None)
+                raw = _watched_run(m, train_fn, n, watched, need_diagnosis=diagnosis is None)
             else:
-                raw = train_fn(m, {k: v for k, v in advice.items()}, s)
+                raw = train_fn(m, dict(advice), n)
             score = _score(raw)
         except GradwatchTypeError:
             raise
         except Exception as e:  # a candidate that crashes is a failed candidate
             score, error = -math.inf, f"{type(e).__name__}: {e}"
-        trial = Trial(name, changes, advice, s, score, time.perf_counter() - t0, error)
+        trial = Trial(name, changes, advice, n, score, time.perf_counter() - t0, error)
         trials.append(trial)
-        trained[len(trials) - 1] = m
+        models.append(m)
+        trained_steps.append(before + n)
         if report is not None:
             report(trial)
         return trial
 
+    spent = 0
+
+    def affordable(extra: int, keep_trained: int) -> bool:
+        """Can `extra` more steps be trained and the kept model still be finished to N?"""
+        finish_cost = steps - keep_trained if finish else 0
+        return spent + extra + finish_cost <= budget_steps
+
     with torch.random.fork_rng(devices=[]):
         obs = _Observed()
-        first = run("original", copy.deepcopy(model), {}, seed, [], watched=obs)
+        first = run("original", copy.deepcopy(model), {}, seed, [], s, watched=obs)
         diag = diagnosis if diagnosis is not None else (obs.diagnosis or Diagnosis())
         if obs.note:
             notes.append(obs.note)
@@ -395,43 +436,62 @@ def repair(
         baseline, margin = first.score, float(min_gain)
         winner: int | None = None
         cands: list[tuple[str, FixResult]] = []
+        results: dict[int, FixResult] = {}
         if not diag.healthy:
             torch.manual_seed(seed)
             cands = _candidates(model, diag, example_input if example_input is not None else obs.example_input, obs.timeline)
+            cands = cands[:MAX_CANDIDATES]
             if not cands:
                 notes.append("no transform or advice applies to this model for the findings; see gw.fix(...).advice['manual']")
-            if cands and repeat_original and spent + 2 * s + rest <= budget_steps:
-                again = run("original (repeat, another seed)", copy.deepcopy(model), {}, seed + 1, [])
+            if cands and repeat_original and affordable(2 * s, s):
+                again = run("original (repeat, another seed)", copy.deepcopy(model), {}, seed + 1, [], s)
                 spent += s
                 baseline = max(first.score, again.score)
                 if math.isfinite(first.score) and math.isfinite(again.score):
                     margin = max(margin, 2 * abs(first.score - again.score))
             for i, (name, result) in enumerate(cands):
-                if spent + s + rest > budget_steps:
+                if not affordable(s, s):
                     notes.append(f"budget reached: {len(cands) - i} candidate(s) not tried")
                     break
-                run(name, copy.deepcopy(result.model), dict(result.advice), seed, list(result.changes))
+                run(name, copy.deepcopy(result.model), dict(result.advice), seed, list(result.changes), s)
+                results[len(trials) - 1] = result
                 spent += s
             if all(t.error for t in trials):
                 notes.append(f"every run raised (first: {trials[0].error}); check train_fn")
-            cand_idx = [i for i, t in enumerate(trials) if not t.name.startswith("original")]
-            beating = [i for i in cand_idx if trials[i].score > baseline + margin]
-            if beating:
-                best = max(trials[i].score for i in beating)
-                close = [i for i in beating if trials[i].score >= best - margin]
-                winner = min(close, key=lambda i: (trials[i].size, -trials[i].score))
+            leader = _leader(trials, list(results), margin)
+            if leader is not None and trials[leader].score > baseline + 2 * margin:
+                winner = leader  # a clear win: no need to look further
+            elif leader is not None:
+                # Round 2: the leader did not pull clearly ahead in s steps (some fixes only
+                # show after a plateau, and a small lead may be chance). Train it and the
+                # original on as far as the budget allows — only the loser's steps are
+                # wasted — and keep it only if it is ahead by more than the margin there.
+                e = _extension(steps, s, spent, budget_steps, finish)
+                if e > 0:
+                    a = run("original, continued", models[0], {}, seed + 3, [], e, before=s)
+                    spent += e
+                    b = run(f"{trials[leader].name}, continued", models[leader], dict(results[leader].advice),
+                            seed + 3, list(results[leader].changes), e, before=s)
+                    spent += e
+                    results[len(trials) - 1] = results[leader]
+                    if b.score > a.score + margin:
+                        winner, baseline = len(trials) - 1, a.score
+                elif trials[leader].score > baseline + margin:
+                    winner = leader
+            if winner is not None:
                 trials[winner].kept = True
         kept_fix: FixResult | None = None
         advice: dict[str, Any] = {}
         final_score: float | None = None
         if winner is not None:
-            idx = winner
-            name = trials[winner].name
-            kept_fix = next(r for n, r in cands if n == name)
+            kept_fix = results[winner]
             advice = dict(kept_fix.advice)
-        else:
-            idx = 0
-        out_model = trained[idx]
+            idx = winner
+        else:  # the original: its longest-trained run
+            idx = max((i for i, t in enumerate(trials) if t.name.startswith("original") and "repeat" not in t.name),
+                      key=lambda i: trained_steps[i])
+        out_model = models[idx]
+        rest = steps - trained_steps[idx]
         if finish and rest > 0:
             torch.manual_seed(seed + 2)
             final_score = _score(train_fn(out_model, dict(advice), rest))
