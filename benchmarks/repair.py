@@ -266,9 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     costs: list[float] = []
     details: list[str] = []
     for case in todo:
-        ok = lambda s: s >= case.healthy  # noqa: E731
-        s0, t0, diag, timeline, example = watched_original(case)
-        base_s, base_t = full_run(case, case.make(), {})  # unwatched: the wall-time reference
+        target = case.healthy
+
+        def ok(score: float, target: float = target) -> bool:
+            return score >= target
+
+        s0, _t0, diag, timeline, example = watched_original(case)
+        _base_s, base_t = full_run(case, case.make(), {})  # unwatched: the wall-time reference
         result = gw.fix(case.make(), diag, timeline=timeline, example_input=example)
         numeric = {k: v for k, v in result.advice.items() if k in ("lr_scale", "clip_grad_norm")}
         s_fix, _ = full_run(case, result.model, numeric)

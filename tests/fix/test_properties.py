@@ -71,7 +71,7 @@ def test_transform_invariants(zname: str, tname: str, traced: bool) -> None:
 
 @pytest.mark.parametrize("tname", list(TRANSFORMS))
 def test_inplace_returns_the_same_object(tname: str) -> None:
-    make, make_input = ZOO["sigmoid_mlp"]
+    make, _make_input = ZOO["sigmoid_mlp"]
     model = make()
     new, _ = TRANSFORMS[tname](model, inplace=True)
     assert new is model

@@ -7,28 +7,35 @@ holds these keys: ``lr_scale`` (multiply the learning rate) and ``clip_grad_norm
 (call ``torch.nn.utils.clip_grad_norm_(model.parameters(), value)`` before each
 optimizer step); other keys (``manual``, ``why``) are for people.
 
-The loop, with N = `steps` (one full training run) and s = `trial_steps` (default N/10):
+The loop, with N = `steps` (one full training run) and B = `budget` (1.5):
 
 1. the original trains for s steps under `gradwatch.watch` (gradients read in a global
    optimizer-step hook, the loss caught where ``loss.backward()`` is called, the first
-   forward's input kept as the example input) — unless a `diagnosis` is passed;
-2. if the diagnosis is healthy, nothing is tried;
-3. otherwise the original trains once more for s steps from another seed, to see how much
-   the score moves by chance; then each candidate (the fix `gw.fix` chooses; each of its
-   remedies alone when it has several; the alternative remedies for the same causes)
-   trains for s steps from the same seed as the first original run;
-4. a candidate is **kept** when its score beats the better of the two original scores by
-   more than the margin ``max(min_gain, 2 * |original - original repeat|)``: twice the
-   run-to-run spread, so a gain must be larger than what chance alone moved the
-   original by, and never less than `min_gain` (in score units: 0.01 is one point of
-   accuracy). Among candidates within the margin of the best, the one with fewest
-   changes wins;
-5. the winner (or the original, if none won) carries on training for N - s more steps
+   forward's input kept as the example input for `gw.fix`) — unless a `diagnosis` is
+   passed. If the diagnosis is healthy, nothing is tried;
+2. the original trains once more for s steps from another seed, to see how much the
+   score moves by chance; then up to four candidates — the fix `gw.fix` chooses, each
+   of its remedies alone when it has several, the alternative remedies for the same
+   causes — each train s steps from the same seed as the first original run;
+3. the *leader* is the first candidate (in that order, so the diagnosis's own pick
+   leads a tie) within the margin of the best score. The margin is
+   ``max(min_gain, 2 * |original - original repeat|)``: a gain must exceed twice what
+   chance alone moved the original by, and never be less than `min_gain` (0.02 in
+   score units: two points of accuracy, about one standard error of an accuracy
+   measured on 400 examples). A leader ahead of the original by more than twice the
+   margin is kept at once;
+4. otherwise the leader and the original both train on, as far as the budget allows,
+   and the leader is kept only if it is ahead by more than the margin there (some fixes
+   only show after a plateau, and a small early lead may be chance);
+5. the model kept (the winner, or the original) trains on to N steps in all
    (`finish=True`), so the caller gets a trained model.
 
-Cost: N + (k + 1) s steps for k candidates; candidates are tried only while that stays
-within ``budget * N`` (1.5 N by default: four candidates at s = N/10). The earlier
-AutoTrainer retrained from scratch with random repairs at 2.2x.
+Cost: every step trained counts. The kept model's own steps are part of its N; the
+others are the overhead, held to (B - 1) N: half of it for the first round (s =
+(B - 1) N / 10 by default: five short runs besides the kept one), the rest for the
+second. So the total never exceeds B N steps — the earlier AutoTrainer retrained from
+scratch with randomly chosen repairs at 2.2x. A candidate whose step is dearer (a GRU
+for an RNN, an added BatchNorm) costs more wall time per step than the original.
 """
 
 from __future__ import annotations
@@ -112,6 +119,7 @@ class RepairResult:
     seconds: float
     final_score: float | None = None
     notes: list[str] = field(default_factory=list)
+    timeline: Timeline | None = None  # the original's watched short run (None when a diagnosis was passed)
 
     @property
     def improved(self) -> bool:
@@ -357,7 +365,7 @@ def repair(
             is better (validation accuracy, minus the loss). NaN counts as a failure.
         steps: the length of one full training run (N).
         budget: the most steps trained in all, in units of N.
-        trial_steps: the length of each A/B run (default N/10).
+        trial_steps: the length of each first-round run (default (budget - 1) N / 10).
         diagnosis: skip the watched run's own diagnosis and use this one.
         example_input: an input for `gw.fix` (default: the first batch the original saw).
         min_gain: the smallest score gain that counts (see the module docstring).
@@ -496,7 +504,9 @@ def repair(
             torch.manual_seed(seed + 2)
             final_score = _score(train_fn(out_model, dict(advice), rest))
             spent += rest
-        elif not finish:
+        elif finish:  # the kept run already had all N steps
+            final_score = trials[idx].score
+        else:
             out_model = copy.deepcopy(kept_fix.model) if kept_fix is not None else copy.deepcopy(model)
     return RepairResult(
         model=out_model,
@@ -512,4 +522,5 @@ def repair(
         seconds=time.perf_counter() - started,
         final_score=final_score,
         notes=notes,
+        timeline=obs.timeline,
     )

@@ -13,10 +13,17 @@ dropout. A *run* is two or more such blocks in a row; each block of a run become
 ``Residual(block)``. Custom modules whose ``forward`` is code are not rewired (the data
 flow is not known); `gradwatch.fix.manual` says where to add the skip by hand.
 
-The branch is scaled by ``alpha = 1 / sqrt(n)`` for a run of n blocks: each unscaled
-``x + f(x)`` adds the branch's variance to the stream, so n blocks would multiply it by
-about 2^n; with the scale the growth is at most ``(1 + 1/n)^n < e``, in the forward
-signal and in the gradient alike (the reasoning behind Fixup and SkipInit).
+The branch is scaled down, because each unscaled ``x + f(x)`` adds the branch's
+variance to the stream, so n blocks would multiply it by about 2^n (the reasoning
+behind Fixup and SkipInit):
+
+- ``alpha = 1 / sqrt(n)`` for a run of n blocks whose activation is odd (tanh, softsign,
+  hardtanh): zero-mean branches add up like a random walk, so the variance grows by at
+  most ``(1 + 1/n)^n < e``;
+- ``alpha = 1 / n`` when the activation's output has a nonzero mean (ReLU family,
+  sigmoid, GELU): those means add up coherently, block after block, and with
+  ``1 / sqrt(n)`` the signal still grows like ``exp(c sqrt(n))`` (measured: 180x over 32
+  He-initialised ReLU blocks); with ``1 / n`` it stays within a small constant factor.
 """
 
 from __future__ import annotations
@@ -98,6 +105,21 @@ def _block_at(items: list[nn.Module], i: int) -> int:
     return j - i
 
 
+def _zero_mean(act_slot: nn.Module) -> bool:
+    act = list(act_slot)[-1] if type(act_slot) is nn.Sequential else act_slot
+    if isinstance(act, nn.Hardtanh) and not isinstance(act, nn.ReLU6):
+        return act.min_val == -act.max_val
+    return isinstance(act, nn.Tanh | nn.Softsign)
+
+
+def _scale(items: list[nn.Module], run: list[tuple[int, int]]) -> float:
+    """The branch scale for a run (see the module docstring)."""
+    odd = True
+    for start, length in run:
+        odd &= any(_zero_mean(m) for m in items[start : start + length] if _is_act_slot(m))
+    return 1.0 / math.sqrt(len(run)) if odd else 1.0 / len(run)
+
+
 def transform(
     model: nn.Module, *, reason: str = REASON, inplace: bool = False, **_: Any
 ) -> tuple[nn.Module, list[Change]]:
@@ -128,13 +150,13 @@ def transform(
         runs = [r for r in runs if len(r) >= MIN_RUN]
         if not runs:
             continue
-        starts = {b[0]: (b[1], len(r)) for r in runs for b in r}
+        starts = {b[0]: (b[1], _scale(items, r)) for r in runs for b in r}
         out: list[nn.Module] = []
         i = 0
         while i < len(items):
             if i in starts:
-                n, run_len = starts[i]
-                out.append(Residual(nn.Sequential(*items[i : i + n]), 1.0 / math.sqrt(run_len)).train(seq.training))
+                n, scale = starts[i]
+                out.append(Residual(nn.Sequential(*items[i : i + n]), scale).train(seq.training))
                 i += n
             else:
                 out.append(items[i])
@@ -149,7 +171,7 @@ def transform(
                     target=name,
                     description=(
                         f"{where}: wrapped {len(r)} shape-preserving blocks in skip connections "
-                        f"(x + {1.0 / math.sqrt(len(r)):.2g} * f(x))"
+                        f"(x + {_scale(items, r):.2g} * f(x))"
                     ),
                     reason=reason,
                 )
