@@ -3,7 +3,8 @@
 Every variant trains its own copy of the same model, and the variants take turns in
 short blocks (round robin), so a slow patch of a noisy machine hits them all alike.
 Reported: median over blocks of (variant block time / unmonitored block time of the
-same round).
+same round). "gw.watch" runs with its forward probes (activations, output spread,
+gradient through time) unless the column says "gradients only".
 
     python benchmarks/overhead.py            # the figures in docs/performance.md
     python benchmarks/overhead.py --quick    # a fast look
@@ -64,7 +65,7 @@ def workloads() -> list[Workload]:
 class Variant:
     """One way of training: its own model copy, optimizer and monitoring."""
 
-    def __init__(self, name: str, model: nn.Module, kind: str, every: int | None = None) -> None:
+    def __init__(self, name: str, model: nn.Module, kind: str, every: int | None = None, activations: bool = True) -> None:
         self.name = name
         self.model = model
         self.opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -72,7 +73,10 @@ class Variant:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.watcher: gw.Watcher | None = None
         if kind == "watch":
-            self.watcher = gw.watch(model, every=every) if every else gw.watch(model)
+            if every:
+                self.watcher = gw.watch(model, every=every, activations=activations)
+            else:
+                self.watcher = gw.watch(model, activations=activations)
         self.times: list[float] = []
         self.sink = 0.0
 
@@ -98,6 +102,7 @@ def measure(workload: Workload, rounds: int, block: int) -> dict[str, float]:
         Variant("unmonitored", copy.deepcopy(base), "none"),
         Variant("gw.watch (defaults)", copy.deepcopy(base), "watch"),
         Variant("gw.watch(every=1)", copy.deepcopy(base), "watch", every=1),
+        Variant("every=1, gradients only", copy.deepcopy(base), "watch", every=1, activations=False),
         Variant("hand-written .item() per param", copy.deepcopy(base), "hand"),
     ]
     data = [sample() for _ in range(block)]
@@ -124,11 +129,12 @@ def main() -> None:
     rounds, block = (5, 20) if args.quick else (args.rounds, args.block)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, default every={gw.DEFAULT_EVERY}, "
           f"{rounds} rounds of {block} steps")
-    header = ["workload", "gw.watch (defaults)", "gw.watch(every=1)", "hand-written .item() per param"]
-    print(" | ".join(header))
+    header = ["workload", "gw.watch (defaults)", "gw.watch(every=1)", "every=1, gradients only", "hand-written .item() per param"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
     for w in workloads():
         res = measure(w, rounds, block)
-        print(" | ".join([w[0]] + [f"{res[h]:.3f}x" for h in header[1:]]), flush=True)
+        print("| " + " | ".join([w[0]] + [f"{res[h]:.3f}x" for h in header[1:]]) + " |", flush=True)
 
 
 if __name__ == "__main__":

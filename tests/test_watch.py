@@ -388,3 +388,27 @@ def test_memory_stays_flat_over_5000_steps() -> None:
         w.close()
     assert w.timeline.recorded == 5000 and len(w.timeline) <= 256
     assert sizes[1] - sizes[0] < 64 * 1024, sizes
+
+
+def test_state_dict_resumes_a_run(tmp_path: Path) -> None:
+    import json
+
+    model = tiny_mlp()
+    with gw.watch(model, every=2) as w:
+        train_steps(model, w, 5)
+        state = w.state_dict()
+    state = json.loads(json.dumps(state))  # plain data: survives JSON (and torch.save)
+    with gw.watch(model, every=2) as w2:
+        w2.load_state_dict(state)
+        train_steps(model, w2, 4, seed=1)
+    assert w2.step_count == 9
+    assert list(w2.timeline.steps) == [0, 2, 4, 6, 8]
+    assert list(w2.timeline.loss()[0]) == list(range(9))
+    np.testing.assert_array_equal(w2.timeline.layer_metric("grad_norm")[:3], w.timeline.layer_metric("grad_norm"))
+
+
+def test_state_dict_of_another_model_is_refused() -> None:
+    with gw.watch(tiny_mlp(depth=2)) as w:
+        state = w.state_dict()
+    with gw.watch(tiny_mlp(depth=4)) as w2, pytest.raises(ValueError, match="other layers"):
+        w2.load_state_dict(state)

@@ -31,6 +31,7 @@ from gradwatch._errors import GradwatchTypeError, GradwatchValueError, UsageErro
 from gradwatch._version import __version__
 from gradwatch.anatomy import Anatomy
 from gradwatch.probes import GradientProbe, Transfer
+from gradwatch.probes.forward import ForwardProbe
 from gradwatch.probes.grads import GradSnapshot
 from gradwatch.record import LOG_FORMAT, LOG_VERSION, JsonlLog, Timeline
 from gradwatch.types import Diagnosis
@@ -77,6 +78,7 @@ class Watcher:
         optimizer: torch.optim.Optimizer | None = None,
         log: str | os.PathLike[str] | None = None,
         updates: bool = True,
+        activations: bool = True,
         capacity: int = 1024,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -112,6 +114,7 @@ class Watcher:
         self._started = False
         self._log_path = log
         self._log: JsonlLog | None = None
+        self._fprobe = ForwardProbe(model) if activations else None
         try:
             if log is not None:
                 self._log = JsonlLog(log)
@@ -122,6 +125,7 @@ class Watcher:
             if optimizer is not None:
                 self._handles.append(optimizer.register_step_pre_hook(self._before_optimizer_step))
                 self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
+            self._arm_for(0)
         except BaseException:
             self.close()
             raise
@@ -171,6 +175,7 @@ class Watcher:
             # measured at step n + 1, the next recording step, from this snapshot.
             self._start().snapshot()
         self.step_count = n + 1
+        self._arm_for(n + 1)
 
     def _before_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         n = self.step_count
@@ -185,13 +190,23 @@ class Watcher:
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         n = self.step_count
         self.step_count = n + 1
-        if self._pending is None:
+        if self._pending is not None:
+            probe = self._start()
+            transfer = self._pending_transfer
+            probe.measure_update(transfer)
+            snap, self._pending = self._pending, None
+            self._finish_record(n, transfer, snap)
+        self._arm_for(n + 1)
+
+    def _arm_for(self, n: int) -> None:
+        """Arm the forward probes if step `n` is a recording step (they see its forward pass)."""
+        fp = self._fprobe
+        if fp is None:
             return
-        probe = self._start()
-        transfer = self._pending_transfer
-        probe.measure_update(transfer)
-        snap, self._pending = self._pending, None
-        self._finish_record(n, transfer, snap)
+        if self.schedule(n):
+            fp.arm()
+        elif fp.armed:
+            fp.disarm()
 
     # -- recording -----------------------------------------------------------------------
     def _order_hook(self, name: str) -> Callable[..., None]:
@@ -233,6 +248,7 @@ class Watcher:
                     "every": self.every,
                     "optimizer": type(self.optimizer).__name__ if self.optimizer else None,
                     "updates": self._updates,
+                    "activations": self._fprobe is not None,
                     "capacity": self.timeline.records.capacity,
                     "loss_capacity": self.timeline.losses.capacity,
                 },
@@ -257,6 +273,10 @@ class Watcher:
     def _finish_record(self, n: int, transfer: Transfer, snap: GradSnapshot) -> None:
         probe = self._start()
         probe.measure_weights(transfer)
+        layout: list[tuple[str, str, str]] = []
+        if self._fprobe is not None:
+            layout = self._fprobe.measure(transfer)
+            self._fprobe.disarm()
         losses = self._queue_losses(transfer, upto=n)
         host = transfer.fetch()  # the one device-to-host copy of this record
         layers = probe.summarise(host, snap)
@@ -266,6 +286,8 @@ class Watcher:
             "losses": _mean_per_step(losses, host),
             "layers": {k: [float(x) for x in v] for k, v in layers.items()},
         }
+        if self._fprobe is not None:
+            record.update(self._fprobe.summarise(host, layout))
         self._emit(record)
 
     def _flush_losses(self) -> None:
@@ -283,6 +305,34 @@ class Watcher:
         self.timeline.ingest(record)
         if self._log is not None:
             self._log.write(record)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The step count and the Timeline, as plain data, for saving beside a model checkpoint."""
+        self._flush_losses()
+        return {
+            "step_count": self.step_count,
+            "layers": [layer.name for layer in self.anatomy.trainable],
+            "timeline": self.timeline.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from `state_dict()`: steps continue from the saved count, history is kept.
+
+        Layer names must match the model's (the same architecture).
+        """
+        layers = list(state["layers"])
+        mine = [layer.name for layer in self.anatomy.trainable]
+        if sorted(layers) != sorted(mine):
+            raise GradwatchValueError(
+                "the saved state is for a model with other layers: "
+                f"saved {layers[:5]}{'...' if len(layers) > 5 else ''}, this model has {mine[:5]}"
+                f"{'...' if len(mine) > 5 else ''}"
+            )
+        self.timeline.load_state_dict(state["timeline"])
+        self.step_count = int(state["step_count"])
+        if self._fprobe is not None and not self.schedule(self.step_count):
+            self._fprobe.disarm()
 
     # -- results and teardown --------------------------------------------------------------
     def diagnose(self) -> Diagnosis:
@@ -306,6 +356,8 @@ class Watcher:
                 self._log.close()
 
     def _remove_hooks(self) -> None:
+        if getattr(self, "_fprobe", None) is not None:
+            self._fprobe.disarm()  # type: ignore[union-attr]
         for h in self._order_handles + self._handles:
             h.remove()
         self._order_handles.clear()
@@ -346,6 +398,7 @@ def watch(
     optimizer: torch.optim.Optimizer | None = None,
     log: str | os.PathLike[str] | None = None,
     updates: bool = True,
+    activations: bool = True,
     capacity: int = 1024,
 ) -> Watcher:
     """Watch `model` while it trains.
@@ -359,6 +412,9 @@ def watch(
         log: path of a JSONL file to write every record to (read it back with `gradwatch.load`).
         updates: measure the size of each recorded optimizer update; this keeps one copy
             of the trainable parameters on their device.
+        activations: on recording steps, also measure activations (dead and saturated
+            units, functional calls included), the output spread, and the gradient through
+            time of recurrent layers (see docs/watch.md).
         capacity: recording steps kept at full resolution before older ones are thinned.
 
     Example::
@@ -371,4 +427,12 @@ def watch(
                 opt.step()
         print(w.diagnose())
     """
-    return Watcher(model, every=every, optimizer=optimizer, log=log, updates=updates, capacity=capacity)
+    return Watcher(
+        model,
+        every=every,
+        optimizer=optimizer,
+        log=log,
+        updates=updates,
+        activations=activations,
+        capacity=capacity,
+    )

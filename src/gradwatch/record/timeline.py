@@ -189,6 +189,19 @@ class Profiles:
     def __contains__(self, name: object) -> bool:
         return name in self._data
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "capacity": self.capacity,
+            "data": {n: [[s, v.tolist()] for s, v in series] for n, series in self._data.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.capacity = int(state["capacity"])
+        self._data = {
+            n: [(int(s), np.asarray(v, dtype=np.float64)) for s, v in series]
+            for n, series in state["data"].items()
+        }
+
 
 class Timeline:
     """Everything measured during a run, in bounded memory.
@@ -201,6 +214,8 @@ class Timeline:
 
     def __init__(self, layers: Sequence[str] = (), capacity: int = 1024, loss_capacity: int = 8192) -> None:
         self.layers: list[str] = list(layers)
+        #: Activation sites seen so far: name -> {"fn", "module", "family", ...} (docs/metrics.md).
+        self.sites: dict[str, dict[str, Any]] = {}
         self.records = Table(capacity)
         self.losses = Table(loss_capacity)
         self.profiles = Profiles(capacity)
@@ -230,6 +245,23 @@ class Timeline:
         """Steps and loss values (the mean of the losses passed for each step)."""
         return self.losses.steps, self.losses.column("loss", "loss")
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything held, as plain Python data (for checkpoints); see `load_state_dict`."""
+        return {
+            "layers": list(self.layers),
+            "sites": {k: dict(v) for k, v in self.sites.items()},
+            "records": self.records.state_dict(),
+            "losses": self.losses.state_dict(),
+            "profiles": self.profiles.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.layers = list(state["layers"])
+        self.sites = {k: dict(v) for k, v in state["sites"].items()}
+        self.records.load_state_dict(state["records"])
+        self.losses.load_state_dict(state["losses"])
+        self.profiles.load_state_dict(state["profiles"])
+
     @property
     def last_step(self) -> int | None:
         candidates = [t.steps[-1] for t in (self.records, self.losses) if len(t)]
@@ -242,6 +274,7 @@ class Timeline:
             self.losses.append(int(step), {"loss": {"loss": float(value)}})
         if record.get("type") != "record":
             return
+        self.sites.update(record.get("sites", {}))
         step = int(record["step"])
         layers = tuple(self.layers)
         rows: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}

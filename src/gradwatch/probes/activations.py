@@ -1,0 +1,153 @@
+"""Activation statistics: dead and saturated units, computed on the device from an output.
+
+Every activation gradwatch knows is listed in `ACTIVATIONS` with its family:
+
+- ``relu`` family (ReLU and its smooth or leaky relatives): a *dead* unit is one that is
+  never positive over the batch (and over positions, for maps and sequences); we also
+  count outputs that are exactly zero.
+- ``saturating`` family (sigmoid, tanh, hardtanh, softsign, hardsigmoid): an element is
+  *saturated* where the derivative is under 1% of its maximum; we also average the
+  derivative. Each derivative is computed from the output alone (sigmoid: y(1-y), tanh:
+  1-y², softsign: (1-|y|)², the hard ones: 0 at their bounds).
+
+Accumulators stay on the device; nothing here syncs with the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+#: Share of the derivative's maximum under which an element counts as saturated.
+SATURATION_FRACTION = 0.01
+
+
+@dataclass(frozen=True)
+class Activation:
+    name: str
+    family: str  # "relu" | "saturating"
+    max_deriv: float = 1.0
+
+
+def _table() -> dict[Any, Activation]:
+    relu: dict[str, list[Any]] = {
+        "relu": [torch.relu, torch.relu_, F.relu, F.relu_, torch.Tensor.relu, torch.Tensor.relu_],
+        "leaky_relu": [F.leaky_relu, F.leaky_relu_],
+        "elu": [F.elu, F.elu_],
+        "selu": [F.selu, torch.selu, torch.selu_],
+        "celu": [F.celu, torch.celu, torch.celu_],
+        "gelu": [F.gelu],
+        "silu": [F.silu],
+        "mish": [F.mish],
+        "hardswish": [F.hardswish],
+        "softplus": [F.softplus],
+        "prelu": [F.prelu, torch.prelu],
+        "rrelu": [F.rrelu, F.rrelu_],
+    }
+    saturating: dict[str, tuple[list[Any], float]] = {
+        "sigmoid": ([torch.sigmoid, torch.sigmoid_, F.sigmoid, torch.Tensor.sigmoid, torch.Tensor.sigmoid_, torch.special.expit], 0.25),
+        "tanh": ([torch.tanh, torch.tanh_, F.tanh, torch.Tensor.tanh, torch.Tensor.tanh_], 1.0),
+        "hardtanh": ([F.hardtanh, F.hardtanh_], 1.0),
+        "softsign": ([F.softsign], 1.0),
+        "hardsigmoid": ([F.hardsigmoid], 1.0 / 6.0),
+    }
+    table: dict[Any, Activation] = {}
+    for name, funcs in relu.items():
+        for f in funcs:
+            table[f] = Activation(name, "relu")
+    for name, (funcs, mx) in saturating.items():
+        for f in funcs:
+            table[f] = Activation(name, "saturating", mx)
+    return table
+
+
+#: Function object (as seen by a TorchFunctionMode) -> what it is.
+ACTIVATIONS: dict[Any, Activation] = _table()
+
+
+def _hard_bounds(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[float, float]:
+    if name == "hardsigmoid":
+        return 0.0, 1.0
+    lo = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
+    hi = kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)
+    return float(lo), float(hi)
+
+
+def derivative(name: str, y: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    """phi'(x) of a saturating activation, from its output y = phi(x)."""
+    y = y.float()
+    if name == "sigmoid":
+        return y * (1.0 - y)
+    if name == "tanh":
+        return 1.0 - y * y
+    if name == "softsign":
+        return (1.0 - y.abs()) ** 2
+    lo, hi = _hard_bounds(name, args, kwargs)
+    inside = (y > lo) & (y < hi)
+    slope = 1.0 / 6.0 if name == "hardsigmoid" else 1.0
+    return inside.float() * slope
+
+
+def unit_dim(y: torch.Tensor, channels_first: bool) -> int | None:
+    """The dimension that indexes units: features for (B, F) and (B, T, F), channels for maps."""
+    if y.dim() <= 1:
+        return None
+    if y.dim() == 2:
+        return 1
+    if y.dim() == 3 and not channels_first:
+        return 2
+    return 1
+
+
+@dataclass
+class SiteStats:
+    """Running totals for one activation site over the forwards of one recording step."""
+
+    activation: Activation
+    units: int
+    peak: torch.Tensor | None = None  # relu family: largest output of each unit
+    zeros: torch.Tensor | None = None
+    saturated: torch.Tensor | None = None
+    deriv_sum: torch.Tensor | None = None
+    count: int = 0  # elements seen
+    calls: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, y: torch.Tensor, dim: int | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        y = y.detach()
+        self.calls += 1
+        self.count += y.numel()
+        if self.activation.family == "relu":
+            # A unit is alive if its largest output over the batch (and positions) is positive;
+            # amax over the other dimensions needs no copy, unlike a boolean any() per unit.
+            others = [d for d in range(y.dim()) if d != dim]
+            peak = (y.amax(dim=others) if others else y).reshape(-1) if y.dim() else y.reshape(1)
+            self.peak = peak if self.peak is None else torch.maximum(self.peak, peak)
+            z = y.numel() - torch.count_nonzero(y)  # -0.0 counts as zero
+            self.zeros = z if self.zeros is None else self.zeros + z
+        else:
+            d = derivative(self.activation.name, y, args, kwargs)
+            s = (d < SATURATION_FRACTION * self.activation.max_deriv).sum()
+            t = d.sum(dtype=torch.float64)
+            self.saturated = s if self.saturated is None else self.saturated + s
+            self.deriv_sum = t if self.deriv_sum is None else self.deriv_sum + t
+
+    def results(self) -> dict[str, torch.Tensor]:
+        """Device scalars: the metric values of this site (see docs/metrics.md)."""
+        out: dict[str, torch.Tensor] = {}
+        n = max(self.count, 1)
+        if self.peak is not None and self.zeros is not None:
+            out["act_dead_frac"] = (self.peak <= 0).double().mean()
+            out["act_zero_frac"] = self.zeros.double() / n
+        if self.saturated is not None and self.deriv_sum is not None:
+            out["act_sat_frac"] = self.saturated.double() / n
+            out["act_mean_deriv"] = self.deriv_sum / n
+        return out
+
+
+def stats_of(fn: Callable[..., Any]) -> Activation | None:
+    return ACTIVATIONS.get(fn)

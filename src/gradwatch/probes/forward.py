@@ -1,0 +1,305 @@
+"""Probes that watch the forward pass (and the backward through recurrent inputs) on recording steps.
+
+`ForwardProbe.arm()` installs, until `disarm()`:
+
+- two process-wide module hooks (``register_module_forward_pre_hook`` and
+  ``register_module_forward_hook(always_call=True)``) that keep a stack of which of *this*
+  model's modules is running, ignore every other module, and push a `TorchFunctionMode`
+  for the length of the model's own forward;
+- that mode sees every activation call — ``nn.ReLU`` modules and ``F.relu`` /
+  ``torch.sigmoid`` / ``x.tanh()`` written inside a custom ``forward`` alike — and adds its
+  output to the statistics of its *site* (see `docs/metrics.md` for site names);
+- at the end of the model's forward, the output spread;
+- for recurrent layers and cells, the gradient-through-time hooks of `probes.temporal`
+  and the gate statistics of `probes.gates`.
+
+Nothing is armed on other steps, so they pay nothing. A failure inside a probe never
+reaches the training loop: the probe switches itself off and says why once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
+
+from gradwatch.probes import gates, temporal
+from gradwatch.probes.activations import ACTIVATIONS, Activation, SiteStats, unit_dim
+from gradwatch.probes.output import first_tensor, spread
+from gradwatch.probes.transfer import Transfer
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.GroupNorm)
+#: A module with parameters called this many times in one forward pass is treated as a
+#: recurrent cell applied step by step.
+LOOP_CALLS = 3
+
+
+def _caller_line() -> str:
+    """`file:line` of the innermost frame outside torch and gradwatch (the user's code)."""
+    f = sys._getframe(2)
+    while f is not None:
+        name = f.f_code.co_filename
+        if not (name.startswith(_TORCH_DIR) or name.startswith(_OWN_DIR)):
+            return f"{os.path.basename(name)}:{f.f_lineno}"
+        f = f.f_back  # type: ignore[assignment]
+    return "?"
+
+
+def _is_activation_module(module: nn.Module) -> bool:
+    return type(module).__module__ == "torch.nn.modules.activation"
+
+
+class _Mode(TorchFunctionMode):
+    def __init__(self, probe: ForwardProbe) -> None:
+        super().__init__()
+        self.probe = probe
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        try:
+            act = ACTIVATIONS.get(func)
+        except TypeError:  # an unhashable callable: not an activation
+            act = None
+        if act is not None:
+            self.probe._on_activation(act, out, args, kwargs)
+        return out
+
+
+class ForwardProbe:
+    """Activation, output-spread and gradient-through-time statistics for one model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.names = {id(m): (n or "(root)") for n, m in model.named_modules()}
+        self._leaves = {id(m) for m in model.modules() if next(m.children(), None) is None}
+        self.armed = False
+        self.enabled = True
+        self._handles: list[RemovableHandle] = []
+        self._stack: list[nn.Module] = []
+        self._mode = _Mode(self)
+        self._mode_on = False
+        self._busy = False
+        self._last_leaf: nn.Module | None = None
+        # activation sites: (base, line, units) -> name; name -> stats for the current record
+        self._site_keys: dict[tuple[str, str, int], str] = {}
+        self._bases: dict[str, int] = defaultdict(int)
+        self.site_info: dict[str, dict[str, Any]] = {}
+        self._new_sites: dict[str, dict[str, Any]] = {}
+        self._stats: dict[str, SiteStats] = {}
+        self._spread: list[torch.Tensor] = []
+        # recurrent layers and cells
+        self._calls: dict[int, int] = defaultdict(int)
+        self.loops: set[int] = {id(m) for m in model.modules() if isinstance(m, nn.RNNCellBase)}
+        self._seq_profiles: dict[str, temporal.SequenceProfile] = {}
+        self._call_profiles: dict[str, temporal.CallProfile] = {}
+
+    # -- arming -------------------------------------------------------------------------
+    def arm(self) -> None:
+        if self.armed or not self.enabled:
+            return
+        mm = nn.modules.module
+        self._handles = [
+            mm.register_module_forward_pre_hook(self._pre),
+            mm.register_module_forward_hook(self._post, always_call=True),
+        ]
+        self.armed = True
+
+    def disarm(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._stop_mode()
+        self._stack.clear()
+        self.armed = False
+
+    def _start_mode(self) -> None:
+        if not self._mode_on:
+            self._mode.__enter__()
+            self._mode_on = True
+
+    def _stop_mode(self) -> None:
+        if self._mode_on:
+            self._mode_on = False
+            self._mode.__exit__(None, None, None)
+
+    def _fail(self, e: BaseException) -> None:
+        # Only mark it: this may run inside the mode's own handler, where the mode cannot be
+        # popped. The hooks pass through from now on; the root's post-hook pops the mode and
+        # the watcher's next disarm removes the hooks.
+        if not self.enabled:
+            return
+        self.enabled = False
+        warnings.warn(
+            f"gradwatch switched its forward probes off after an internal error ({type(e).__name__}: {e}); "
+            "gradient statistics continue",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    # -- module hooks (process-wide; everything outside this model is ignored) ---------------
+    def _pre(self, module: nn.Module, args: tuple[Any, ...]) -> Any:
+        name = self.names.get(id(module))
+        if name is None or self._busy or not self.enabled:
+            return None
+        try:
+            if module is self.model:
+                self._stack.clear()
+                self._calls.clear()
+                self._start_mode()
+            self._stack.append(module)
+            self._calls[id(module)] += 1
+            if id(module) in self._leaves:
+                self._last_leaf = module
+            if not torch.is_grad_enabled() or not args or not isinstance(args[0], torch.Tensor):
+                return None
+            x = args[0]
+            if isinstance(module, nn.RNNBase) and x.is_floating_point():
+                prof = self._seq_profiles.setdefault(name, temporal.SequenceProfile())
+                x2 = temporal.stand_in(x)
+                x2.register_hook(prof.hook(temporal.time_dim(module, x)))
+                return (x2, *args[1:])
+            if id(module) in self.loops and x.is_floating_point():
+                cp = self._call_profiles.setdefault(name, temporal.CallProfile())
+                x2 = temporal.stand_in(x)
+                x2.register_hook(cp.hook(self._calls[id(module)] - 1))
+                return (x2, *args[1:])
+        except Exception as e:
+            self._fail(e)
+        return None
+
+    def _post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        name = self.names.get(id(module))
+        if module is self.model:
+            self._stop_mode()  # always, even after a failure
+        if name is None or self._busy or not self.enabled:
+            return
+        try:
+            if self._stack and self._stack[-1] is module:
+                self._stack.pop()
+            if module is self.model:
+                self._end_of_forward(output)
+            elif torch.is_grad_enabled() and args and gates.supported(module, args[0]):
+                self._gate_stats(name, module, args, output)  # type: ignore[arg-type]
+        except Exception as e:
+            self._fail(e)
+
+    def _end_of_forward(self, output: Any) -> None:
+        for mod_id, n in self._calls.items():
+            if n >= LOOP_CALLS and mod_id not in self.loops:
+                module = next((m for m in self.model.modules() if id(m) == mod_id), None)
+                if module is not None and any(True for _ in module.parameters(recurse=False)):
+                    self.loops.add(mod_id)  # hooked from the next recording step on
+        if not torch.is_grad_enabled():
+            return
+        y = first_tensor(output)
+        if y is not None:
+            s = spread(y)
+            if s is not None:
+                self._spread.append(s)
+
+    def _gate_stats(self, name: str, module: nn.RNNBase, args: tuple[Any, ...], output: Any) -> None:
+        self._busy = True
+        try:
+            with torch.no_grad():
+                for gate, act_name, values in gates.gate_values(module, args, output):
+                    act = next(a for a in ACTIVATIONS.values() if a.name == act_name)
+                    site = f"{name}:{gate}"
+                    st = self._stats.get(site)
+                    if st is None:
+                        st = self._stats[site] = SiteStats(act, values.shape[-1])
+                        self._register(site, {"fn": act_name, "module": name, "family": "gate"})
+                    st.add(values, values.dim() - 1, (), {})
+        finally:
+            self._busy = False
+
+    # -- activations (called from the TorchFunctionMode) ------------------------------------
+    def _on_activation(self, act: Activation, out: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not self.enabled or self._busy or not self._stack or not torch.is_grad_enabled() or not isinstance(out, torch.Tensor):
+            return
+        try:
+            module = self._stack[-1]
+            mod_name = self.names[id(module)]
+            channels_first = isinstance(self._last_leaf, _CHANNELS_FIRST)
+            dim = unit_dim(out, channels_first)
+            units = 1 if dim is None else int(out.shape[dim])
+            as_module = _is_activation_module(module)
+            base = mod_name if as_module else f"{mod_name}:{act.name}"
+            key = (base, _caller_line(), units)
+            site = self._site_keys.get(key)
+            if site is None:
+                k = self._bases[base]
+                self._bases[base] += 1
+                site = base if as_module and k == 0 else f"{base}#{k}"
+                self._site_keys[key] = site
+                self._register(site, {"fn": act.name, "module": mod_name, "family": act.family, "line": key[1]})
+            st = self._stats.get(site)
+            if st is None:
+                st = self._stats[site] = SiteStats(act, units)
+            st.add(out, dim, args, kwargs)
+        except Exception as e:
+            self._fail(e)
+
+    def _register(self, site: str, info: dict[str, Any]) -> None:
+        if site not in self.site_info:
+            self.site_info[site] = info
+            self._new_sites[site] = info
+
+    # -- results ------------------------------------------------------------------------
+    def measure(self, transfer: Transfer) -> list[tuple[str, str, str]]:
+        """Queue this recording step's results; returns how to read them back."""
+        layout: list[tuple[str, str, str]] = []  # (transfer name, kind, metric or profile name)
+        for site, st in self._stats.items():
+            for metric, value in st.results().items():
+                key = f"fp.{len(layout)}"
+                transfer.put(key, value)
+                layout.append((key, metric, site))
+        if self._spread:
+            key = f"fp.{len(layout)}"
+            transfer.put(key, torch.stack(self._spread).mean().reshape(1))
+            layout.append((key, "output_spread", "output"))
+        profiles: dict[str, temporal.SequenceProfile | temporal.CallProfile] = {
+            **self._seq_profiles,
+            **self._call_profiles,
+        }
+        for name, prof in profiles.items():
+            vec = prof.result()
+            if vec is not None:
+                key = f"fp.{len(layout)}"
+                transfer.put(key, vec)
+                layout.append((key, "profile", f"grad_t/{name}"))
+        self._stats = {}
+        self._spread = []
+        self._seq_profiles = {}
+        self._call_profiles = {}
+        return layout
+
+    def summarise(self, host: dict[str, np.ndarray], layout: list[tuple[str, str, str]]) -> dict[str, Any]:
+        """Record fields (`values`, `profiles`, `sites`) from the transferred numbers."""
+        values: dict[str, dict[str, float]] = {}
+        profiles: dict[str, list[float]] = {}
+        for key, kind, name in layout:
+            data = host[key]
+            if kind == "profile":
+                profiles[name] = [float(v) for v in data]
+            else:
+                values.setdefault(kind, {})[name] = float(data[0])
+        out: dict[str, Any] = {}
+        if values:
+            out["values"] = values
+        if profiles:
+            out["profiles"] = profiles
+        if self._new_sites:
+            out["sites"] = self._new_sites
+            self._new_sites = {}
+        return out

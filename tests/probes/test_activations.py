@@ -1,0 +1,208 @@
+"""Activation statistics against direct computations on hand-made activations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradwatch as gw
+from gradwatch.probes.activations import ACTIVATIONS, SiteStats, derivative
+
+
+def _act(name: str):
+    return next(a for a in ACTIVATIONS.values() if a.name == name)
+
+
+@pytest.mark.parametrize(
+    ("name", "fn"),
+    [
+        ("sigmoid", torch.sigmoid),
+        ("tanh", torch.tanh),
+        ("softsign", F.softsign),
+        ("hardtanh", F.hardtanh),
+        ("hardsigmoid", F.hardsigmoid),
+    ],
+)
+def test_derivative_from_the_output_matches_autograd(name: str, fn) -> None:
+    x = torch.linspace(-8, 8, 2001, dtype=torch.float64).requires_grad_()
+    y = fn(x)
+    (autograd,) = torch.autograd.grad(y.sum(), x)
+    got = derivative(name, y.detach(), (), {})
+    away_from_kinks = (x.detach().abs() - 1).abs() > 1e-3 if name == "hardtanh" else (x.detach().abs() - 3).abs() > 1e-3
+    torch.testing.assert_close(got[away_from_kinks].double(), autograd[away_from_kinks], atol=1e-6, rtol=1e-5)
+
+
+def test_dead_and_zero_fractions_of_a_dense_layer() -> None:
+    # 4 samples x 5 units; units 1 and 3 never positive; 9 zeros in all
+    y = torch.tensor(
+        [
+            [1.0, 0.0, 0.0, 0.0, 2.0],
+            [0.0, 0.0, 3.0, 0.0, 1.0],
+            [0.5, 0.0, 0.0, 0.0, 0.0],
+            [0.0, -0.0, 1.0, 0.0, 4.0],
+        ]
+    )
+    st = SiteStats(_act("relu"), 5)
+    st.add(y, 1, (), {})
+    r = st.results()
+    assert float(r["act_dead_frac"]) == pytest.approx(2 / 5)
+    assert float(r["act_zero_frac"]) == pytest.approx(float((y == 0).sum()) / y.numel())
+
+
+def test_dead_channels_of_a_feature_map_pool_batch_and_positions() -> None:
+    y = torch.relu(torch.randn(3, 4, 5, 5))
+    y[:, 2] = 0.0  # channel 2 dead everywhere
+    y[:, 0] = 0.0
+    y[1, 0, 4, 4] = 0.1  # channel 0 alive at one position of one sample
+    st = SiteStats(_act("relu"), 4)
+    st.add(y, 1, (), {})
+    assert float(st.results()["act_dead_frac"]) == pytest.approx(1 / 4)
+
+
+def test_saturation_and_mean_derivative() -> None:
+    x = torch.tensor([-10.0, -6.0, 0.0, 1.0, 6.0, 10.0])
+    y = torch.sigmoid(x)
+    st = SiteStats(_act("sigmoid"), 6)
+    st.add(y, None, (), {})
+    r = st.results()
+    d = y * (1 - y)
+    assert float(r["act_sat_frac"]) == pytest.approx(float((d < 0.0025).sum()) / 6)
+    assert float(r["act_sat_frac"]) == pytest.approx(4 / 6)  # |x| >= 6 is beyond 1% of sigmoid'(0)
+    assert float(r["act_mean_deriv"]) == pytest.approx(float(d.mean()), rel=1e-6)
+
+
+def test_statistics_accumulate_over_calls() -> None:
+    st = SiteStats(_act("relu"), 2)
+    st.add(torch.tensor([[1.0, 0.0]]), 1, (), {})
+    st.add(torch.tensor([[0.0, 2.0]]), 1, (), {})
+    r = st.results()
+    assert float(r["act_dead_frac"]) == 0.0  # each unit was positive in one of the calls
+    assert float(r["act_zero_frac"]) == pytest.approx(0.5)
+
+
+class ModuleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+        self.relu, self.sig = nn.ReLU(), nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(self.sig(self.b(self.relu(self.a(x)))))
+
+
+class FunctionalNet(ModuleNet):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.sigmoid(self.b(F.relu(self.a(x)))))
+
+
+def _record(model: nn.Module) -> gw.Watcher:
+    torch.manual_seed(1)
+    with gw.watch(model, every=1) as w:
+        for _ in range(3):
+            x = torch.randn(32, 6) * 3
+            model.zero_grad()
+            model(x).pow(2).mean().backward()
+            w.step()
+    return w
+
+
+def test_functional_and_module_activations_give_the_same_numbers() -> None:
+    torch.manual_seed(0)
+    a = ModuleNet()
+    b = FunctionalNet()
+    b.load_state_dict(a.state_dict())
+    wa, wb = _record(a), _record(b)
+    assert set(wa.timeline.sites) == {"relu", "sig"}
+    assert set(wb.timeline.sites) == {"(root):relu#0", "(root):sigmoid#0"}
+    pairs = {"act_dead_frac": ("relu", "(root):relu#0"), "act_zero_frac": ("relu", "(root):relu#0"),
+             "act_sat_frac": ("sig", "(root):sigmoid#0"), "act_mean_deriv": ("sig", "(root):sigmoid#0")}
+    for metric, (ma, mb) in pairs.items():
+        va = wa.timeline.records.column(metric, ma)
+        vb = wb.timeline.records.column(metric, mb)
+        assert len(va) == 3
+        torch.testing.assert_close(torch.tensor(va), torch.tensor(vb), msg=metric)
+    assert wb.timeline.sites["(root):relu#0"]["family"] == "relu"
+    assert wb.timeline.sites["(root):sigmoid#0"]["line"].startswith("test_activations.py:")
+
+
+def test_site_values_match_a_direct_computation() -> None:
+    torch.manual_seed(0)
+    model = FunctionalNet()
+    x = torch.randn(32, 6) * 3
+    with gw.watch(model, every=1) as w:
+        model(x).pow(2).mean().backward()
+        w.step()
+    h = F.relu(model.a(x)).detach()
+    s = torch.sigmoid(model.b(h)).detach()
+    assert w.timeline.records.column("act_dead_frac", "(root):relu#0")[0] == pytest.approx(float((h.amax(0) <= 0).float().mean()))
+    assert w.timeline.records.column("act_zero_frac", "(root):relu#0")[0] == pytest.approx(float((h == 0).float().mean()))
+    assert w.timeline.records.column("act_mean_deriv", "(root):sigmoid#0")[0] == pytest.approx(float((s * (1 - s)).mean()), rel=1e-6)
+
+
+def test_a_shared_activation_module_splits_by_call_site() -> None:
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.act = nn.Linear(3, 4), nn.Linear(4, 5), nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.act(self.a(x))
+            return self.act(self.b(h))
+
+    model = Shared()
+    with gw.watch(model, every=1) as w:
+        model(torch.randn(8, 3)).sum().backward()
+        w.step()
+    assert set(w.timeline.sites) == {"act", "act#1"}
+
+
+def test_a_loop_over_a_functional_activation_is_one_site() -> None:
+    class Loop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(5))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for layer in self.layers:
+                x = torch.tanh(layer(x))
+            return x
+
+    model = Loop()
+    with gw.watch(model, every=1) as w:
+        model(torch.randn(8, 4)).sum().backward()
+        w.step()
+    assert list(w.timeline.sites) == ["(root):tanh#0"]
+
+
+def test_evaluation_passes_without_grad_are_not_counted() -> None:
+    torch.manual_seed(0)
+    model = FunctionalNet()
+    x = torch.randn(16, 6)
+    with gw.watch(model, every=1) as w:
+        with torch.no_grad():
+            model(torch.full((16, 6), -100.0))  # would make every ReLU unit look dead
+        model(x).sum().backward()
+        w.step()
+    h = F.relu(model.a(x)).detach()
+    assert w.timeline.records.column("act_zero_frac", "(root):relu#0")[0] == pytest.approx(float((h == 0).float().mean()))
+
+
+def test_a_failing_probe_switches_itself_off_and_training_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = FunctionalNet()
+
+    def broken(self, *a, **k):
+        raise RuntimeError("probe bug")
+
+    monkeypatch.setattr(SiteStats, "add", broken)
+    with pytest.warns(RuntimeWarning, match="switched its forward probes off"), gw.watch(model, every=1) as w:
+        for _ in range(2):
+            model.zero_grad()
+            model(torch.randn(4, 6)).sum().backward()
+            w.step()
+    assert w.timeline.recorded == 2
+    assert w.timeline.metric("act_dead_frac")[0] == []  # no statistics once switched off
+    assert not math.isnan(w.timeline.layer_metric("grad_norm")[-1, 0])
