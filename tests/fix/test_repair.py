@@ -110,11 +110,12 @@ def test_without_a_diagnosis_the_original_run_is_watched() -> None:
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         for _ in range(steps):
             loss = nn.functional.mse_loss(model(x), y)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             opt.zero_grad()
             loss.backward()
             opt.step()
-        return -float(nn.functional.mse_loss(model(x), y))
+        with torch.no_grad():
+            return -float(nn.functional.mse_loss(model(x), y))
 
     result = gw.repair(_tiny_sigmoid(), train, steps=40, trial_steps=10, progress=False)
     assert result.timeline is not None
@@ -158,3 +159,28 @@ def test_bad_arguments() -> None:
         gw.repair(model, "train", steps=10)  # type: ignore[arg-type]
     with pytest.raises(GradwatchTypeError, match="must return a number"):
         gw.repair(model, lambda m, a, s: "good", steps=10, progress=False)  # type: ignore[arg-type, return-value]
+
+
+def test_a_fix_that_shows_only_after_a_plateau_is_confirmed_in_the_second_round() -> None:
+    # A metric that only moves once a ReLU model has trained 25 steps: in the first round
+    # no candidate can pull ahead, so the diagnosis's own pick leads and is trained on.
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 4, generator=g), torch.randn(64, 1, generator=g)
+
+    def train(model: nn.Module, advice: dict[str, Any], steps: int) -> float:
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        for _ in range(steps):
+            loss = nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.trained = getattr(model, "trained", 0) + steps  # type: ignore[assignment]
+        relu = any(isinstance(m, nn.ReLU) for m in model.modules())
+        return 1.0 if relu and model.trained >= 25 else 0.0
+
+    result = gw.repair(_tiny_sigmoid(), train, steps=100, diagnosis=VANISHING, progress=False)
+    names = [t.name for t in result.trials]
+    assert "original, continued" in names and "activations+init, continued" in names
+    assert result.improved and result.trials[-1].kept and result.trials[-1].name == "activations+init, continued"
+    assert result.final_score == 1.0
+    assert result.steps_used <= 150

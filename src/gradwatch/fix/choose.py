@@ -248,9 +248,10 @@ def choose(
             continue
         for k in kinds:
             picked = next((r for r in remedies_for(k, order) if applies(r)), None)
-            if picked is None and k == CauseKind.SATURATING_ACTIVATIONS and functional:
+            if k == CauseKind.SATURATING_ACTIVATIONS and functional and picked in (None, "activations"):
+                # surgery swaps modules only: calls in forward() need a person (unless the
+                # remedy is re-initialising, which reaches them too)
                 plan.manual.extend(_manual.activation_advice(model, functional))
-                picked = "norm" if applies("norm") else None
             if picked is None:
                 continue
             why = messages.get(k) or str(k).replace("_", " ")
@@ -259,8 +260,6 @@ def choose(
             if picked == "activations" and any(f.kind == Kind.DEAD_UNITS for f in problems):
                 options["to"] = "leaky_relu"
             plan.add(picked, reason, **options)
-            if picked == "activations" and functional:
-                plan.manual.extend(_manual.activation_advice(model, functional))
             if picked == "lr" and finding.kind in _EXPLODING_KINDS:
                 plan.clip = True
             break
