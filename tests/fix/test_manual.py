@@ -65,3 +65,20 @@ def test_the_traced_order_places_functional_calls_between_modules() -> None:
         "fc1", "sigmoid", "fc2", "sigmoid", "head",
     ]
     assert order.next_activation("fc1") is not None and order.next_activation("head") is None
+
+
+class TanhCalls(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.fc2(torch.tanh(self.fc1(x)))))
+
+
+def test_functional_tanh_at_the_wrong_scale_is_reached_by_reinitialising() -> None:
+    # tanh has a critical initialisation, so no hand edit is needed: init reaches it
+    result = gw.fix(TanhCalls(), _vanishing(), example_input=torch.randn(4, 6))
+    assert {c.kind for c in result.changes} == {"init"}
+    assert "manual" not in result.advice
+    assert "for tanh" in result.changes[0].description

@@ -9,7 +9,7 @@ findings never lead to a change):
    by `infer_causes` — the mechanism behind each kind of finding, checked against
    what the model contains.
 2. If a remedy already chosen addresses one of those causes, the finding is covered.
-3. Otherwise the first remedy, in `CAUSE_REMEDIES` order, for the best-ranked cause that
+3. Otherwise the first remedy, in `remedies_for` order, for the best-ranked cause that
    has one which applies to this model (a dry run changes something, or there is
    manual advice to give).
 

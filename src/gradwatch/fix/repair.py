@@ -56,13 +56,13 @@ from gradwatch._errors import GradwatchTypeError, GradwatchValueError
 from gradwatch.fix._graph import order_of
 from gradwatch.fix.choose import (
     BRINGS_INIT,
-    CAUSE_REMEDIES,
     PREFERENCE,
     Plan,
     apply,
     choose,
     infer_causes,
     ranked_causes,
+    remedies_for,
 )
 from gradwatch.record import Timeline
 from gradwatch.types import Change, Diagnosis, FixResult, Severity
@@ -82,11 +82,6 @@ class Trial:
     seconds: float
     error: str = ""
     kept: bool = False
-
-    @property
-    def size(self) -> int:
-        """How much the candidate changes: edits plus numeric advice."""
-        return len(self.changes) + sum(k in self.advice for k in ("lr_scale", "clip_grad_norm"))
 
 
 @dataclass
@@ -278,7 +273,7 @@ def _candidates(
             continue
         kinds = [c.kind for c in ranked_causes(f, diagnosis)] or infer_causes(model, order, f.kind)
         for k in kinds[:2]:
-            for r in CAUSE_REMEDIES.get(k, ()):
+            for r in remedies_for(k, order):
                 alt = Plan()
                 alt.add(r, f"alternative for {f.kind}: {str(k).replace('_', ' ')}")
                 alt.clip = r == "lr"
