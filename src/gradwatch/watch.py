@@ -118,10 +118,10 @@ class Watcher:
         try:
             if log is not None:
                 self._log = JsonlLog(log)
-            modules = dict(model.named_modules())
-            for layer in self.anatomy.layers:
-                module = modules[layer.name] if layer.name != "(root)" else model
-                self._order_handles.append(module.register_forward_pre_hook(self._order_hook(layer.name)))
+            # Every module, not only layers: a layer whose parameters its parent uses directly
+            # (nn.MultiheadAttention's out_proj) never runs itself, and is placed by its parent.
+            for name, module in model.named_modules():
+                self._order_handles.append(module.register_forward_pre_hook(self._order_hook(name or "(root)")))
             if optimizer is not None:
                 self._handles.append(optimizer.register_step_pre_hook(self._before_optimizer_step))
                 self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))

@@ -109,3 +109,25 @@ def test_round_trip_through_a_dict() -> None:
     b = Anatomy.from_dict(a.to_dict())
     assert b.names == a.names
     assert [layer.to_dict() for layer in b.layers] == [layer.to_dict() for layer in a.layers]
+
+
+def test_a_layer_its_parent_uses_directly_follows_the_parent() -> None:
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp = nn.Linear(8, 8)
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.unused = nn.Linear(8, 8)
+            self.out = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.inp(x)
+            return self.out(self.attn(h, h, h)[0])
+
+    model = Block()
+    with gw.watch(model, every=1) as w:
+        model(torch.randn(2, 3, 8)).sum().backward()
+        w.step()
+    # out_proj's weights are used inside MultiheadAttention's forward; it never runs itself.
+    assert w.anatomy.names == ["inp", "attn", "attn.out_proj", "out", "unused"]
+    assert w.anatomy["unused"].order is None and w.anatomy["attn.out_proj"].order == 2

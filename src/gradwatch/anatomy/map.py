@@ -188,13 +188,31 @@ class Anatomy:
 
     # -- ordering -------------------------------------------------------------------
     def reorder(self, executed: Sequence[str]) -> None:
-        """Put layers in the order given (first forward call), the rest after, as registered."""
-        pos = {name: i for i, name in enumerate(dict.fromkeys(executed)) if name in self._by_name}
-        for layer in self.layers:
-            layer.order = pos.get(layer.name)
-        indexed = list(enumerate(self.layers))
-        indexed.sort(key=lambda t: (t[1].order is None, t[1].order or 0, t[0]))
-        self.layers = [layer for _, layer in indexed]
+        """Put layers in the order their modules first ran (`executed`: module names, in call order).
+
+        A layer that never ran itself, but whose parent (or nearer ancestor) did, goes right
+        after that ancestor: its parent used its parameters directly, as
+        ``nn.MultiheadAttention`` does with ``out_proj``. Other layers that did not run (the
+        top module does not count as an ancestor: it runs whatever happens) keep their
+        registration order at the end, with ``order`` None.
+        """
+        first = {name: i for i, name in enumerate(dict.fromkeys(executed))}
+
+        def position(name: str) -> float | None:
+            if name in first:
+                return float(first[name])
+            parts = name.split(".")
+            for k in range(len(parts) - 1, 0, -1):
+                ancestor = ".".join(parts[:k])
+                if ancestor in first:
+                    return first[ancestor] + 0.5
+            return None
+
+        keyed = [(position(layer.name), i, layer) for i, layer in enumerate(self.layers)]
+        keyed.sort(key=lambda t: (t[0] is None, t[0] or 0.0, t[1]))
+        self.layers = [layer for _, _, layer in keyed]
+        for order, (pos, _, layer) in enumerate(keyed):
+            layer.order = order if pos is not None else None
 
     # -- serialisation --------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

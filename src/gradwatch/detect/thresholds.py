@@ -1,4 +1,8 @@
-"""Every number the detectors decide by, in one place (documented in docs/detectors.md)."""
+"""Every number the detectors decide by, in one place (documented in docs/detectors.md).
+
+Counts of *records* are recording steps (one every `every` training steps); counts of
+*steps* are training steps (the loss is kept for every step).
+"""
 
 from __future__ import annotations
 
@@ -9,3 +13,75 @@ from dataclasses import dataclass
 class Thresholds:
     #: How many of the most recent recording steps summarise a layer in its report.
     report_window: int = 10
+
+    # -- persistence ----------------------------------------------------------------------
+    #: A gradient condition must hold on this many consecutive records to count, and on at
+    #: least this many of the last ``2 * persist - 1`` records to be "still holding": one
+    #: noisy minibatch neither raises nor clears a finding.
+    persist: int = 3
+
+    # -- the loss -------------------------------------------------------------------------
+    #: Fewer finite losses than this: no verdict on the loss (the status is "unknown").
+    loss_min_steps: int = 30
+    #: The starting loss is the median of the first this many losses.
+    loss_head: int = 10
+    #: The recent loss is the median of the last `loss_tail_frac` of the losses; the trend
+    #: compares it with the window of the same length just before it...
+    loss_tail_frac: float = 0.2
+    #: ...a window of at least this many losses (fewer make a noisy median)...
+    loss_tail_min: int = 20
+    #: ...and at most this many, so a long run is judged on its recent past.
+    loss_tail_max: int = 200
+    #: Stuck: the recent loss is within this fraction of the starting loss (it fell by less
+    #: than 10% of its value), or within `chance_tolerance` of chance...
+    stuck_progress: float = 0.1
+    #: ...and has been flat for at least this many steps. Chosen so that a problem present
+    #: from the start is called within ~100 steps at the default recording interval.
+    flat_min_steps: int = 60
+    #: Converged: the recent loss is below this fraction of the starting loss (or of the
+    #: chance level): a flat loss there is a finished run, not a stuck one.
+    converged_frac: float = 0.05
+    #: A starting loss within this fraction of ln(C), for a model whose last layer has C >= 2
+    #: outputs, is taken to be the cross-entropy of guessing (C classes).
+    chance_tolerance: float = 0.15
+    #: Diverging: the recent loss is this fraction above the starting loss...
+    diverge_rise: float = 0.25
+    #: ...or the run has given back at least this share of the progress it had made.
+    diverge_giveback: float = 0.5
+    #: An improvement must exceed this many standard errors of the recent window's median
+    #: (estimated from the losses' spread) to count as one.
+    trend_sigmas: float = 3.0
+
+    # -- gradients across depth ---------------------------------------------------------
+    #: Vanishing: a layer's gradient relative to its weights is below this fraction of the
+    #: last layer's. At 1e-3 a layer learns a thousand times slower than the head under SGD.
+    vanish_ratio: float = 1e-3
+    #: With no loss to judge by, only a ratio below this is reported above `info`.
+    vanish_ratio_blind: float = 1e-6
+    #: Exploding: a layer's relative gradient is above this multiple of the last layer's.
+    explode_ratio: float = 1e2
+
+    # -- gradients through time (recurrent layers) ----------------------------------------
+    #: The share of a sequence, at each end, averaged to compare early and late time steps.
+    time_edge_frac: float = 0.1
+    #: Temporal vanishing: the gradient reaching the earliest steps is below this fraction
+    #: of the gradient at the latest steps (the same bar as `vanish_ratio`, across time).
+    time_reach: float = 1e-3
+
+    # -- updates ----------------------------------------------------------------------------
+    #: Stalled: every layer's update is below this fraction of its weights per step; at
+    #: 1e-5 the weights need 1e5 steps to change by their own size.
+    stall_update_ratio: float = 1e-5
+    #: Large: the median layer's update is at least this fraction of its weights per step,
+    #: the top of TheDeepChecker's healthy band. Sustained while the loss does not improve,
+    #: the step size is too large.
+    large_update_ratio: float = 1e-1
+
+    # -- activations (Part 2 metrics) ----------------------------------------------------
+    #: Dead: the share of a ReLU site's units that never switch on over a batch.
+    dead_frac: float = 0.5
+    #: Saturated: the share of a saturating site's outputs whose derivative is below 1% of
+    #: its maximum.
+    saturated_frac: float = 0.5
+    #: Constant output: the across-batch spread of the output, relative to its size.
+    output_spread: float = 1e-3

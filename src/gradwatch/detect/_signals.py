@@ -1,0 +1,407 @@
+"""Evidence the detectors share: persistence over records, relative gradients, the loss's state.
+
+Everything here is a pure function of a Timeline (and the Anatomy), tolerant of missing
+values: NaN means "not measured" and is skipped, never propagated into a verdict.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gradwatch.anatomy import Anatomy
+from gradwatch.detect.thresholds import Thresholds
+from gradwatch.record import Timeline
+
+
+@contextmanager
+def quiet_numpy() -> Iterator[None]:
+    """Silence numpy's warnings for all-NaN slices and divisions by zero: NaN is the answer."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+# -- persistence --------------------------------------------------------------------------
+
+
+def first_persistent(mask: np.ndarray, k: int) -> int | None:
+    """Index of the first record that starts `k` consecutive True records, or None."""
+    run = 0
+    for i, held in enumerate(np.asarray(mask, dtype=bool)):
+        run = run + 1 if held else 0
+        if run >= k:
+            return i - k + 1
+    return None
+
+
+def still_holds(mask: np.ndarray, k: int) -> bool:
+    """True if at least `k` of the last ``2k - 1`` records hold (one stray record is forgiven)."""
+    m = np.asarray(mask, dtype=bool)
+    return len(m) >= k and int(m[-(2 * k - 1) :].sum()) >= k
+
+
+def episode(mask: np.ndarray, k: int) -> int | None:
+    """Where a condition first held persistently, if it still holds now; None otherwise."""
+    if not still_holds(mask, k):
+        return None
+    return first_persistent(mask, k)
+
+
+def recent_rows(values: np.ndarray, k: int) -> np.ndarray:
+    """The rows of the last ``2k - 1`` records: the window `still_holds` judges."""
+    return values[-(2 * k - 1) :]
+
+
+def nanmedian(values: np.ndarray, axis: int | None = None) -> Any:
+    with quiet_numpy():
+        return np.nanmedian(values, axis=axis)
+
+
+# -- gradients ------------------------------------------------------------------------------
+
+
+def relative_grads(timeline: Timeline) -> np.ndarray:
+    """``[records, layers]``: each layer's gradient norm over the norm of the weights it reaches.
+
+    A layer whose gradient has exact zeros in a share z of its entries (an embedding of
+    which a batch touches a few rows) is judged against the weights that got a gradient,
+    ``weight_norm * sqrt(1 - z)``, so sparsity does not read as weakness. Zero, missing or
+    non-finite values become NaN: an all-zero gradient is not a small one (the dead-unit
+    and stall detectors deal with it).
+    """
+    g = timeline.layer_metric("grad_norm")
+    w = timeline.layer_metric("weight_norm")
+    z = timeline.layer_metric("grad_zero_frac")
+    with quiet_numpy():
+        dense = np.clip(1.0 - np.nan_to_num(z, nan=0.0), 0.0, 1.0)
+        r = g / (w * np.sqrt(dense))
+    r[~(np.isfinite(r) & (r > 0))] = np.nan
+    return r
+
+
+def depth_chain(timeline: Timeline, anatomy: Anatomy) -> list[int]:
+    """Columns of the layers that make up the path through depth, in execution order.
+
+    Weight layers only (those with a fan-in: linear, convolution, recurrent, embedding);
+    normalisation layers carry gains, not transforms, and a layer never seen running has
+    no known place in the order.
+    """
+    known_order = any(layer.order is not None for layer in anatomy.layers)
+    cols = []
+    for j, name in enumerate(timeline.layers):
+        if name not in anatomy:
+            continue
+        layer = anatomy[name]
+        if layer.fan_in is None or "norm" in layer.type.lower():
+            continue
+        if known_order and layer.order is None:
+            continue
+        cols.append(j)
+    return cols
+
+
+def depth_log_ratio(timeline: Timeline, anatomy: Anatomy) -> tuple[list[int], np.ndarray]:
+    """The depth chain's columns, and ``log10(r_layer / r_last)`` per record for every chain
+    layer but the last (the reference): ``[records, len(chain) - 1]``. An empty chain when
+    fewer than two weight layers were measured."""
+    chain = depth_chain(timeline, anatomy)
+    if len(chain) < 2 or len(timeline) == 0:
+        return [], np.zeros((len(timeline), 0))
+    r = relative_grads(timeline)
+    with quiet_numpy():
+        ratio = np.log10(r[:, chain[:-1]] / r[:, [chain[-1]]])
+    return chain, ratio
+
+
+def time_profiles(timeline: Timeline, th: Thresholds) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per recurrent module: the recording steps and ``log10(early / late)`` gradient through time.
+
+    Read from the ``grad_t/<module>`` profiles: the mean gradient norm over the first
+    `time_edge_frac` of the time steps, over that of the last. NaN where a profile is
+    too short, empty or not finite.
+    """
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for key in timeline.profiles.names():
+        if not key.startswith("grad_t/"):
+            continue
+        steps, reach = [], []
+        for step, vec in timeline.profiles.get(key):
+            steps.append(step)
+            reach.append(_reach(vec, th.time_edge_frac))
+        if steps:
+            out[key.split("/", 1)[1]] = (np.asarray(steps, dtype=np.int64), np.asarray(reach))
+    return out
+
+
+def _reach(vec: np.ndarray, edge: float) -> float:
+    v = np.asarray(vec, dtype=np.float64)
+    if v.size < 4 or not np.all(np.isfinite(v)):
+        return math.nan
+    k = max(1, round(v.size * edge))
+    early, late = float(np.mean(v[:k])), float(np.mean(v[-k:]))
+    if late <= 0 or early < 0:
+        return math.nan
+    if early == 0:
+        return -np.inf
+    return math.log10(early / late)
+
+
+# -- the loss -----------------------------------------------------------------------------
+
+#: Statuses in which training is not making progress.
+FAILING = frozenset({"stuck", "plateau", "diverging", "nonfinite"})
+#: Statuses in which training is making, or has made, progress.
+LEARNING = frozenset({"improving", "converged"})
+
+
+@dataclass(frozen=True)
+class LossView:
+    """Where the loss stands at the end of a Timeline.
+
+    `status` is one of: ``unknown`` (too few losses), ``unclear`` (not improving, not
+    yet flat for long), ``nonfinite`` (the latest loss is inf/NaN), ``diverging`` (above
+    its start, or most of the progress given back), ``converged`` (far below its start
+    or chance), ``stuck`` (flat at its starting value or at chance), ``improving``, and
+    ``plateau`` (flat, after some progress, far from converged).
+    """
+
+    status: str
+    start: float = math.nan
+    recent: float = math.nan
+    previous: float = math.nan
+    best: float = math.nan
+    noise: float = math.nan
+    flat_steps: int = 0
+    flat_since: int | None = None
+    classes: int | None = None
+    first_nonfinite: int | None = None
+    steps_seen: int = 0
+    best_step: int | None = None  # where the rolling median was lowest (where a rise began)
+
+    @property
+    def failing(self) -> bool:
+        return self.status in FAILING
+
+    @property
+    def learning(self) -> bool:
+        return self.status in LEARNING
+
+    @property
+    def chance(self) -> float | None:
+        return math.log(self.classes) if self.classes else None
+
+    def at_chance(self, value: float, tolerance: float) -> bool:
+        c = self.chance
+        return c is not None and math.isfinite(value) and abs(value - c) <= tolerance * c
+
+    def level_text(self, value: float, tolerance: float = 0.15) -> str:
+        text = num(value)
+        if self.at_chance(value, tolerance):
+            text += f" (chance for {self.classes} classes)"
+        return text
+
+    def describe(self) -> str:
+        """A clause a person reads after the gradient evidence."""
+        s = self.status
+        if s == "stuck":
+            return f"the loss has stayed at {self.level_text(self.recent)} for {self.flat_steps} steps"
+        if s == "plateau":
+            return (
+                f"the loss has stopped improving: {num(self.recent)} for the last "
+                f"{self.flat_steps} steps (it started at {num(self.start)})"
+            )
+        if s == "diverging":
+            return f"the loss rose to {num(self.recent)} (it started at {num(self.start)}, best {num(self.best)})"
+        if s == "nonfinite":
+            return f"the loss became non-finite at step {self.first_nonfinite}"
+        if s == "improving":
+            return f"the loss still improves ({num(self.start)} -> {num(self.recent)})"
+        if s == "converged":
+            return f"the loss fell from {num(self.start)} to {num(self.recent)}"
+        if s == "unclear":
+            return f"the loss has not clearly improved yet ({num(self.start)} -> {num(self.recent)})"
+        return "too few losses were recorded to judge whether training progresses"
+
+    def evidence(self) -> dict[str, float]:
+        ev = {
+            "loss_start": self.start,
+            "loss_recent": self.recent,
+            "loss_flat_steps": float(self.flat_steps),
+        }
+        if self.chance is not None:
+            ev["loss_chance"] = self.chance
+        return {k: float(v) for k, v in ev.items()}
+
+
+def output_classes(anatomy: Anatomy) -> int | None:
+    """C for a model whose last layer (in execution order) has C >= 2 outputs, else None."""
+    ran = [layer for layer in anatomy.layers if layer.order is not None] or anatomy.layers
+    for layer in reversed(ran):
+        if layer.fan_out is not None and layer.fan_in is not None:
+            return int(layer.fan_out) if layer.fan_out >= 2 else None
+    return None
+
+
+def loss_view(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> LossView:
+    """Summarise the loss: where it started, where it is, and whether it still moves."""
+    steps, values = timeline.loss()
+    classes = output_classes(anatomy)
+    if len(values) == 0:
+        return LossView("unknown", classes=classes)
+    finite = np.isfinite(values)
+    first_bad = int(steps[~finite][0]) if not finite.all() else None
+    v, s = values[finite], steps[finite]
+    n = len(v)
+    if not finite[-1]:
+        start = float(np.median(v[: th.loss_head])) if n else math.nan
+        return LossView(
+            "nonfinite", start=start, classes=classes, first_nonfinite=first_bad, steps_seen=len(values)
+        )
+    if n < th.loss_min_steps:
+        return LossView("unknown", classes=classes, first_nonfinite=first_bad, steps_seen=len(values))
+
+    start = float(np.median(v[: th.loss_head]))
+    w = int(min(max(round(n * th.loss_tail_frac), th.loss_tail_min), th.loss_tail_max, n // 2))
+    recent_vals, prev_vals = v[-w:], v[-2 * w : -w]
+    recent, previous = float(np.median(recent_vals)), float(np.median(prev_vals))
+    noise = 1.4826 * float(np.median(np.abs(recent_vals - recent)))
+    se = 1.2533 * noise / math.sqrt(w)  # standard error of a median of w noisy values
+    roll = np.median(np.lib.stride_tricks.sliding_window_view(v, w), axis=1)
+    best = float(roll.min())
+    last_min = len(roll) - 1 - int(np.argmin(roll[::-1]))  # the latest window at the minimum
+    best_step = int(s[last_min + w - 1])
+
+    # Flat: how long the rolling median has stayed within a band around the recent level.
+    band = max(th.trend_sigmas * se, 0.5 * th.stuck_progress * abs(recent))
+    off = np.nonzero(np.abs(roll - recent) > band)[0]
+    since_idx = 0 if len(off) == 0 else int(off[-1]) + w
+    flat_since = int(s[since_idx]) if since_idx < n else None
+    flat_steps = int(s[-1] - flat_since + 1) if flat_since is not None else 0
+
+    scale = abs(start) if start != 0 else max(float(np.max(np.abs(v))), 1e-12)
+    chance = math.log(classes) if classes else None
+    view = dict(
+        start=start, recent=recent, previous=previous, best=best, noise=noise,
+        flat_steps=flat_steps, flat_since=flat_since, classes=classes,
+        first_nonfinite=first_bad, steps_seen=len(values), best_step=best_step,
+    )  # fmt: skip
+    gained = start - best
+    at_chance = chance is not None and abs(recent - chance) <= th.chance_tolerance * chance
+    # Far below chance is a fitted classifier, even if the watch began after it converged.
+    fitted = chance is not None and recent <= th.converged_frac * chance
+    if recent - start > th.diverge_rise * scale:
+        status = "diverging"
+    elif (
+        gained > th.stuck_progress * scale
+        and recent - best >= th.diverge_giveback * gained
+        and recent - best > th.trend_sigmas * se
+    ):
+        status = "diverging"
+    elif (
+        flat_steps >= th.flat_min_steps
+        and not fitted
+        and (abs(start - recent) <= th.stuck_progress * scale or at_chance)
+    ):
+        status = "stuck"
+    elif fitted or (start > 0 and recent <= th.converged_frac * start):
+        status = "converged"
+    elif previous - recent > max(th.trend_sigmas * se * math.sqrt(2), 1e-3 * abs(previous)):
+        status = "improving"
+    elif (
+        at_chance
+        and chance is not None
+        and best >= (1 - th.chance_tolerance) * chance
+        and int(s[-1] - s[0]) + 1 >= th.flat_min_steps
+    ):
+        # A noisy loss that has never got below chance: a classifier that has learned nothing.
+        status = "stuck"
+        view["flat_since"], view["flat_steps"] = int(s[0]), int(s[-1] - s[0] + 1)
+    elif flat_steps >= th.flat_min_steps:
+        status = "plateau"
+    else:
+        status = "unclear"
+    return LossView(status, **view)  # type: ignore[arg-type]
+
+
+# -- formatting -----------------------------------------------------------------------------
+
+
+def num(x: float) -> str:
+    """A number as a person reads it in a message: 2.3, 0.0412, 3e-12, 4.1e5."""
+    if not math.isfinite(x):
+        return str(x)
+    a = abs(x)
+    if a == 0:
+        return "0"
+    if 100 <= a < 1e4:
+        return f"{x:.0f}"
+    if 1e-2 <= a < 100:
+        return f"{x:.3g}"
+    mantissa, exponent = f"{x:.1e}".split("e")
+    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.0f}%" if x >= 0.01 else f"{100 * x:.1g}%"
+
+
+def step_at(timeline: Timeline, index: int | None) -> int | None:
+    """The recording step of record `index` (None stays None)."""
+    if index is None:
+        return None
+    return int(timeline.steps[index])
+
+
+# -- activation sites (Part 2 metrics) ------------------------------------------------------
+
+#: ReLU-family functions whose negative side still passes a gradient: "never positive" is
+#: not "dead" for them.
+LEAKY = frozenset(
+    {"leaky_relu", "elu", "selu", "celu", "gelu", "silu", "prelu", "rrelu", "mish", "softplus", "hardswish"}
+)
+
+
+def site_info(timeline: Timeline, site: str) -> dict[str, Any]:
+    """What the probes recorded about an activation site (fn, module, family); {} if nothing."""
+    sites = getattr(timeline, "sites", None) or {}
+    info = sites.get(site, {})
+    return dict(info) if isinstance(info, dict) else {}
+
+
+def site_module(timeline: Timeline, site: str) -> str:
+    """The module a site belongs to: ``block`` for ``block:relu#0``, ``lstm`` for ``lstm:forget_gate``."""
+    module = site_info(timeline, site).get("module")
+    if isinstance(module, str) and module:
+        return module
+    return site.split(":", 1)[0] if ":" in site else site
+
+
+def is_gate(timeline: Timeline, site: str) -> bool:
+    return site_info(timeline, site).get("family") == "gate" or site.endswith("_gate")
+
+
+def site_values(timeline: Timeline, metric: str) -> tuple[list[str], np.ndarray]:
+    """Sites measured under `metric` and their ``[records, sites]`` values (NaN where missing)."""
+    if len(timeline) == 0:
+        return [], np.zeros((0, 0))
+    names, values = timeline.metric(metric)
+    return names, values
+
+
+def per_site_episodes(
+    timeline: Timeline, names: list[str], values: np.ndarray, mask: np.ndarray, k: int
+) -> list[tuple[str, int, float]]:
+    """(site, first record index, recent median value) for each site whose condition holds now."""
+    out = []
+    for j, name in enumerate(names):
+        start = episode(mask[:, j], k)
+        if start is not None:
+            out.append((name, start, float(nanmedian(recent_rows(values[:, j], k)))))
+    return out

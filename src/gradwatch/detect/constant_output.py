@@ -1,0 +1,56 @@
+"""Constant output: the model gives (nearly) the same output for every input of a batch.
+
+From `output_spread` (the across-batch standard deviation of the output over its mean
+magnitude). What dead ReLU nets, inputs that never reach the model and deep nets in the
+ordered phase (inputs forgotten on the way forward) have in common. An error when the
+loss is not improving.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradwatch.anatomy import Anatomy
+from gradwatch.detect._signals import (
+    episode,
+    loss_view,
+    nanmedian,
+    num,
+    recent_rows,
+    site_values,
+    step_at,
+)
+from gradwatch.detect.thresholds import Thresholds
+from gradwatch.record import Timeline
+from gradwatch.types import Finding, Kind, Severity
+
+
+def constant_output(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Finding]:
+    """Output spread below `th.output_spread`, persistently."""
+    names, values = site_values(timeline, "output_spread")
+    if "output" not in names:
+        return []
+    spread = values[:, names.index("output")]
+    with np.errstate(invalid="ignore"):
+        start = episode(spread < th.output_spread, th.persist)
+    if start is None:
+        return []
+    now = float(nanmedian(recent_rows(spread, th.persist)))
+    loss = loss_view(timeline, anatomy, th)
+    if loss.status in ("stuck", "plateau"):
+        severity = Severity.ERROR
+    elif loss.learning or loss.status == "unclear":
+        severity = Severity.INFO
+    else:
+        severity = Severity.WARNING
+    what = "exactly the same output" if now == 0 else f"outputs that differ by {num(now)} of their size"
+    return [
+        Finding(
+            kind=Kind.CONSTANT_OUTPUT,
+            severity=severity,
+            layers=[],
+            step=step_at(timeline, start),
+            evidence={"output_spread": now, **loss.evidence()},
+            message=f"the model gives every input of a batch {what}: it ignores its input; {loss.describe()}",
+        )
+    ]

@@ -1,0 +1,48 @@
+"""A flat loss: the run is not learning, whatever the gradients say.
+
+Told apart: a stuck run (flat at its starting value, or at chance for a classifier:
+`warning`) from a converged one (flat far below its start: `info`) and from a plateau
+after real progress (`info`; detectors with gradient evidence judge those).
+"""
+
+from __future__ import annotations
+
+from gradwatch.anatomy import Anatomy
+from gradwatch.detect._signals import loss_view, num
+from gradwatch.detect.thresholds import Thresholds
+from gradwatch.record import Timeline
+from gradwatch.types import Finding, Kind, Severity
+
+
+def flat_loss(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Finding]:
+    """The loss has stayed level for at least `th.flat_min_steps` steps."""
+    loss = loss_view(timeline, anatomy, th)
+    if loss.flat_steps < th.flat_min_steps:
+        return []
+    evidence = {k: float(v) for k, v in loss.evidence().items()}
+    if loss.status == "stuck":
+        severity = Severity.WARNING
+        message = (
+            f"{loss.describe()}; it started at {num(loss.start)}: the model is not learning"
+        )
+    elif loss.status == "converged":
+        severity = Severity.INFO
+        message = (
+            f"the loss has been flat at {num(loss.recent)} for {loss.flat_steps} steps, far below its "
+            f"start ({num(loss.start)}): the run has converged"
+        )
+    elif loss.status == "plateau":
+        severity = Severity.INFO
+        message = loss.describe()
+    else:
+        return []
+    return [
+        Finding(
+            kind=Kind.FLAT_LOSS,
+            severity=severity,
+            layers=[],
+            step=loss.flat_since,
+            evidence=evidence,
+            message=message,
+        )
+    ]

@@ -1,0 +1,74 @@
+"""Vanishing gradients through time: a recurrent layer cannot learn from early inputs.
+
+From the ``grad_t/<module>`` profiles (the gradient of the loss with respect to the
+layer's input at each time step). The reach is the gradient at the first time steps over
+the gradient at the last. The loss decides the severity: an LSTM whose reach starts tiny
+but which learns (its reach then jumps to ~1 and the finding goes away) is told from a
+tanh RNN whose reach stays tiny while the loss stays put (`error`). While the loss is on
+a plateau the two look alike; for gated layers (LSTM, GRU), which can still learn to
+carry the signal, the finding is then a `warning`. When the loss is taken at every time
+step the reach is ~1 and nothing is reported.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gradwatch.anatomy import Anatomy
+from gradwatch.detect._signals import (
+    episode,
+    loss_view,
+    nanmedian,
+    num,
+    recent_rows,
+    time_profiles,
+)
+from gradwatch.detect.thresholds import Thresholds
+from gradwatch.record import Timeline
+from gradwatch.types import Finding, Kind, Severity
+
+#: Layer types with gates that can learn to hold a signal over many steps.
+GATED = frozenset({"LSTM", "GRU", "LSTMCell", "GRUCell"})
+
+
+def temporal_vanishing(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Finding]:
+    """Profiles whose early/late gradient ratio stays below `th.time_reach`."""
+    limit = math.log10(th.time_reach)
+    findings = []
+    for module, (steps, reach) in time_profiles(timeline, th).items():
+        with np.errstate(invalid="ignore"):
+            start = episode(reach < limit, th.persist)
+        if start is None:
+            continue
+        now = float(nanmedian(recent_rows(reach, th.persist)))
+        third = max(1, len(reach) // 3)
+        early, late = float(nanmedian(reach[:third])), float(nanmedian(reach[-third:]))
+        rise = late - early if np.isfinite(late) and np.isfinite(early) else 0.0
+        gated = module in anatomy and anatomy[module].type in GATED
+        loss = loss_view(timeline, anatomy, th)
+        hint = ""
+        if loss.status in ("stuck", "plateau"):
+            severity = Severity.WARNING if gated else Severity.ERROR
+            if gated:
+                hint = "; gated layers often sit on such a plateau before they learn to carry the signal"
+        else:
+            # Learning, diverging (another cause), or too early to judge by the loss: the
+            # reach alone does not tell a failing layer from an LSTM at initialisation.
+            severity = Severity.INFO
+        trend = f", {'up' if rise >= 0 else 'down'} {abs(rise):.1f} decades over the run" if len(reach) >= 3 else ""
+        findings.append(
+            Finding(
+                kind=Kind.TEMPORAL_VANISHING,
+                severity=severity,
+                layers=[module],
+                step=int(steps[start]),
+                evidence={"time_reach": float(10**now), "reach_change_decades": float(rise), **loss.evidence()},
+                message=(
+                    f"`{module}`: the gradient reaching the first time steps is {num(10**now)} of the "
+                    f"gradient at the last{trend}; {loss.describe()}{hint}"
+                ),
+            )
+        )
+    return findings

@@ -1,0 +1,90 @@
+"""Vanishing gradients across depth: early layers get a tiny share of the gradient.
+
+Evidence is scale-free: each layer's gradient relative to its own weights (what an SGD
+step changes, per unit of learning rate), compared with the last weight layer's. The
+finding is an error only when the loss is stuck as well; a net that learns despite a
+weak early gradient (a shallow sigmoid net, an Adam-trained one) gets an `info`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gradwatch.anatomy import Anatomy
+from gradwatch.detect._signals import (
+    depth_log_ratio,
+    episode,
+    loss_view,
+    nanmedian,
+    num,
+    quiet_numpy,
+    recent_rows,
+    step_at,
+)
+from gradwatch.detect.thresholds import Thresholds
+from gradwatch.record import Timeline
+from gradwatch.types import Finding, Kind, Severity
+
+
+def vanishing_gradient(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Finding]:
+    """Layers whose gradient, relative to their weights, is below `th.vanish_ratio` of the last layer's."""
+    chain, ratio = depth_log_ratio(timeline, anatomy)
+    if not chain:
+        return []
+    limit = math.log10(th.vanish_ratio)
+    with quiet_numpy():
+        worst = np.nanmin(ratio, axis=1)
+    start = episode(worst < limit, th.persist)
+    if start is None:
+        return []
+    now = nanmedian(recent_rows(ratio, th.persist), axis=0)  # per layer, over the recent window
+    weak = [j for j in range(len(now)) if np.isfinite(now[j]) and now[j] < limit]
+    if not weak:
+        return []
+    names = [timeline.layers[chain[j]] for j in weak]
+    j_min = weak[int(np.argmin(now[weak]))]
+    lowest = float(now[j_min])
+    finite = np.isfinite(now)
+    slope = math.nan
+    if finite.sum() >= 2:
+        # Decades the gradient loses per layer on its way back to the input (the reference
+        # layer sits at 0, one position after the last compared layer).
+        x = np.append(np.arange(len(now))[finite], len(now))
+        slope = float(np.polyfit(x, np.append(now[finite], 0.0), 1)[0])
+    loss = loss_view(timeline, anatomy, th)
+
+    if loss.status == "stuck":
+        severity = Severity.ERROR
+    elif loss.status == "plateau" or (
+        loss.status in ("unknown", "unclear") and lowest < math.log10(th.vanish_ratio_blind)
+    ):
+        severity = Severity.WARNING
+    else:
+        severity = Severity.INFO
+
+    reference = timeline.layers[chain[-1]]
+    many = f"; {len(names)} layers are below {num(th.vanish_ratio)}" if len(names) > 1 else ""
+    message = (
+        f"layer `{timeline.layers[chain[j_min]]}` receives {num(10**lowest)} of the last layer's "
+        f"(`{reference}`) gradient, relative to its weights{many}; {loss.describe()}"
+    )
+    if severity == Severity.INFO and loss.learning:
+        message += ", so the later layers carry the learning"
+    evidence = {
+        "ratio_min": 10**lowest,
+        "decades_per_layer": slope,
+        "layers_below": float(len(names)),
+        **loss.evidence(),
+    }
+    return [
+        Finding(
+            kind=Kind.VANISHING_GRADIENT,
+            severity=severity,
+            layers=names,
+            step=step_at(timeline, start),
+            evidence={k: float(v) for k, v in evidence.items()},
+            message=message,
+        )
+    ]

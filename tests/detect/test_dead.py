@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from gradwatch import Kind, Severity
+from gradwatch.detect import Thresholds, dead_units
+from tests.detect._timelines import build, chain_anatomy, falling_loss, stuck_loss
+
+TH = Thresholds()
+AN = chain_anatomy(3)
+SITES = {
+    "1": {"fn": "relu", "module": "1", "family": "relu"},
+    "block:relu#0": {"fn": "relu", "module": "block", "family": "relu"},
+    "5": {"fn": "gelu", "module": "5", "family": "relu"},
+}
+
+
+def _values(dead: dict[str, float]) -> dict[str, dict[str, float]]:
+    return {"act_dead_frac": dead}
+
+
+def test_mostly_dead_sites_with_a_stuck_loss_are_an_error() -> None:
+    tl = build(AN, 31, loss=stuck_loss(), sites=SITES,
+               values=lambda s: _values({"1": 0.95 if s >= 20 else 0.1, "block:relu#0": 0.6, "5": 1.0}))  # fmt: skip
+    (f,) = dead_units(tl, AN, TH)
+    assert f.kind == Kind.DEAD_UNITS and f.severity == Severity.ERROR
+    assert f.layers == ["1", "block"]  # GELU passes gradient below zero: not dead
+    assert f.step == 0  # `block:relu#0` was over half dead from the first record
+    assert f.evidence["dead_frac_max"] == 0.95 and f.evidence["sites"] == 2.0
+    assert "95% of the units at `1` (relu)" in f.message and "1 more site" in f.message
+
+
+def test_a_net_that_learns_with_some_dead_units_gets_info() -> None:
+    tl = build(AN, 31, loss=falling_loss(), sites=SITES, values=lambda s: _values({"1": 0.7}))
+    assert dead_units(tl, AN, TH)[0].severity == Severity.INFO
+
+
+def test_quiet_below_the_share_and_without_activation_metrics() -> None:
+    assert dead_units(build(AN, 31, loss=stuck_loss(), values=lambda s: _values({"1": 0.3})), AN, TH) == []
+    assert dead_units(build(AN, 31, loss=stuck_loss()), AN, TH) == []
+    assert dead_units(build(AN, 0), AN, TH) == []

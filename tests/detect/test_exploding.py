@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+
+from gradwatch import Kind, Severity
+from gradwatch.detect import Thresholds, exploding_gradient
+from tests.detect._timelines import build, chain_anatomy, falling_loss, grads, stuck_loss
+
+TH = Thresholds()
+AN = chain_anatomy(3)
+
+
+def test_depth_amplification_with_a_stuck_loss_is_an_error() -> None:
+    tl = build(AN, 31, layers=lambda s: grads(3, [5e3, 10.0, 1.0]), loss=stuck_loss())
+    (f,) = exploding_gradient(tl, AN, TH)
+    assert f.kind == Kind.EXPLODING_GRADIENT and f.severity == Severity.ERROR
+    assert f.layers == ["0"] and f.step == 0
+    assert f.evidence["ratio_max"] == pytest.approx(5e3)
+    assert "layer `0` receives 5000 times the last layer's (`4`) gradient" in f.message
+
+
+def test_warning_while_the_loss_falls_info_once_converged() -> None:
+    layers = lambda s: grads(3, [5e3, 10.0, 1.0])  # noqa: E731
+    improving = build(AN, 31, layers=layers, loss=falling_loss())
+    assert exploding_gradient(improving, AN, TH)[0].severity == Severity.WARNING
+    converged = build(AN, 31, layers=layers, loss=falling_loss(rate=0.1, floor=0.001))
+    assert exploding_gradient(converged, AN, TH)[0].severity == Severity.INFO
+
+
+def test_quiet_below_the_ratio_and_for_a_single_spike() -> None:
+    assert exploding_gradient(build(AN, 31, layers=lambda s: grads(3, [50.0, 5.0, 1.0]), loss=stuck_loss()), AN, TH) == []
+    spike = build(AN, 31, layers=lambda s: grads(3, [5e3 if s == 50 else 1.0, 1.0, 1.0]), loss=stuck_loss())
+    assert exploding_gradient(spike, AN, TH) == []
+
+
+def test_through_time_from_the_gradient_profile() -> None:
+    vec = [1e4] * 3 + [10.0] * 24 + [1.0] * 3  # the first steps get 1e4 x the last
+    tl = build(AN, 31, layers=lambda s: grads(3, [1, 1, 1]), loss=stuck_loss(0.4),
+               profiles=lambda s: {"grad_t/rnn": vec})  # fmt: skip
+    (f,) = exploding_gradient(tl, AN, TH)
+    assert f.layers == ["rnn"] and f.evidence["time_reach"] == pytest.approx(1e4)
+    assert "back through time" in f.message
+
+
+@pytest.mark.parametrize("records", [0, 1, 2])
+def test_tolerates_short_timelines(records: int) -> None:
+    assert exploding_gradient(build(AN, records, layers=lambda s: grads(3, [1e4, 1, 1])), AN, TH) == []

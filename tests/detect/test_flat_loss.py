@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gradwatch import Kind, Severity
+from gradwatch.detect import Thresholds, flat_loss
+from tests.detect._timelines import build, chain_anatomy, falling_loss, stuck_loss
+
+TH = Thresholds()
+AN = chain_anatomy(2, classes=10)
+
+
+def test_stuck_at_chance_warns_with_its_duration() -> None:
+    (f,) = flat_loss(build(AN, 31, loss=stuck_loss()), AN, TH)
+    assert f.kind == Kind.FLAT_LOSS and f.severity == Severity.WARNING
+    assert f.step == 0 and f.evidence["loss_flat_steps"] == 301.0
+    assert f.evidence["loss_chance"] == pytest.approx(math.log(10))
+    assert "2.3 (chance for 10 classes) for 301 steps" in f.message
+
+
+def test_flat_since_the_step_it_stopped_moving() -> None:
+    loss = lambda s: 2.3 - 0.008 * min(s, 150) + 0.01 * math.sin(1.7 * s)  # noqa: E731  # 2.3 -> 1.1, then flat
+    (f,) = flat_loss(build(AN, 31, loss=loss), AN, TH)
+    assert f.severity == Severity.INFO  # progress was made: a plateau, not a stuck run
+    assert 140 <= (f.step or 0) <= 175
+
+
+def test_converged_is_info() -> None:
+    (f,) = flat_loss(build(AN, 31, loss=falling_loss(rate=0.1, floor=0.001)), AN, TH)
+    assert f.severity == Severity.INFO and "converged" in f.message
+
+
+def test_quiet_while_improving_or_too_short() -> None:
+    assert flat_loss(build(AN, 31, loss=falling_loss()), AN, TH) == []
+    assert flat_loss(build(AN, 5, loss=stuck_loss()), AN, TH) == []  # 41 steps < 60
+    assert flat_loss(build(AN, 0), AN, TH) == []

@@ -1,0 +1,124 @@
+"""The shared evidence: persistence, relative gradients, the loss's state, number formatting."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from gradwatch.detect import Thresholds
+from gradwatch.detect._signals import (
+    depth_chain,
+    episode,
+    first_persistent,
+    loss_view,
+    num,
+    relative_grads,
+    still_holds,
+    time_profiles,
+)
+from tests.detect._timelines import build, chain_anatomy, falling_loss, grads, stuck_loss
+
+TH = Thresholds()
+
+
+def test_persistence_needs_k_in_a_row_and_forgives_one_stray_record() -> None:
+    m = np.array([0, 1, 1, 0, 1, 1, 1, 0, 1], dtype=bool)
+    assert first_persistent(m, 3) == 4
+    assert first_persistent(m, 4) is None
+    assert still_holds(m, 3)  # 3 of the last 5 records hold
+    assert not still_holds(np.array([1, 1, 1, 0, 0, 0], dtype=bool), 3)
+    assert episode(m, 3) == 4
+    assert episode(np.array([1, 1], dtype=bool), 3) is None  # too few records
+    assert first_persistent(np.array([], dtype=bool), 1) is None
+
+
+def test_relative_gradient_is_norm_over_the_weights_that_got_gradient() -> None:
+    an = chain_anatomy(2)
+    layers = {
+        "grad_norm": [0.3, 0.0],
+        "weight_norm": [2.0, 1.0],
+        "grad_zero_frac": [0.75, 1.0],
+    }
+    tl = build(an, 1, layers=lambda s: layers)
+    r = relative_grads(tl)
+    # 0.3 / (2.0 * sqrt(1 - 0.75)) by hand; an all-zero gradient is not a small one (NaN).
+    assert r[0, 0] == pytest.approx(0.3 / (2.0 * 0.5))
+    assert math.isnan(r[0, 1])
+
+
+def test_depth_chain_skips_norm_layers_and_layers_never_seen_running() -> None:
+    an = chain_anatomy(3)
+    an.layers[1].type = "LayerNorm"
+    an.layers[1].fan_in = None
+    an.layers[2].order = None
+    tl = build(an, 1, layers=lambda s: grads(3, [1, 1, 1]))
+    assert depth_chain(tl, an) == [0]
+
+
+@pytest.mark.parametrize(
+    ("loss", "status"),
+    [
+        (stuck_loss(), "stuck"),
+        (falling_loss(rate=0.01), "improving"),
+        (falling_loss(rate=0.1, floor=0.001), "converged"),
+        (lambda s: 2.3 + 0.004 * s, "diverging"),  # 2.3 -> 3.5: above its start by > 25%
+        (lambda s: 2.3 * math.exp(-0.05 * s) + 1.0 + 0.01 * math.sin(s), "plateau"),  # 3.3 -> 1.0, flat
+    ],
+)
+def test_loss_status(loss, status) -> None:
+    tl = build(chain_anatomy(2, classes=1), 31, loss=loss)  # 301 steps, no chance level (1 output)
+    assert loss_view(tl, chain_anatomy(2, classes=1), TH).status == status
+
+
+def test_converged_classifier_watched_late_is_not_stuck() -> None:
+    an = chain_anatomy(2, classes=10)
+    tl = build(an, 31, loss=stuck_loss(0.01))  # flat from the start, far below ln(10)
+    assert loss_view(tl, an, TH).status == "converged"
+
+
+def test_a_stuck_classifier_is_described_at_chance() -> None:
+    an = chain_anatomy(2, classes=10)
+    lv = loss_view(build(an, 31, loss=stuck_loss()), an, TH)
+    assert lv.status == "stuck" and lv.classes == 10
+    assert lv.flat_steps == 301
+    assert "(chance for 10 classes) for 301 steps" in lv.describe()
+    assert lv.start == pytest.approx(math.log(10), abs=0.03)
+
+
+def test_loss_edge_cases() -> None:
+    an = chain_anatomy(2)
+    assert loss_view(build(an, 0), an, TH).status == "unknown"
+    assert loss_view(build(an, 2, loss=stuck_loss()), an, TH).status == "unknown"  # 11 losses
+    nan_end = build(an, 5, loss=lambda s: 2.3 if s < 30 else float("nan"))
+    lv = loss_view(nan_end, an, TH)
+    assert lv.status == "nonfinite" and lv.first_nonfinite == 30
+    assert "non-finite at step 30" in lv.describe()
+
+
+def test_time_profiles_reach_is_early_over_late_in_decades() -> None:
+    an = chain_anatomy(2)
+    vec = [1e-6] * 5 + [1.0] * 40 + [1e-2] * 5  # T = 50, edges of 5 steps
+    tl = build(an, 3, profiles=lambda s: {"grad_t/rnn": vec, "other/x": [1.0]})
+    (name, (steps, reach)), = time_profiles(tl, TH).items()
+    assert name == "rnn" and list(steps) == [0, 10, 20]
+    np.testing.assert_allclose(reach, [-4.0] * 3)
+
+
+@pytest.mark.parametrize(
+    ("x", "text"),
+    [(2.302585, "2.3"), (3e-12, "3e-12"), (4.1e5, "4.1e5"), (1700.4, "1700"), (0.0412, "0.0412"), (0.0, "0"), (-2e-5, "-2e-5")],
+)
+def test_num(x: float, text: str) -> None:
+    assert num(x) == text
+
+
+def test_a_noisy_loss_that_never_got_below_chance_is_stuck() -> None:
+    an = chain_anatomy(2, classes=10)
+    # Jumps of +-0.25 around ln(10) keep the rolling median from being level for 60 steps,
+    # but the classifier has learned nothing in 150 steps.
+    c = math.log(10)
+    noisy = lambda s: (c - 0.25 if s < 50 else c + 0.25 if s < 100 else c) + 0.01 * math.sin(1.7 * s)  # noqa: E731
+    lv = loss_view(build(an, 16, loss=noisy), an, TH)
+    assert lv.status == "stuck" and lv.flat_since == 0 and lv.flat_steps == 151

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+
+from gradwatch import Kind, Severity
+from gradwatch.anatomy import Anatomy, Layer
+from gradwatch.detect import Thresholds, temporal_vanishing
+from tests.detect._timelines import build, falling_loss, stuck_loss
+
+TH = Thresholds()
+
+
+def _anatomy(kind: str) -> Anatomy:
+    return Anatomy(
+        [
+            Layer("rnn", kind, 2, 32, 100, ["rnn.weight_hh_l0"], True, order=0),
+            Layer("head", "Linear", 32, 1, 33, ["head.weight"], True, order=1),
+        ]
+    )
+
+
+def _profile(reach: float) -> list[float]:
+    return [reach] * 3 + [0.5] * 24 + [1.0] * 3  # T = 30, edges of 3 steps
+
+
+def test_a_tanh_rnn_that_cannot_reach_back_is_an_error() -> None:
+    an = _anatomy("RNN")
+    tl = build(an, 31, loss=stuck_loss(0.167), profiles=lambda s: {"grad_t/rnn": _profile(1e-6)})
+    (f,) = temporal_vanishing(tl, an, TH)
+    assert f.kind == Kind.TEMPORAL_VANISHING and f.severity == Severity.ERROR
+    assert f.layers == ["rnn"] and f.step == 0
+    assert f.evidence["time_reach"] == pytest.approx(1e-6)
+    assert "1e-6 of the gradient at the last" in f.message
+
+
+def test_a_gated_layer_on_a_plateau_is_a_warning() -> None:
+    an = _anatomy("LSTM")
+    tl = build(an, 31, loss=stuck_loss(0.167), profiles=lambda s: {"grad_t/rnn": _profile(1e-6)})
+    (f,) = temporal_vanishing(tl, an, TH)
+    assert f.severity == Severity.WARNING and "gated layers" in f.message
+
+
+def test_an_lstm_whose_reach_jumps_up_as_it_learns_draws_nothing() -> None:
+    an = _anatomy("LSTM")
+    tl = build(an, 61, loss=lambda s: 0.167 if s < 300 else 0.01,
+               profiles=lambda s: {"grad_t/rnn": _profile(1e-6 if s < 300 else 0.5)})  # fmt: skip
+    assert temporal_vanishing(tl, an, TH) == []
+
+
+def test_info_while_the_loss_improves_and_quiet_without_profiles() -> None:
+    an = _anatomy("RNN")
+    tl = build(an, 31, loss=falling_loss(), profiles=lambda s: {"grad_t/rnn": _profile(1e-6)})
+    assert temporal_vanishing(tl, an, TH)[0].severity == Severity.INFO
+    assert temporal_vanishing(build(an, 31, loss=stuck_loss()), an, TH) == []
+    short = build(an, 31, loss=stuck_loss(), profiles=lambda s: {"grad_t/rnn": [0.0, 1.0]})
+    assert temporal_vanishing(short, an, TH) == []

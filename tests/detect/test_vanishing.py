@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gradwatch import Kind, Severity
+from gradwatch.detect import Thresholds, vanishing_gradient
+from tests.detect._timelines import build, chain_anatomy, falling_loss, grads, stuck_loss
+
+TH = Thresholds()
+AN = chain_anatomy(4)
+DEEP = [1e-9, 1e-6, 1e-3, 1.0]  # relative gradients, input side first
+
+
+def test_fires_as_error_when_the_loss_is_stuck() -> None:
+    tl = build(AN, 31, layers=lambda s: grads(4, DEEP), loss=stuck_loss())
+    (f,) = vanishing_gradient(tl, AN, TH)
+    assert f.kind == Kind.VANISHING_GRADIENT and f.severity == Severity.ERROR
+    assert f.layers == ["0", "2"]  # below 1e-3 of the last layer; `4` sits exactly at it
+    assert f.step == 0
+    assert f.evidence["ratio_min"] == pytest.approx(1e-9)
+    assert f.evidence["layers_below"] == 2.0
+    # log10 ratios -9, -6, -3 at positions 0..2 and 0 at the reference: 3 decades per layer.
+    assert f.evidence["decades_per_layer"] == pytest.approx(3.0)
+    assert all(isinstance(v, float) for v in f.evidence.values())
+    assert "layer `0` receives 1e-9 of the last layer's (`6`) gradient" in f.message
+    assert "(chance for 10 classes)" in f.message
+
+
+def test_first_step_is_where_it_began_to_hold_persistently() -> None:
+    tl = build(AN, 31, layers=lambda s: grads(4, DEEP if s >= 100 else [1, 1, 1, 1]), loss=stuck_loss())
+    (f,) = vanishing_gradient(tl, AN, TH)
+    assert f.step == 100
+
+
+def test_only_info_while_the_loss_improves() -> None:
+    tl = build(AN, 31, layers=lambda s: grads(4, DEEP), loss=falling_loss())
+    (f,) = vanishing_gradient(tl, AN, TH)
+    assert f.severity == Severity.INFO
+    assert "later layers carry the learning" in f.message
+
+
+def test_quiet_for_even_gradients_and_for_a_one_off_dip() -> None:
+    even = build(AN, 31, layers=lambda s: grads(4, [0.3, 0.5, 0.8, 1.0]), loss=stuck_loss())
+    assert vanishing_gradient(even, AN, TH) == []
+    dip = build(AN, 31, layers=lambda s: grads(4, DEEP if s in (100, 110) else [1, 1, 1, 1]), loss=stuck_loss())
+    assert vanishing_gradient(dip, AN, TH) == []
+
+
+def test_zero_gradients_are_not_vanishing_ones() -> None:
+    # Dead layers get exactly zero: that is the dead-unit detector's business.
+    tl = build(AN, 31, layers=lambda s: grads(4, [0.0, 0.0, 0.0, 1.0]), loss=stuck_loss())
+    assert vanishing_gradient(tl, AN, TH) == []
+
+
+def test_a_sparse_embedding_is_judged_by_the_rows_it_touched() -> None:
+    # 0.99 of the first layer's entries are exactly zero: its 1e-4 relative gradient is
+    # 1e-3 over the touched rows, which is not below 1e-3.
+    layers = grads(4, [1e-4, 1, 1, 1])
+    layers["grad_zero_frac"] = [0.99, 0, 0, 0]
+    tl = build(AN, 31, layers=lambda s: layers, loss=stuck_loss())
+    assert vanishing_gradient(tl, AN, TH) == []
+
+
+def test_without_losses_only_an_extreme_ratio_warns() -> None:
+    extreme = build(AN, 5, layers=lambda s: grads(4, DEEP))
+    assert vanishing_gradient(extreme, AN, TH)[0].severity == Severity.WARNING
+    mild = build(AN, 5, layers=lambda s: grads(4, [1e-4, 1e-3, 1e-2, 1.0]))
+    assert vanishing_gradient(mild, AN, TH)[0].severity == Severity.INFO
+
+
+@pytest.mark.parametrize("records", [0, 1, 2])
+def test_tolerates_short_or_empty_timelines(records: int) -> None:
+    assert vanishing_gradient(build(AN, records, layers=lambda s: grads(4, DEEP)), AN, TH) == []
+
+
+def test_tolerates_missing_and_nan_metrics() -> None:
+    assert vanishing_gradient(build(AN, 10, loss=stuck_loss()), AN, TH) == []
+    nan = build(AN, 10, layers=lambda s: grads(4, [math.nan] * 4))
+    assert vanishing_gradient(nan, AN, TH) == []
+
+
+def test_threshold_moves_the_verdict() -> None:
+    tl = build(AN, 31, layers=lambda s: grads(4, [1e-4, 1, 1, 1]), loss=stuck_loss())
+    assert vanishing_gradient(tl, AN, TH) != []
+    assert vanishing_gradient(tl, AN, Thresholds(vanish_ratio=1e-5)) == []
