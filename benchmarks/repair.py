@@ -1,35 +1,40 @@
 """Does gradwatch's fix make faulty runs train? `fix`, `repair` and a random-repair baseline, side by side.
 
-For each faulty run (a model + a training recipe that fails for a known gradient reason):
+The faulty runs are those of Part 3's labelled suite (`benchmarks/detection/suite.py`):
+each model and recipe is read from the suite's own run closures, so they are the same
+runs the detectors are judged on. `--own` uses this file's own smaller set instead.
 
-- original: one full training run, watched (gw.watch with the optimizer), scored;
-- fix:      gw.fix(model, diagnosis, timeline=..., example_input=...) then one full run
-            with the advice applied;
-- repair:   gw.repair(model, train_fn, steps=N) — its cost in steps and in wall time
-            against one full run of the original;
-- random:   the expected outcome of one transform picked at random (AutoTrainer's way):
-            every one of the six remedies is applied alone and trained, and the share
-            that trains is averaged.
+For each faulty run:
 
-A run is *healthy* when it reaches its target (digits: test accuracy >= 0.8 — a 3-layer
-net reaches over 0.9; adding problem: MSE <= 0.05 against 0.167 for always answering 1).
+- original: the suite's own recording of the run (`gw.watch(..., log=...)`, every=10);
+            its diagnosis (`gw.load(log).diagnose()`) and timeline feed `fix`;
+- fix:      gw.fix(model, diagnosis, timeline=..., example_input=first batch), then one
+            full run with the advice applied;
+- repair:   gw.repair(model, train_fn, steps=N) — diagnosing the run itself from its own
+            first short run, no diagnosis given — its cost in steps and in time against
+            one full run of the original;
+- random:   the expected outcome of one remedy picked at random (AutoTrainer's way):
+            each of the six remedies is applied alone and trained, and the share that
+            trains is averaged.
 
-The diagnosis comes from gradwatch's detectors when any are registered
-(`gradwatch.detect.DETECTORS`); until they land, from each run's label (the findings
-its mechanism produces), so the figures measure the fixer given a correct diagnosis.
+A run is *healthy* when it meets the suite's own "trained" criterion (digits: test
+accuracy >= 0.5; recall: >= 0.6; adding problem: test MSE < 0.05).
 
-    PYTHONPATH=src python benchmarks/repair.py [--quick] [--only NAME ...]
+    PYTHONPATH=src python benchmarks/repair.py [--quick] [--own] [--only NAME ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import math
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,6 +62,147 @@ class Case:
     healthy: float  # a score at or above this is a healthy result
     label: list[str]  # the finding kinds its mechanism produces
     mechanism: str
+    # the suite's own recorded run: () -> (score, diagnosis, timeline); None for --own cases
+    recorded: Callable[[], tuple[float, Diagnosis, gw.Timeline]] | None = None
+    example: Any = None  # the first batch, for gw.fix
+    reach: str = ""  # why no model surgery or training advice can fix it, if so
+
+
+# -- Part 3's suite, read from its run closures -------------------------------------------------
+
+SUITE = Path(__file__).resolve().parent / "detection"
+
+#: Faulty runs of the suite whose cause is not in the model's gradients, so no surgery or
+#: step-size advice can repair them; they are counted, and reported apart.
+OUT_OF_REACH = {
+    "mlp-zero-input-sgd": "a data bug (inputs zeroed)",
+    "mlp-detached-optimizer": "a code bug (the optimizer holds copies of the parameters)",
+    "mlp-shuffled-labels-sgd": "random labels: nothing to learn",
+    "mlp-where-sqrt-nan": "a code bug (NaN from the discarded branch of torch.where)",
+}
+
+
+def suite_cases(quick: bool) -> list[Case]:
+    """The suite's faulty runs as Cases: model factory, train_fn and the suite's own recording."""
+    sys.path.insert(0, str(SUITE))
+    import suite as S
+    from tasks import digits_split, sequence_task
+
+    out: list[Case] = []
+    for spec in S.specs():
+        if spec.healthy:
+            continue
+        env = inspect.getclosurevars(spec.train).nonlocals
+        if not {"make", "make_opt", "steps"} <= env.keys():
+            continue  # a special loop (AMP, embedding): none of the faulty runs
+        steps = int(env["steps"]) // (2 if quick else 1)
+        seed = int(env["seed"])
+        if "task_name" in env:
+            case = _suite_seq(spec, env, steps, seed, sequence_task)
+        else:
+            case = _suite_digits(spec, env, steps, seed, digits_split)
+
+        def recorded(spec: Any = spec) -> tuple[float, Diagnosis, gw.Timeline]:
+            with tempfile.TemporaryDirectory() as tmp:
+                log = Path(tmp) / "run.jsonl"
+                outcome = spec.train(log, 10)
+                run = gw.load(log)
+                value = -outcome.value if outcome.metric == "test MSE" else outcome.value
+                return value, run.diagnose(), run.timeline
+
+        case.recorded = recorded
+        case.reach = OUT_OF_REACH.get(spec.name, "")
+        out.append(case)
+    return out
+
+
+def _scaled(opt: torch.optim.Optimizer, advice: dict[str, Any]) -> torch.optim.Optimizer:
+    for group in opt.param_groups:
+        group["lr"] = group["lr"] * float(advice.get("lr_scale", 1.0))
+    return opt
+
+
+def _suite_digits(spec: Any, env: dict[str, Any], steps: int, seed: int, digits_split: Any) -> Case:
+    split = digits_split(seed)
+
+    def shape(x: torch.Tensor) -> torch.Tensor:
+        if env["transform"] is not None:
+            x = env["transform"](x)
+        if env["image"]:
+            x = x.view(-1, 1, 8, 8)
+        if env["tokens"]:
+            x = x.view(-1, 8, 8)
+        return x
+
+    x_test = split.x_test.view(-1, 1, 8, 8) if env["image"] else split.x_test
+    x_test = x_test.view(-1, 8, 8) if env["tokens"] else x_test
+
+    def train(model: nn.Module, advice: dict[str, Any], n: int) -> float:
+        opt = _scaled(env["make_opt"](model), advice)
+        run_seed = int(torch.randint(0, 2**31 - 1, ()))
+        model.train()
+        last = 0.0
+        for x, y in batches(split.x_train, split.y_train, env["batch"], n, seed=run_seed):
+            if env["labels"] is not None:
+                y = env["labels"](y)
+            loss = nn.functional.cross_entropy(model(shape(x)), y)
+            opt.zero_grad()
+            loss.backward()
+            if "clip_grad_norm" in advice:
+                nn.utils.clip_grad_norm_(model.parameters(), advice["clip_grad_norm"])
+            opt.step()
+            last = float(loss.detach())
+        return accuracy(model, x_test, split.y_test) if math.isfinite(last) else 0.0
+
+    def make() -> nn.Module:
+        torch.manual_seed(seed)
+        return env["make"]()
+
+    first = next(iter(batches(split.x_train, split.y_train, env["batch"], 1, seed=seed)))[0]
+    return Case(spec.name, make, train, steps, 0.5, sorted(str(k) for k in spec.labels), spec.story,
+                example=shape(first))
+
+
+def _suite_seq(spec: Any, env: dict[str, Any], steps: int, seed: int, sequence_task: Any) -> Case:
+    test = sequence_task(env["task_name"], env["length"], seed=seed)
+    regression = test.kind == "regression"
+    n_in = int(test.x_test.shape[-1])
+    from tasks import RECALL_SYMBOLS
+
+    n_out = 1 if regression else RECALL_SYMBOLS
+
+    def train(model: nn.Module, advice: dict[str, Any], n: int) -> float:
+        opt = _scaled(env["make_opt"](model), advice)
+        task = sequence_task(env["task_name"], env["length"], seed=int(torch.randint(0, 2**31 - 1, ())))
+        loss_fn = nn.functional.mse_loss if regression else nn.functional.cross_entropy
+        clip = advice.get("clip_grad_norm", env["clip"])
+        model.train()
+        last = 0.0
+        for _ in range(n):
+            x, y = task.batch(env["batch"])
+            loss = loss_fn(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            if clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            last = float(loss.detach())
+        model.eval()
+        with torch.no_grad():
+            out = model(test.x_test)
+        if not math.isfinite(last) or not torch.isfinite(out).all():
+            return -math.inf if regression else 0.0
+        if regression:
+            return -float(nn.functional.mse_loss(out, test.y_test))
+        return float((out.argmax(-1) == test.y_test).float().mean())
+
+    def make() -> nn.Module:
+        torch.manual_seed(seed)
+        return env["make"](n_in, n_out)
+
+    healthy = -0.05 if regression else 0.6
+    return Case(spec.name, make, train, steps, healthy, sorted(str(k) for k in spec.labels), spec.story,
+                example=test.batch(env["batch"])[0])
 
 
 # -- data and recipes ---------------------------------------------------------------------------
@@ -265,23 +411,24 @@ def _warm_up() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="shorter runs (for a smoke test)")
+    ap.add_argument("--quick", action="store_true", help="half-length runs (a smoke test)")
+    ap.add_argument("--own", action="store_true", help="this file's own faulty runs, with labelled diagnoses")
     ap.add_argument("--only", nargs="*", default=None, help="run only cases whose name contains one of these")
     args = ap.parse_args(argv)
-    todo = [c for c in cases(args.quick) if not args.only or any(s in c.name for s in args.only)]
+    todo = cases(args.quick) if args.own else suite_cases(args.quick)
+    todo = [c for c in todo if not args.only or any(s in c.name for s in args.only)]
     _warm_up()
-    source = "gradwatch's detectors" if DETECTORS else "each run's label (no detectors registered yet)"
-    print(f"diagnosis from: {source}\n")
+    if args.own:
+        print("faulty runs: this file's own set; diagnoses from each run's label\n")
+    else:
+        print(f"faulty runs: Part 3's labelled suite ({len(todo)} faulty runs); diagnoses by gradwatch's detectors\n")
     head = (
-        f"{'faulty run':<38} {'original':>9} {'fix':>9} {'repair':>9} {'steps':>6} {'time':>6} "
+        f"{'faulty run':<28} {'original':>9} {'fix':>9} {'repair':>9} {'steps':>6} {'time':>6} "
         f"{'search':>6} {'random':>7}"
     )
     print(head)
     print("-" * len(head))
-    totals = {"original": 0, "fix": 0, "repair": 0, "random": 0.0}
-    walls: list[float] = []
-    searches: list[float] = []
-    costs: list[float] = []
+    rows: list[dict[str, Any]] = []
     details: list[str] = []
     for case in todo:
         target = case.healthy
@@ -289,9 +436,14 @@ def main(argv: list[str] | None = None) -> int:
         def ok(score: float, target: float = target) -> bool:
             return score >= target
 
-        s0, _t0, diag, timeline, example = watched_original(case)
-        # the wall-time reference: one unwatched run of the original (the faster of two,
-        # so a first run's warm-up does not flatter the ratio)
+        if case.recorded is not None:
+            s0, diag, timeline = case.recorded()
+            example = case.example
+        else:
+            s0, _t, _d, timeline, example = watched_original(case)
+            diag = labelled(case)
+        # the time reference: one unwatched run of the original (the faster of two, so a
+        # first run's warm-up does not flatter the ratio)
         base_t = min(full_run(case, case.make(), {})[1] for _ in range(2))
         result = gw.fix(case.make(), diag, timeline=timeline, example_input=example)
         numeric = {k: v for k, v in result.advice.items() if k in ("lr_scale", "clip_grad_norm")}
@@ -299,13 +451,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         t_rep = time.process_time()
         rep = gw.repair(
-            case.make(), case.train, steps=case.steps, diagnosis=None if DETECTORS else labelled(case),
-            progress=False,
+            case.make(), case.train, steps=case.steps,
+            diagnosis=labelled(case) if case.recorded is None else None, progress=False,
         )
         t_rep = time.process_time() - t_rep
         s_rep = rep.final_score if rep.final_score is not None else max(t.score for t in rep.trials)
-        # what one full run of the model repair kept costs: the part of repair's wall time
-        # that is the repaired model's own (dearer or cheaper) steps, not gradwatch's search
+        # what one full run of the model repair kept costs: the part of repair's time that is
+        # the repaired model's own (dearer or cheaper) steps, not gradwatch's search
         kept_model = rep.fix.model if rep.fix is not None else case.make()
         kept_t = full_run(case, copy.deepcopy(kept_model), dict(rep.advice))[1]
         rand = []
@@ -315,31 +467,37 @@ def main(argv: list[str] | None = None) -> int:
             s_r, _ = full_run(case, m, adv)
             rand.append((choice, s_r))
         share = sum(ok(s) for _, s in rand) / len(rand)
-        totals["original"] += ok(s0)
-        totals["fix"] += ok(s_fix)
-        totals["repair"] += ok(s_rep)
-        totals["random"] += share
-        walls.append(t_rep / base_t)
-        searches.append((t_rep - kept_t) / base_t)
-        costs.append(rep.cost)
+        row = {
+            "original": ok(s0), "fix": ok(s_fix), "repair": ok(s_rep), "random": share,
+            "cost": rep.cost, "time": t_rep / base_t, "search": (t_rep - kept_t) / base_t, "reach": case.reach,
+        }
+        rows.append(row)
+        name = case.name + (" *" if case.reach else "")
         print(
-            f"{case.name:<38} {_mark(s0, ok):>9} {_mark(s_fix, ok):>9} {_mark(s_rep, ok):>9} "
-            f"{rep.cost:>5.2f}x {t_rep / base_t:>5.2f}x {(t_rep - kept_t) / base_t:>5.2f}x {share:>7.2f}",
+            f"{name:<28} {_mark(s0, ok):>9} {_mark(s_fix, ok):>9} {_mark(s_rep, ok):>9} "
+            f"{rep.cost:>5.2f}x {row['time']:>5.2f}x {row['search']:>5.2f}x {share:>7.2f}",
             flush=True,
         )
         kept = next((t.name for t in rep.trials if t.kept), "original")
+        found = ", ".join(sorted({str(f.kind) for f in diag.findings if f.severity > gw.Severity.INFO})) or "healthy"
+        own = ", ".join(sorted({str(f.kind) for f in rep.diagnosis.findings if f.severity > gw.Severity.INFO})) or "healthy"
         details.append(
-            f"{case.name}: fix = {_summary(result)}; repair kept {kept}; random: "
-            + ", ".join(f"{c} {s:.3g}" for c, s in rand)
+            f"{case.name}: diagnosis [{found}]; fix = {_summary(result)}; repair saw [{own}], kept {kept}; "
+            "random: " + ", ".join(f"{c} {s:.3g}" for c, s in rand)
         )
-    n = len(todo)
     print("-" * len(head))
+    for label, subset in (("all", rows), ("in reach", [r for r in rows if not r["reach"]])):
+        n = len(subset)
+        if not n:
+            continue
+        print(
+            f"{'healthy, ' + label + ' (' + str(n) + ')':<28} {_share(subset, 'original'):>9.2f} "
+            f"{_share(subset, 'fix'):>9.2f} {_share(subset, 'repair'):>9.2f} "
+            f"{max(r['cost'] for r in subset):>5.2f}x {_mean(subset, 'time'):>5.2f}x "
+            f"{_mean(subset, 'search'):>5.2f}x {_mean(subset, 'random'):>7.2f}"
+        )
     print(
-        f"{'share healthy (' + str(n) + ' runs)':<38} {totals['original'] / n:>9.2f} {totals['fix'] / n:>9.2f} "
-        f"{totals['repair'] / n:>9.2f} {max(costs):>5.2f}x {sum(walls) / n:>5.2f}x "
-        f"{sum(searches) / n:>5.2f}x {totals['random'] / n:>7.2f}"
-    )
-    print(
+        "  * out of reach: the cause is not in the model's gradients (a data or code bug, random labels)\n"
         "  steps  = steps repair trained / steps of one run (max over runs)\n"
         "  time   = repair's time / one unwatched run of the original (mean; CPU time of this\n"
         "           single-threaded process, which is wall time on an idle machine)\n"
@@ -350,6 +508,14 @@ def main(argv: list[str] | None = None) -> int:
     for d in details:
         print(d)
     return 0
+
+
+def _share(rows: list[dict[str, Any]], key: str) -> float:
+    return sum(float(r[key]) for r in rows) / len(rows)
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float:
+    return sum(float(r[key]) for r in rows) / len(rows)
 
 
 def _mark(score: float, ok: Callable[[float], bool]) -> str:

@@ -22,7 +22,7 @@ def test_he_for_relu_xavier_for_tanh_and_for_the_head() -> None:
     assert _sigma2(new[0].weight) == pytest.approx(2.0, rel=1e-6)  # He: 2 / fan_in
     assert float(new[2].weight.detach().double().pow(2).mean()) == pytest.approx(2 / (30 + 30), rel=1e-6)
     assert float(new[4].weight.detach().double().pow(2).mean()) == pytest.approx(2 / (30 + 5), rel=1e-6)
-    assert all(float(new[i].bias.abs().max()) == 0 for i in (0, 2, 4))
+    assert all(float(new[i].bias.detach().abs().max()) == 0 for i in (0, 2, 4))
 
 
 def test_leaky_relu_slope_enters_the_he_gain() -> None:

@@ -184,3 +184,29 @@ def test_a_fix_that_shows_only_after_a_plateau_is_confirmed_in_the_second_round(
     assert result.improved and result.trials[-1].kept and result.trials[-1].name == "activations+init, continued"
     assert result.final_score == 1.0
     assert result.steps_used <= 150
+
+
+def test_a_healthy_looking_original_is_watched_on_at_no_extra_cost() -> None:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 4, generator=g), torch.randn(32, 1, generator=g)
+    log: list[int] = []
+
+    def train(model: nn.Module, advice: dict[str, Any], steps: int) -> float:
+        log.append(steps)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(steps):
+            loss = nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return -float(nn.functional.mse_loss(model(x), y))
+
+    torch.manual_seed(0)
+    healthy = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
+    result = gw.repair(healthy, train, steps=200, trial_steps=10, progress=False)
+    assert result.diagnosis.healthy and not result.improved
+    assert [t.name for t in result.trials][:2] == ["original", "original, watched on"]
+    watched = sum(t.steps for t in result.trials)
+    assert result.timeline is not None and len(result.timeline.loss()[0]) == watched > 10
+    assert sum(log) == result.steps_used == 200, "watching a healthy original on costs nothing extra"

@@ -9,6 +9,9 @@ healthy step leaves half the steps untouched and cuts a spike down to that size;
 early records are used because once a run explodes, its own percentiles describe the
 explosion.
 
+``lr_scale`` for stalled weights (no structural cause, updates far too small): the same
+target, ``1e-3 / r``, between 10 and 1000 — at least a decade up, at most three.
+
 ``lr_scale``: a factor for the learning rate. The update ratio ``||dW|| / ||W||``
 scales linearly with the learning rate (for SGD and, up to its normalisation, Adam),
 and steps around 1e-3 of the weights per update are the usual healthy size
@@ -36,6 +39,10 @@ TARGET_UPDATE_RATIO = 1e-3
 MAX_LR_SCALE = 0.1
 #: Largest learning-rate reduction ever advised.
 MIN_LR_SCALE = 1e-3
+#: For stalled weights (updates far below 1e-3 of the weights): at least one decade up,
+#: at most three — a larger jump would trade a stall for a blow-up.
+MIN_UP_SCALE = 10.0
+MAX_UP_SCALE = 1e3
 
 _TROUBLE = (Kind.EXPLODING_GRADIENT, Kind.NONFINITE_GRADIENT, Kind.DIVERGING_LOSS)
 
@@ -97,8 +104,8 @@ def clip_grad_norm(timeline: Timeline | None, diagnosis: Diagnosis | None = None
     return None
 
 
-def lr_scale(timeline: Timeline | None, diagnosis: Diagnosis | None = None) -> tuple[float, str]:
-    """The learning-rate factor and why (see the module docstring)."""
+def lr_scale(timeline: Timeline | None, diagnosis: Diagnosis | None = None, *, up: bool = False) -> tuple[float, str]:
+    """The learning-rate factor and why (see the module docstring); `up` for stalled weights."""
     ratios: Iterable[float] = []
     if timeline is not None and len(timeline):
         r = timeline.layer_metric("update_ratio")
@@ -112,6 +119,14 @@ def lr_scale(timeline: Timeline | None, diagnosis: Diagnosis | None = None) -> t
     elif diagnosis is not None:
         ratios = [x.update_ratio for x in diagnosis.layers if x.update_ratio is not None]
     finite = [x for x in ratios if math.isfinite(x) and x > 0]
+    if up:
+        if not finite:
+            return MIN_UP_SCALE, "no update was measured: one decade up"
+        med = float(np.median(finite))
+        scale = min(MAX_UP_SCALE, max(MIN_UP_SCALE, TARGET_UPDATE_RATIO / med))
+        return _round(scale), (
+            f"median update ratio ||dW||/||W|| is {med:.2g}; about {TARGET_UPDATE_RATIO:g} is a healthy step"
+        )
     if not finite:
         return MAX_LR_SCALE, (
             "no finite update ratio was measured (the run broke down first): one decade down"

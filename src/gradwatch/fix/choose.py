@@ -129,7 +129,7 @@ def infer_causes(model: nn.Module, order: Order, kind: Kind) -> list[CauseKind]:
             causes.append(CauseKind.INIT_MISMATCH)
         if _dead_biases(model, order):
             causes.append(CauseKind.DEAD_RELU_BIAS)
-        if not causes and kind in _GRADIENT_KINDS:
+        if not causes and kind == Kind.VANISHING_GRADIENT:
             # Nothing in the layers themselves explains it: the chain's length does.
             causes += [CauseKind.DEPTH_WITHOUT_SKIP, CauseKind.NO_NORMALIZATION]
     elif kind == Kind.DEAD_UNITS:
@@ -152,9 +152,12 @@ def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool]:
         m = op.module
         if not isinstance(m, nn.Linear | nn.modules.conv._ConvNd):
             continue
+        act = order.next_activation(op.name)
+        if act is None:
+            continue  # a head or a layer feeding another: its scale is not a gain through depth
         w = m.weight
         fan_in, fan_out = _init._fans(w)
-        scheme, _, slope = _init.scheme_for(order.next_activation(op.name))
+        scheme, _, slope = _init.scheme_for(act)
         target = _init.target_variance(scheme, fan_in, fan_out, slope)
         ratio = float(w.detach().double().pow(2).mean()) / target
         small |= ratio < 1 - _init.SCALE_TOLERANCE
@@ -264,8 +267,12 @@ def choose(
                 plan.clip = True
             break
         else:
-            if kinds:
+            if kinds and not (kinds[0] == CauseKind.SATURATING_ACTIVATIONS and functional):
                 plan.manual.append(_no_remedy(finding, kinds))
+            elif finding.kind == Kind.STALLED_WEIGHTS:
+                # Weights that barely move, with nothing in the model to blame: the step is
+                # too small for the gradients it gets.
+                plan.add("lr", f"{finding.kind}: updates too small for the weights", up=True)
     plan.manual = list(dict.fromkeys(plan.manual))
     return plan
 
@@ -305,7 +312,7 @@ def apply(
     advice: dict[str, Any] = {}
     why: dict[str, str] = {}
     if "lr" in plan.remedies:
-        scale, because = lr_scale(timeline, diagnosis)
+        scale, because = lr_scale(timeline, diagnosis, up=bool(plan.options.get("lr", {}).get("up")))
         advice["lr_scale"], why["lr_scale"] = scale, f"{plan.reasons['lr']}; {because}"
     if plan.clip:
         clip = clip_grad_norm(timeline, diagnosis)

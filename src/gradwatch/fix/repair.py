@@ -180,71 +180,76 @@ class _LossTap(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-class _Observed:
-    """The Watcher of the original's run, its example input and any note about it."""
+class _Watching:
+    """Watches the original while `train_fn` trains it, over one or several calls.
 
-    def __init__(self) -> None:
+    Gradients are read in a global optimizer-step pre-hook (the optimizer is the user's
+    own, built inside `train_fn`), the loss where ``loss.backward()`` is called, and the
+    first forward's input is kept as the example input for `gw.fix`.
+    """
+
+    def __init__(self, model: nn.Module, diagnose: bool, every: int) -> None:
+        self.model = model
+        self.diagnose_it = diagnose
+        self.every = every
         self.example_input: Any = None
         self.timeline: Timeline | None = None
-        self.diagnosis: Diagnosis | None = None
         self.note = ""
+        self._broken: list[str] = []
+        self._handles: list[Any] = []
+        self._tap = _LossTap()
+        self._watcher: Any = None
 
+    def __enter__(self) -> _Watching:
+        from gradwatch.watch import watch  # fix sits above watch: imported where used
 
-def _watched_run(
-    model: nn.Module, train_fn: TrainFn, steps: int, obs: _Observed, need_diagnosis: bool
-) -> float:
-    from gradwatch.watch import watch  # fix sits above watch: imported where used
+        self._handles.append(self.model.register_forward_pre_hook(self._keep_input, with_kwargs=True))
+        if self.diagnose_it:
+            self._watcher = watch(self.model, every=self.every)
+            self.timeline = self._watcher.timeline
+            own = {id(p) for p in self.model.parameters()}
 
-    own = {id(p) for p in model.parameters()}
-    handles = []
+            def on_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+                if self._broken or not any(id(p) in own for g in opt.param_groups for p in g["params"]):
+                    return
+                loss = torch.stack(self._tap.pending).mean() if self._tap.pending else None
+                self._tap.pending.clear()
+                try:
+                    self._watcher.step(loss=loss)
+                except Exception as e:  # watching is best-effort: it must never break the user's run
+                    self._broken.append(f"{type(e).__name__}: {e}")
 
-    def keep_input(module: nn.Module, args: Any, kwargs: Any) -> None:
-        if obs.example_input is None:
-            if kwargs and not args:
-                obs.example_input = dict(kwargs)
-            elif not kwargs:
-                obs.example_input = args[0] if len(args) == 1 else tuple(args)
+            self._handles.append(register_optimizer_step_pre_hook(on_step))
+            self._tap.__enter__()
+        return self
 
-    handles.append(model.register_forward_pre_hook(keep_input, with_kwargs=True))
-    if not need_diagnosis:
-        try:
-            return train_fn(model, {}, steps)
-        finally:
-            for h in handles:
-                h.remove()
-
-    tap = _LossTap()
-    w = watch(model, every=max(1, steps // 20))
-    broken: list[str] = []
-
-    def on_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if broken or not any(id(p) in own for g in opt.param_groups for p in g["params"]):
-            return
-        loss = torch.stack(tap.pending).mean() if tap.pending else None
-        tap.pending.clear()
-        try:
-            w.step(loss=loss)
-        except Exception as e:  # watching is best-effort: it must never break the user's run
-            broken.append(f"{type(e).__name__}: {e}")
-
-    handles.append(register_optimizer_step_pre_hook(on_step))
-    try:
-        with tap:
-            score = train_fn(model, {}, steps)
-    finally:
-        for h in handles:
+    def __exit__(self, *exc: object) -> None:
+        if self.diagnose_it:
+            self._tap.__exit__(None, None, None)
+        for h in self._handles:
             h.remove()
-        w.close()
-    if broken:
-        obs.note = f"watching the original's run stopped early ({broken[0]}); the diagnosis covers the steps before"
-    elif w.step_count == 0:
-        obs.note = (
-            "no torch.optim optimizer step on the model's parameters was seen during the original's "
-            "run, so it could not be diagnosed; pass diagnosis= (from gw.watch inside train_fn)"
-        )
-    obs.timeline = w.timeline
-    obs.diagnosis = w.diagnose()
-    return score
+        self._handles.clear()
+        if self._watcher is not None:
+            self._watcher.close()
+
+    def _keep_input(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        if self.example_input is None:
+            if kwargs and not args:
+                self.example_input = dict(kwargs)
+            elif not kwargs:
+                self.example_input = args[0] if len(args) == 1 else tuple(args)
+
+    def diagnose(self) -> Diagnosis:
+        if self._watcher is None:
+            return Diagnosis()
+        if self._broken:
+            self.note = f"watching the original's run stopped early ({self._broken[0]}); the diagnosis covers the steps before"
+        elif self._watcher.step_count == 0:
+            self.note = (
+                "no torch.optim optimizer step on the model's parameters was seen during the original's "
+                "run, so it could not be diagnosed; pass diagnosis= (from gw.watch inside train_fn)"
+            )
+        return self._watcher.diagnose()
 
 
 # -- the loop -----------------------------------------------------------------------------------
@@ -304,6 +309,10 @@ def _score(x: Any) -> float:
 #: The most candidates tried in the first round (the default trial length spreads half
 #: of the spare budget over them and the original's two runs).
 MAX_CANDIDATES = 4
+#: How long the original is watched, at most, while it still looks healthy: Part 3's
+#: detectors report problems present from initialisation within about 100 steps
+#: (docs/performance.md, Detection), a few as late as 180.
+DIAGNOSE_STEPS = 200
 
 
 def _leader(trials: list[Trial], candidates: list[int], margin: float) -> int | None:
@@ -319,15 +328,30 @@ def _leader(trials: list[Trial], candidates: list[int], margin: float) -> int | 
     return next(i for i in finite if trials[i].score >= best - margin)
 
 
-def _extension(steps: int, s: int, spent: int, budget_steps: int, finish: bool) -> int:
-    """How far the original and the best candidate can both train on in round 2.
+def _extension(steps: int, s: int, spent: int, budget_steps: int, finish: bool, ahead: int = 0) -> int:
+    """How far the leader can train on in round 2 (the original is brought to the same length).
 
-    Both go on by e; the one kept is then finished to `steps` (costing steps - s - e), so
-    spent + 2e + (steps - s - e) <= budget_steps, and s + e <= steps.
+    The leader goes on by e; the original, already `ahead` steps past s, by max(0, e - ahead);
+    the one kept is then finished to `steps` (costing steps - s - e), so
+    spent + e + max(0, e - ahead) + (steps - s - e) <= budget_steps, and s + e <= steps.
     """
-    if not finish:
-        return max(0, min(steps - s, (budget_steps - spent) // 2))
-    return max(0, min(steps - s, budget_steps - spent - (steps - s)))
+    room = budget_steps - spent - (steps - s if finish else 0)
+    if room < 0:
+        return 0
+    # e + max(0, e - ahead) - (e if finish else 0) <= room
+    if finish:
+        e = room + ahead
+    else:
+        e = (room + ahead) // 2 if room > ahead else room
+    return max(0, min(steps - s, e))
+
+
+def _latest_original(trials: list[Trial], trained_steps: list[int]) -> int:
+    """The trial of the original (not its repeat) whose model has trained longest."""
+    return max(
+        (i for i, t in enumerate(trials) if t.name.startswith("original") and "repeat" not in t.name),
+        key=lambda i: trained_steps[i],
+    )
 
 
 def _print(t: Trial) -> None:
@@ -400,16 +424,12 @@ def repair(
     started = time.perf_counter()
 
     def run(name: str, m: nn.Module, advice: dict[str, Any], run_seed: int, changes: list[Change],
-            n: int, watched: _Observed | None = None, before: int = 0) -> Trial:
+            n: int, before: int = 0) -> Trial:
         torch.manual_seed(run_seed)
         t0 = time.perf_counter()
         error = ""
         try:
-            if watched is not None:
-                raw = _watched_run(m, train_fn, n, watched, need_diagnosis=diagnosis is None)
-            else:
-                raw = train_fn(m, dict(advice), n)
-            score = _score(raw)
+            score = _score(train_fn(m, dict(advice), n))
         except GradwatchTypeError:
             raise
         except Exception as e:  # a candidate that crashes is a failed candidate
@@ -430,20 +450,33 @@ def repair(
         return spent + extra + finish_cost <= budget_steps
 
     with torch.random.fork_rng(devices=[]):
-        obs = _Observed()
-        first = run("original", copy.deepcopy(model), {}, seed, [], s, watched=obs)
-        diag = diagnosis if diagnosis is not None else (obs.diagnosis or Diagnosis())
-        if obs.note:
-            notes.append(obs.note)
-        spent = s
+        original = copy.deepcopy(model)
+        watching = _Watching(original, diagnose=diagnosis is None, every=max(1, min(10, s // 3)))
+        with watching:
+            first = run("original", original, {}, seed, [], s)
+            spent = s
+            diag = diagnosis if diagnosis is not None else watching.diagnose()
+            # Detectors need some steps of evidence. While the original looks healthy, watch
+            # it on in chunks: free if it stays healthy (they are part of its own run), and
+            # held to what leaves the first round its budget if a problem shows late.
+            horizon = min(steps - s, DIAGNOSE_STEPS - s, max(0, waste - 3 * s))
+            watched_on = 0
+            while diagnosis is None and diag.healthy and watched_on < horizon:
+                n = min(s, horizon - watched_on)
+                run("original, watched on", original, {}, seed + 10 + watched_on, [], n, before=s + watched_on)
+                spent += n
+                watched_on += n
+                diag = watching.diagnose()
+        if watching.note:
+            notes.append(watching.note)
         baseline, margin = first.score, float(min_gain)
         winner: int | None = None
         cands: list[tuple[str, FixResult]] = []
         results: dict[int, FixResult] = {}
         if not diag.healthy:
             torch.manual_seed(seed)
-            cands = _candidates(model, diag, example_input if example_input is not None else obs.example_input, obs.timeline)
-            cands = cands[:MAX_CANDIDATES]
+            example = example_input if example_input is not None else watching.example_input
+            cands = _candidates(model, diag, example, watching.timeline)[:MAX_CANDIDATES]
             if not cands:
                 notes.append("no transform or advice applies to this model for the findings; see gw.fix(...).advice['manual']")
             if cands and repeat_original and affordable(2 * s, s):
@@ -467,18 +500,23 @@ def repair(
             elif leader is not None:
                 # Round 2: the leader did not pull clearly ahead in s steps (some fixes only
                 # show after a plateau, and a small lead may be chance). Train it and the
-                # original on as far as the budget allows — only the loser's steps are
-                # wasted — and keep it only if it is ahead by more than the margin there.
-                e = _extension(steps, s, spent, budget_steps, finish)
+                # original on to the same length, as far as the budget allows — only the
+                # loser's steps are wasted — and keep it only if it is ahead by more than
+                # the margin there.
+                e = _extension(steps, s, spent, budget_steps, finish, watched_on)
                 if e > 0:
-                    a = run("original, continued", models[0], {}, seed + 3, [], e, before=s)
-                    spent += e
+                    need = s + e - (s + watched_on)
+                    if need > 0:
+                        a_score = run("original, continued", original, {}, seed + 3, [], need, before=s + watched_on).score
+                        spent += need
+                    else:  # the original was already watched on at least that far
+                        a_score = trials[_latest_original(trials, trained_steps)].score
                     b = run(f"{trials[leader].name}, continued", models[leader], dict(results[leader].advice),
                             seed + 3, list(results[leader].changes), e, before=s)
                     spent += e
                     results[len(trials) - 1] = results[leader]
-                    if b.score > a.score + margin:
-                        winner, baseline = len(trials) - 1, a.score
+                    if b.score > a_score + margin:
+                        winner, baseline = len(trials) - 1, a_score
                 elif trials[leader].score > baseline + margin:
                     winner = leader
             if winner is not None:
@@ -491,8 +529,7 @@ def repair(
             advice = dict(kept_fix.advice)
             idx = winner
         else:  # the original: its longest-trained run
-            idx = max((i for i, t in enumerate(trials) if t.name.startswith("original") and "repeat" not in t.name),
-                      key=lambda i: trained_steps[i])
+            idx = _latest_original(trials, trained_steps)
         out_model = models[idx]
         rest = steps - trained_steps[idx]
         if finish and rest > 0:
@@ -517,5 +554,5 @@ def repair(
         seconds=time.perf_counter() - started,
         final_score=final_score,
         notes=notes,
-        timeline=obs.timeline,
+        timeline=watching.timeline,
     )
