@@ -45,12 +45,16 @@ def test_clip_from_layer_reports_without_a_timeline() -> None:
     assert advice.clip_grad_norm(None, Diagnosis()) is None
 
 
-def test_lr_scale_from_update_ratio() -> None:
-    tl = _timeline([[1.0, 1.0]] * 3, ratios=[[0.05, 0.05], [0.05, 0.05], [0.05, 0.05]])
-    scale, _ = advice.lr_scale(tl)
-    assert scale == pytest.approx(1e-3 / 0.05)
+def test_lr_scale_brings_the_largest_typical_step_to_the_top_of_the_healthy_band() -> None:
+    # per-record medians over layers: 0.5, 0.25, 0.01 -> the largest is 0.5
+    tl = _timeline([[1.0, 1.0]] * 3, ratios=[[0.4, 0.6], [0.25, 0.25], [0.01, float("nan")]])
+    scale, why = advice.lr_scale(tl)
+    assert scale == pytest.approx(1e-2 / 0.5)
+    assert "0.5" in why
     tl = _timeline([[1.0, 1.0]] * 2, ratios=[[0.002, 0.002], [0.002, 0.002]])
     assert advice.lr_scale(tl)[0] == pytest.approx(0.1)  # blamed: at least one decade down
+    up, _ = advice.lr_scale(_timeline([[1.0, 1.0]] * 2, ratios=[[1e-7, 1e-7], [1e-7, 1e-7]]), up=True)
+    assert up == pytest.approx(1e3)  # stalled: 1e-3 / 1e-7 = 1e4, capped at three decades
     tl = _timeline([[1.0, 1.0]] * 2, ratios=[[float("nan")] * 2, [float("inf")] * 2])
     scale, why = advice.lr_scale(tl)
     assert scale == 0.1 and "no finite update ratio" in why

@@ -15,8 +15,12 @@ target, ``1e-3 / r``, between 10 and 1000 — at least a decade up, at most thre
 ``lr_scale``: a factor for the learning rate. The update ratio ``||dW|| / ||W||``
 scales linearly with the learning rate (for SGD and, up to its normalisation, Adam),
 and steps around 1e-3 of the weights per update are the usual healthy size
-(TheDeepChecker's band is 1e-4 .. 1e-1 in log10 terms, centred near it). With a
-measured median ratio r the advice is ``min(0.1, 1e-3 / r)`` — at least one decade down,
+(TheDeepChecker's band is 1e-4 .. 1e-1 in log10 terms, centred near it). With r the
+*largest* per-record median ratio (over layers) before the trouble began — a step size
+does its damage with its big early steps (units knocked dead, a jump out of the basin),
+after which the updates may be tiny — the advice is ``min(0.1, 1e-2 / r)``: the largest
+typical step brought to the upper part of the healthy band (1e-2; the typical steps then
+sit below it, around the 1e-3 centre) — at least one decade down,
 since it is only given when the step size is blamed — and never below 1e-3. With no
 finite ratio (the run blew up before the first update was measured) it is 0.1, one
 decade, the usual coarse step of a learning-rate search.
@@ -26,15 +30,16 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
 
 import numpy as np
 
 from gradwatch.record import Timeline
 from gradwatch.types import Diagnosis, Kind
 
-#: The update ratio aimed for when scaling the learning rate down.
+#: The typical healthy update ratio (aimed at when scaling a stalled run's rate up).
 TARGET_UPDATE_RATIO = 1e-3
+#: The top of the healthy band for the largest typical step (aimed at when scaling down).
+LARGEST_UPDATE_RATIO = 1e-2
 #: Smallest learning-rate change advised when the step size is blamed (one decade).
 MAX_LR_SCALE = 0.1
 #: Largest learning-rate reduction ever advised.
@@ -106,7 +111,7 @@ def clip_grad_norm(timeline: Timeline | None, diagnosis: Diagnosis | None = None
 
 def lr_scale(timeline: Timeline | None, diagnosis: Diagnosis | None = None, *, up: bool = False) -> tuple[float, str]:
     """The learning-rate factor and why (see the module docstring); `up` for stalled weights."""
-    ratios: Iterable[float] = []
+    typical: list[float] = []  # per record: the median update ratio over its layers
     if timeline is not None and len(timeline):
         r = timeline.layer_metric("update_ratio")
         steps = timeline.steps
@@ -115,26 +120,36 @@ def lr_scale(timeline: Timeline | None, diagnosis: Diagnosis | None = None, *, u
             keep = steps <= until
             keep[:2] = True  # the first update is only measured at the second record
             r = r[keep]
-        ratios = r[np.isfinite(r) & (r > 0)].ravel().tolist() if r.size else []
+        for row in r:
+            ok = row[np.isfinite(row) & (row > 0)]
+            if ok.size:
+                typical.append(float(np.median(ok)))
     elif diagnosis is not None:
-        ratios = [x.update_ratio for x in diagnosis.layers if x.update_ratio is not None]
-    finite = [x for x in ratios if math.isfinite(x) and x > 0]
+        ok_list = [x.update_ratio for x in diagnosis.layers if x.update_ratio is not None]
+        ok_list = [x for x in ok_list if math.isfinite(x) and x > 0]
+        if ok_list:
+            typical.append(float(np.median(ok_list)))
     if up:
-        if not finite:
+        if not typical:
             return MIN_UP_SCALE, "no update was measured: one decade up"
-        med = float(np.median(finite))
+        med = float(np.median(typical))
         scale = min(MAX_UP_SCALE, max(MIN_UP_SCALE, TARGET_UPDATE_RATIO / med))
         return _round(scale), (
             f"median update ratio ||dW||/||W|| is {med:.2g}; about {TARGET_UPDATE_RATIO:g} is a healthy step"
         )
-    if not finite:
+    if not typical:
         return MAX_LR_SCALE, (
             "no finite update ratio was measured (the run broke down first): one decade down"
         )
-    med = float(np.median(finite))
-    scale = min(MAX_LR_SCALE, max(MIN_LR_SCALE, TARGET_UPDATE_RATIO / med))
+    # A step size is too large when its largest typical step is: damage (dead units, a
+    # jump out of the basin) is done by the big early steps, after which updates may be tiny.
+    # Bring that largest step to the top of the healthy band, not its centre: the typical
+    # steps then sit below it.
+    top = max(typical)
+    scale = min(MAX_LR_SCALE, max(MIN_LR_SCALE, LARGEST_UPDATE_RATIO / top))
     return _round(scale), (
-        f"median update ratio ||dW||/||W|| is {med:.2g}; about {TARGET_UPDATE_RATIO:g} is a healthy step"
+        f"largest per-record median update ratio ||dW||/||W|| is {top:.2g}; "
+        f"steps up to about {LARGEST_UPDATE_RATIO:g} are healthy"
     )
 
 

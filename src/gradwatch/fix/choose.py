@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from gradwatch.fix import activations as _activations
@@ -146,10 +147,24 @@ def infer_causes(model: nn.Module, order: Order, kind: Kind) -> list[CauseKind]:
 
 
 def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool]:
-    """(some layer's weight scale is too small for its activation, some is too large)."""
+    """(some layer's weight scale is too small for its activation, some is too large).
+
+    A vanilla recurrent layer counts as too large when its recurrent matrix has a singular
+    value above 1 + tolerance: then the gradient through time can grow (Pascanu et al. 2013).
+    """
     small = large = False
     for op in order.modules():
         m = op.module
+        if isinstance(m, nn.RNNBase | nn.RNNCellBase):
+            # Only a vanilla cell's gradient through time is W_hh^T diag(phi') alone; a
+            # gated cell's passes through its gates (sigmoid' <= 1/4), so its W_hh norm
+            # says little (PyTorch's default LSTM init already has one near 1.15).
+            if type(m) in (nn.RNN, nn.RNNCell):
+                for name, p in m.named_parameters(recurse=False):
+                    if name.startswith("weight_hh"):
+                        sigma = float(torch.linalg.matrix_norm(p.detach().double(), ord=2))
+                        large |= sigma > 1 + _init.SCALE_TOLERANCE
+            continue
         if not isinstance(m, nn.Linear | nn.modules.conv._ConvNd):
             continue
         act = order.next_activation(op.name)

@@ -12,7 +12,9 @@ The loop, with N = `steps` (one full training run) and B = `budget` (1.5):
 1. the original trains for s steps under `gradwatch.watch` (gradients read in a global
    optimizer-step hook, the loss caught where ``loss.backward()`` is called, the first
    forward's input kept as the example input for `gw.fix`) — unless a `diagnosis` is
-   passed. If the diagnosis is healthy, nothing is tried;
+   passed. While it looks healthy it is watched on in chunks of s steps, up to
+   `DIAGNOSE_STEPS`, so the detectors have evidence (free if it stays healthy: those steps
+   are part of its own run). If the diagnosis is healthy, nothing is tried;
 2. the original trains once more for s steps from another seed, to see how much the
    score moves by chance; then up to four candidates — the fix `gw.fix` chooses, each
    of its remedies alone when it has several, the alternative remedies for the same
@@ -24,7 +26,7 @@ The loop, with N = `steps` (one full training run) and B = `budget` (1.5):
    score units: two points of accuracy, about one standard error of an accuracy
    measured on 400 examples). A leader ahead of the original by more than twice the
    margin is kept at once;
-4. otherwise the leader and the original both train on, as far as the budget allows,
+4. otherwise the leader and the original both train on to the same length, as far as the budget allows,
    and the leader is kept only if it is ahead by more than the margin there (some fixes
    only show after a plateau, and a small early lead may be chance);
 5. the model kept (the winner, or the original) trains on to N steps in all
