@@ -21,6 +21,7 @@ from gradwatch._errors import (
 from gradwatch._version import __version__
 from gradwatch.anatomy import Anatomy, Layer
 from gradwatch.explain import inspect
+from gradwatch.fix import RepairResult, fix, repair
 from gradwatch.record import Timeline
 from gradwatch.run import Run, load
 from gradwatch.types import (
@@ -53,6 +54,7 @@ __all__ = [
     "LayerReport",
     "LogFormatError",
     "ModelError",
+    "RepairResult",
     "Run",
     "Severity",
     "Timeline",
@@ -60,7 +62,9 @@ __all__ = [
     "Watcher",
     "__version__",
     "every_n",
+    "fix",
     "inspect",
     "load",
+    "repair",
     "watch",
 ]

@@ -1,0 +1,445 @@
+"""The model as surgery sees it: which modules run in which order, and where to replace them.
+
+Every transform needs two things: the *order* of the leaf modules (which activation
+follows which layer, which activation is the output's), and a way to put a new module
+where an old one was. The order comes from one of two sources:
+
+- a forward pass on an example input (exact): forward hooks record each leaf module as
+  it runs, and a `TorchFunctionMode` records functional activations (``torch.sigmoid``
+  inside a custom ``forward``), each with the module whose forward called it and the
+  file and line of the call;
+- without an example input, registration order (``named_modules``). For `nn.Sequential`
+  this *is* the execution order; for a custom module it is the order of the
+  ``self.x = ...`` lines in ``__init__``, which is usually, but not always, the order
+  ``forward`` uses them. Functional activations are then found by reading each custom
+  ``forward`` with `inspect.getsource` (their line is known, their place in the order is not).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import linecache
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from gradwatch._errors import GradwatchTypeError, ModelError
+
+# -- activation families -----------------------------------------------------------------
+
+#: Activations whose derivative goes to zero on both sides: stacked deep, they vanish.
+#: nn.ReLU6 subclasses nn.Hardtanh but belongs to the ReLU family, hence the explicit check.
+SATURATING: tuple[type[nn.Module], ...] = (
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Softsign,
+    nn.Hardsigmoid,
+)
+
+#: Piecewise-linear or ReLU-like activations, which want He initialisation.
+RELU_FAMILY: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Softplus,
+)
+
+#: Self-normalising: SELU is designed for LeCun initialisation (sigma_w^2 = 1).
+SELU_FAMILY: tuple[type[nn.Module], ...] = (nn.SELU,)
+
+#: Functional spellings of saturating activations, as attribute names of a call.
+SATURATING_FUNCTIONS = frozenset({"sigmoid", "tanh", "hardtanh", "softsign", "hardsigmoid"})
+RELU_FUNCTIONS = frozenset(
+    {"relu", "relu6", "leaky_relu", "gelu", "silu", "elu", "celu", "selu", "mish", "softplus", "prelu"}
+)
+
+#: Modules that sit between a layer and its activation without changing what follows.
+PASS_THROUGH: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+    nn.modules.dropout._DropoutNd,
+    nn.Identity,
+    nn.Flatten,
+    nn.Unflatten,
+)
+
+#: Parametric layers that transforms reason about (what "a layer" means to surgery).
+LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd, nn.RNNBase, nn.RNNCellBase)
+
+
+def is_saturating(m: nn.Module) -> bool:
+    return isinstance(m, SATURATING) and not isinstance(m, nn.ReLU6)
+
+
+def is_activation(m: nn.Module) -> bool:
+    return is_saturating(m) or isinstance(m, RELU_FAMILY + SELU_FAMILY)
+
+
+def is_layer(m: nn.Module) -> bool:
+    return isinstance(m, LAYER_TYPES)
+
+
+def owns_parameters(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters(recurse=False))
+
+
+# -- the order ---------------------------------------------------------------------------
+
+
+@dataclass
+class Op:
+    """One step of a forward pass: a leaf module called, or a functional activation called."""
+
+    name: str  # module qualname ("" for the root); for a function, the module whose forward called it
+    module: nn.Module | None  # None for a function
+    fn: str = ""  # for a function: its name ("sigmoid"); for a module: ""
+    file: str = ""
+    line: int = 0
+    code: str = ""
+
+    @property
+    def is_function(self) -> bool:
+        return self.module is None
+
+
+@dataclass
+class Order:
+    """Leaf modules and functional activations in the order they run (see the module docstring)."""
+
+    ops: list[Op]
+    traced: bool  # True when read from a forward pass, False when guessed from registration
+    functions: list[Op] = field(default_factory=list)  # functional activations found (either way)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # output shape per module (traced)
+    calls: dict[str, int] = field(default_factory=dict)  # times each module ran (traced)
+
+    def modules(self) -> list[Op]:
+        return [op for op in self.ops if not op.is_function]
+
+    def next_activation(self, name: str) -> Op | None:
+        """The activation (module or function) that follows the layer `name`, or None.
+
+        Normalisation, dropout and reshaping modules in between are skipped; another
+        parametric layer first means the layer feeds it linearly.
+        """
+        idx = [i for i, op in enumerate(self.ops) if op.name == name and not op.is_function]
+        if not idx:
+            return None
+        for op in self.ops[idx[0] + 1 :]:
+            if op.is_function:
+                if op.fn in SATURATING_FUNCTIONS or op.fn in RELU_FUNCTIONS:
+                    return op
+                continue
+            assert op.module is not None
+            if is_activation(op.module):
+                return op
+            if isinstance(op.module, PASS_THROUGH):
+                continue
+            return None
+        return None
+
+    def last_layer_index(self) -> int:
+        """Index in `ops` of the last module that owns parameters (-1 if none)."""
+        last = -1
+        for i, op in enumerate(self.ops):
+            if op.module is not None and owns_parameters(op.module) and not isinstance(op.module, PASS_THROUGH):
+                last = i
+        return last
+
+    def output_activations(self) -> set[str]:
+        """Names of activations after the last parametric layer: the model's output activation.
+
+        Functions are named ``"<module>:<fn>"``.
+        """
+        last = self.last_layer_index()
+        out: set[str] = set()
+        for op in self.ops[last + 1 :]:
+            if op.is_function:
+                out.add(f"{op.name}:{op.fn}")
+            elif op.module is not None and is_activation(op.module):
+                out.add(op.name)
+        return out
+
+
+def _leaves(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Modules surgery treats as atoms: those without children."""
+    for name, m in model.named_modules():
+        if next(iter(m.children()), None) is None:
+            yield name, m
+
+
+def static_order(model: nn.Module) -> Order:
+    """Registration order of the leaves, and functional activations read from the source."""
+    ops = [Op(name, m) for name, m in _leaves(model)]
+    return Order(ops=ops, traced=False, functions=scan_source(model))
+
+
+class _FunctionRecorder(TorchFunctionMode):
+    """Records functional activation calls with the module whose forward made them."""
+
+    _WATCHED: ClassVar[dict[Callable[..., Any], str]] = {}
+
+    def __init__(self, stack: list[str], sink: list[Op]) -> None:
+        super().__init__()
+        self.stack = stack
+        self.sink = sink
+        if not _FunctionRecorder._WATCHED:
+            _FunctionRecorder._WATCHED.update(_watched_functions())
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+    ) -> Any:
+        fn = self._WATCHED.get(func)
+        # A call made by an activation *module* (nn.Sigmoid calls torch.sigmoid) is that
+        # module's op, already recorded; only calls from other code count as functional.
+        if fn is not None and self.stack and not self.stack[-1].startswith("\0"):
+            file, line, code = _caller()
+            self.sink.append(Op(self.stack[-1], None, fn=fn, file=file, line=line, code=code))
+        return func(*args, **(kwargs or {}))
+
+
+def _watched_functions() -> dict[Callable[..., Any], str]:
+    f = nn.functional
+    table: dict[Callable[..., Any], str] = {}
+    for name in SATURATING_FUNCTIONS | RELU_FUNCTIONS:
+        for owner in (torch, f, torch.Tensor, torch.special):
+            obj = getattr(owner, name, None)
+            if obj is not None:
+                table[obj] = name
+    table[torch.special.expit] = "sigmoid"
+    return table
+
+
+_HERE = str(Path(__file__).resolve().parent)
+_TORCH = str(Path(torch.__file__).resolve().parent)
+
+
+def _caller() -> tuple[str, int, str]:
+    """File, line and source text of the innermost frame outside torch and this package."""
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        path = str(Path(frame.f_code.co_filename).resolve()) if frame.f_code.co_filename else ""
+        if not path.startswith(_TORCH) and not path.startswith(_HERE):
+            code = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+            return frame.f_code.co_filename, frame.f_lineno, code
+        frame = frame.f_back
+    return "", 0, ""
+
+
+def traced_order(model: nn.Module, example_input: Any) -> Order:
+    """Run one forward pass (no gradient) and record what ran, in order."""
+    if not isinstance(model, nn.Module):
+        raise GradwatchTypeError(f"expected a torch.nn.Module, got {type(model).__qualname__}")
+    names = {id(m): n for n, m in model.named_modules()}
+    leaf_ids = {id(m) for _, m in _leaves(model)}
+    ops: list[Op] = []
+    stack: list[str] = []
+    shapes: dict[str, tuple[int, ...]] = {}
+    calls: dict[str, int] = {}
+    handles = []
+
+    def pre(m: nn.Module, args: Any) -> None:
+        name = names[id(m)]
+        if id(m) in leaf_ids:
+            ops.append(Op(name, m))
+            calls[name] = calls.get(name, 0) + 1
+        # Inside a leaf (an activation module, a recurrent layer) nothing is functional.
+        stack.append(("\0" + name) if id(m) in leaf_ids else name)
+
+    def post(m: nn.Module, args: Any, out: Any) -> None:
+        stack.pop()
+        first = out[0] if isinstance(out, tuple) and out else out
+        if isinstance(first, torch.Tensor) and id(m) in leaf_ids:
+            shapes.setdefault(names[id(m)], tuple(first.shape))
+
+    was_training = model.training
+    try:
+        for m in model.modules():
+            handles.append(m.register_forward_pre_hook(pre))
+            handles.append(m.register_forward_hook(post))
+        model.eval()  # no batch-statistics updates, no dropout draws
+        # Module calls and functional calls go to the same list, so their order is kept.
+        with torch.no_grad(), _FunctionRecorder(stack, ops):
+            _call(model, example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    functions = [op for op in ops if op.is_function]
+    return Order(ops=ops, traced=True, functions=functions, shapes=shapes, calls=calls)
+
+
+def _call(model: nn.Module, example_input: Any) -> Any:
+    try:
+        if isinstance(example_input, dict):
+            return model(**example_input)
+        if isinstance(example_input, tuple):
+            return model(*example_input)
+        return model(example_input)
+    except Exception as e:
+        raise ModelError(
+            f"{type(model).__name__} raised on the example input ({_describe(example_input)}): {e}. "
+            "Pass an input the model accepts, or example_input=None to read the order from the code"
+        ) from e
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"tensor of shape {tuple(x.shape)}"
+    if isinstance(x, tuple | list):
+        return "(" + ", ".join(_describe(v) for v in x) + ")"
+    if isinstance(x, dict):
+        return "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in x.items()) + "}"
+    return type(x).__name__
+
+
+def order_of(model: nn.Module, example_input: Any = None) -> Order:
+    """The traced order when an example input is given, else the static one."""
+    if example_input is None:
+        return static_order(model)
+    return traced_order(model, example_input)
+
+
+# -- functional activations read from source ------------------------------------------------
+
+
+def _own_forward(m: nn.Module) -> Callable[..., Any] | None:
+    """The module's forward when its class (not torch.nn) defines it."""
+    fwd = type(m).forward
+    mod = getattr(fwd, "__module__", "") or ""
+    if mod.startswith("torch."):
+        return None
+    return fwd
+
+
+def scan_source(model: nn.Module) -> list[Op]:
+    """Functional activation calls in every custom ``forward``, one Op per module instance.
+
+    A call whose result the root module returns directly (``return torch.sigmoid(...)``)
+    is marked as the output activation by its ``fn`` ending in ``"@output"``.
+    """
+    found: list[Op] = []
+    cache: dict[Any, list[tuple[str, int, str, bool]]] = {}
+    for name, m in model.named_modules():
+        fwd = _own_forward(m)
+        if fwd is None:
+            continue
+        if fwd not in cache:
+            cache[fwd] = _scan_function(fwd)
+        for fn, line, code, returned in cache[fwd]:
+            file = inspect.getsourcefile(fwd) or ""
+            tag = fn + ("@output" if returned and name == "" else "")
+            found.append(Op(name, None, fn=tag, file=file, line=line, code=code))
+    return found
+
+
+def _scan_function(fwd: Callable[..., Any]) -> list[tuple[str, int, str, bool]]:
+    try:
+        lines, start = inspect.getsourcelines(fwd)
+    except (OSError, TypeError):
+        return []
+    src = textwrap.dedent("".join(lines))
+    try:
+        tree = ast.parse(src)
+    except SyntaxError:  # pragma: no cover - source that only parses in its context
+        return []
+    returned: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Return) and isinstance(node.value, ast.Call):
+            returned.add(id(node.value))
+    out = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        fn = node.func.attr if isinstance(node.func, ast.Attribute) else (
+            node.func.id if isinstance(node.func, ast.Name) else ""
+        )
+        if fn == "expit":
+            fn = "sigmoid"
+        if fn in SATURATING_FUNCTIONS:
+            line = start + node.lineno - 1
+            out.append((fn, line, lines[node.lineno - 1].strip(), id(node) in returned))
+    out.sort(key=lambda t: t[1])
+    return out
+
+
+# -- replacing modules -----------------------------------------------------------------------
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    return model if name == "" else model.get_submodule(name)
+
+
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` where the module `name` is (an attribute, or an entry of a container)."""
+    if name == "":
+        raise GradwatchTypeError("cannot replace the root module in place; wrap it instead")
+    parent_name, _, attr = name.rpartition(".")
+    parent = get_module(model, parent_name)
+    setattr(parent, attr, new)
+
+
+def like(new: nn.Module, ref: nn.Module | torch.Tensor | None) -> nn.Module:
+    """Move `new` to the device and floating dtype of `ref` and copy its train/eval mode."""
+    t: torch.Tensor | None
+    if isinstance(ref, nn.Module):
+        t = next(iter(ref.parameters()), None)
+        if t is None:
+            t = next(iter(ref.buffers()), None)
+        new.train(ref.training)
+    else:
+        t = ref
+    if t is not None:
+        if t.is_floating_point():
+            new.to(device=t.device, dtype=t.dtype)
+        else:
+            new.to(device=t.device)
+    return new
+
+
+def uses(model: nn.Module) -> dict[int, int]:
+    """How many places (attributes or container entries) hold each module, by id."""
+    counts: dict[int, int] = {}
+    for m in model.modules():
+        for child in m.children():
+            counts[id(child)] = counts.get(id(child), 0) + 1
+    return counts
+
+
+def sequentials(model: nn.Module) -> list[tuple[str, nn.Sequential]]:
+    """Every nn.Sequential in the model (the root included), outermost first."""
+    return [(n, m) for n, m in model.named_modules() if type(m) is nn.Sequential]
+
+
+def child_name(parent: str, key: str) -> str:
+    return f"{parent}.{key}" if parent else key
+
+
+def copy_model(model: nn.Module, inplace: bool) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise GradwatchTypeError(
+            f"expected a torch.nn.Module, got {type(model).__module__}.{type(model).__qualname__}"
+        )
+    if inplace:
+        return model
+    import copy
+
+    return copy.deepcopy(model)

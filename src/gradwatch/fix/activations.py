@@ -1,0 +1,101 @@
+"""Swap hidden saturating activations (sigmoid, tanh, hardtanh, softsign, hardsigmoid) for a ReLU-like one.
+
+Why: the derivative of sigmoid is at most 0.25 and that of tanh at most 1, and both fall
+to zero once the input is large, so every saturating layer the gradient passes back
+through shrinks it. ReLU-family activations pass a derivative of 1 wherever the unit is
+on. The swap keeps the *output* activation (the activations after the last parametric
+layer, such as a final sigmoid for binary targets): it shapes what the model predicts,
+not how gradients travel through its depth.
+
+Only activation *modules* are swapped; functional calls (``torch.sigmoid(x)`` inside a
+custom ``forward``) are reported by `gradwatch.fix.manual` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from typing import Any
+
+from torch import nn
+
+from gradwatch._errors import GradwatchValueError
+from gradwatch.fix._graph import copy_model, is_saturating, like, order_of
+from gradwatch.types import Change
+
+#: The replacements on offer.
+REPLACEMENTS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.01),
+    "gelu": nn.GELU,
+}
+
+REASON = (
+    "a saturating activation passes back at most 0.25 (sigmoid) or 1 (tanh) of the gradient and "
+    "nearly none once saturated, so a deep stack of them starves the early layers"
+)
+
+
+def replacement(to: str) -> Callable[[], nn.Module]:
+    key = str(to).strip().lower()
+    if key not in REPLACEMENTS:
+        raise GradwatchValueError(
+            f"to={to!r} is not an activation this transform swaps in; choose one of: "
+            + ", ".join(REPLACEMENTS)
+        )
+    return REPLACEMENTS[key]
+
+
+def transform(
+    model: nn.Module,
+    *,
+    to: str = "relu",
+    example_input: Any = None,
+    keep: Collection[str] = (),
+    reason: str = REASON,
+    inplace: bool = False,
+) -> tuple[nn.Module, list[Change]]:
+    """Replace every hidden saturating activation module with `to` (relu, leaky_relu or gelu).
+
+    Args:
+        model: any module; `nn.Sequential` entries and named attributes are both replaced.
+        to: the replacement activation.
+        example_input: if given, one forward pass decides which activations come after
+            the last parametric layer (kept as output activations); otherwise the order
+            in which modules were registered decides.
+        keep: module names to leave alone (for instance a sigmoid used as a gate).
+        inplace: change `model` itself instead of a deep copy.
+
+    Returns:
+        ``(new_model, changes)``, one change per swapped activation (none when the model
+        has no hidden saturating activation module).
+    """
+    make = replacement(to)
+    new = copy_model(model, inplace)
+    order = order_of(new, example_input)
+    last = order.last_layer_index()
+    output_ids = {id(op.module) for op in order.ops[last + 1 :] if op.module is not None}
+    names = {id(m): n for n, m in new.named_modules()}
+    changes: list[Change] = []
+    for parent_name, parent in list(new.named_modules()):
+        for key, child in list(parent._modules.items()):
+            if child is None or not is_saturating(child) or id(child) in output_ids:
+                continue
+            name = f"{parent_name}.{key}" if parent_name else key
+            if name in keep or names.get(id(child)) in keep:
+                continue
+            act = like(make(), child)
+            setattr(parent, key, act)
+            changes.append(
+                Change(
+                    kind="activation",
+                    target=name,
+                    description=f"{name}: {_describe(child)} -> {_describe(act)}",
+                    reason=reason,
+                )
+            )
+    return new, changes
+
+
+def _describe(m: nn.Module) -> str:
+    extra = m.extra_repr()
+    return f"{type(m).__name__}({extra})" if extra and not isinstance(m, nn.Tanh | nn.Sigmoid) else type(m).__name__

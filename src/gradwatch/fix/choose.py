@@ -1,0 +1,340 @@
+"""Choose the smallest set of remedies that addresses a diagnosis, and apply them.
+
+How a remedy is picked, finding by finding (errors first, then warnings; `info`
+findings never lead to a change):
+
+1. The finding's causes: those its ``causes`` list names (ranked by the Diagnosis's
+   `Cause.score`); if it names none, the Diagnosis's own causes ranked by score; if
+   the Diagnosis has none (no explainer ran), causes read from the model's structure
+   by `infer_causes` — the mechanism behind each kind of finding, checked against
+   what the model contains.
+2. If a remedy already chosen addresses one of those causes, the finding is covered.
+3. Otherwise the first remedy, in `remedies_for` order, for the best-ranked cause that
+   has one which applies to this model (a dry run changes something, or there is
+   manual advice to give).
+
+Remedies, in order of preference (least invasive first — used to rank alternatives):
+``lr`` (training advice only, the model is untouched) < ``init`` (same architecture,
+new weights) < ``activations`` (same layers, another nonlinearity) < ``recurrent``
+(another layer type, same interface) < ``norm`` (adds layers) < ``residual`` (rewires).
+``activations`` and ``recurrent`` bring ``init`` with them: a ReLU at PyTorch's default
+scale still loses 5/6 of the squared gradient per layer, and a fresh GRU wants
+orthogonal recurrent weights. They are applied in the order recurrent, activations,
+norm, residual, init, so the initialisation sees the final activations.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradwatch.fix import activations as _activations
+from gradwatch.fix import init as _init
+from gradwatch.fix import manual as _manual
+from gradwatch.fix import norm as _norm
+from gradwatch.fix import recurrent as _recurrent
+from gradwatch.fix import residual as _residual
+from gradwatch.fix._graph import (
+    RELU_FAMILY,
+    SATURATING_FUNCTIONS,
+    Order,
+    copy_model,
+    is_saturating,
+    order_of,
+)
+from gradwatch.fix.advice import clip_grad_norm, lr_scale
+from gradwatch.record import Timeline
+from gradwatch.types import Cause, CauseKind, Change, Diagnosis, Finding, FixResult, Kind, Severity
+
+#: Remedies by preference (see the module docstring).
+PREFERENCE = ("lr", "init", "activations", "recurrent", "norm", "residual")
+#: The order remedies are applied in.
+APPLY_ORDER = ("recurrent", "activations", "norm", "residual", "init")
+#: Remedies that bring re-initialisation with them.
+BRINGS_INIT = frozenset({"activations", "recurrent"})
+
+#: For each cause, the remedies that address it, best first.
+CAUSE_REMEDIES: dict[CauseKind, tuple[str, ...]] = {
+    CauseKind.SATURATING_ACTIVATIONS: ("activations", "norm", "residual"),
+    CauseKind.INIT_MISMATCH: ("init", "norm"),
+    CauseKind.DEAD_RELU_BIAS: ("init", "norm"),
+    CauseKind.VANILLA_RNN_LONG_SEQUENCE: ("recurrent", "init"),
+    CauseKind.STEP_SIZE_TOO_LARGE: ("lr",),
+    CauseKind.NO_NORMALIZATION: ("norm",),
+    CauseKind.DEPTH_WITHOUT_SKIP: ("residual", "norm"),
+}
+
+_TRANSFORMS: dict[str, Callable[..., tuple[nn.Module, list[Change]]]] = {
+    "activations": _activations.transform,
+    "init": _init.transform,
+    "norm": _norm.transform,
+    "residual": _residual.transform,
+    "recurrent": _recurrent.transform,
+}
+
+_GRADIENT_KINDS = (Kind.VANISHING_GRADIENT, Kind.SATURATED_UNITS, Kind.STALLED_WEIGHTS)
+_EXPLODING_KINDS = (Kind.EXPLODING_GRADIENT, Kind.NONFINITE_GRADIENT, Kind.DIVERGING_LOSS)
+_SYMPTOM_KINDS = (Kind.FLAT_LOSS, Kind.CONSTANT_OUTPUT)
+
+
+@dataclass
+class Plan:
+    """The remedies chosen, why, and the manual advice that goes with them."""
+
+    remedies: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    manual: list[str] = field(default_factory=list)
+    clip: bool = False
+
+    def add(self, remedy: str, reason: str, **options: Any) -> None:
+        if remedy not in self.remedies:
+            self.remedies.append(remedy)
+            self.reasons[remedy] = reason
+        self.options.setdefault(remedy, {}).update(options)
+        if remedy in BRINGS_INIT and "init" not in self.remedies:
+            self.remedies.append("init")
+            self.reasons["init"] = f"the new {'activations' if remedy == 'activations' else 'layers'} need a matching initialisation"
+
+
+# -- causes read from the model when the diagnosis carries none ---------------------------------
+
+
+def infer_causes(model: nn.Module, order: Order, kind: Kind) -> list[CauseKind]:
+    """The structural causes that can produce a finding of `kind` in this model, most specific first.
+
+    Used only when no explainer supplied causes. Each check follows the mechanism:
+    saturating activations and too-small weight scales shrink the gradient per layer; an
+    `nn.RNN` shrinks it per time step; negative biases switch ReLUs off; a too-large
+    weight scale or step size makes it grow.
+    """
+    has_rnn = any(type(m) in (nn.RNN, nn.RNNCell) for m in model.modules())
+    saturating = any(is_saturating(op.module) for op in order.modules() if op.module is not None) or bool(
+        _manual.hidden_functional_activations(model, order)
+    )
+    small, large = _scale_mismatch(model, order)
+    causes: list[CauseKind] = []
+    if kind == Kind.TEMPORAL_VANISHING:
+        causes += [CauseKind.VANILLA_RNN_LONG_SEQUENCE] if has_rnn else [CauseKind.INIT_MISMATCH]
+    elif kind in _GRADIENT_KINDS or kind in _SYMPTOM_KINDS:
+        if saturating:
+            causes.append(CauseKind.SATURATING_ACTIVATIONS)
+        if has_rnn and kind == Kind.VANISHING_GRADIENT:
+            causes.append(CauseKind.VANILLA_RNN_LONG_SEQUENCE)
+        if small:
+            causes.append(CauseKind.INIT_MISMATCH)
+        if _dead_biases(model, order):
+            causes.append(CauseKind.DEAD_RELU_BIAS)
+        if not causes and kind == Kind.VANISHING_GRADIENT:
+            # Nothing in the layers themselves explains it: the chain's length does.
+            causes += [CauseKind.DEPTH_WITHOUT_SKIP, CauseKind.NO_NORMALIZATION]
+    elif kind == Kind.DEAD_UNITS:
+        if _dead_biases(model, order):
+            causes.append(CauseKind.DEAD_RELU_BIAS)
+        if small:
+            causes.append(CauseKind.INIT_MISMATCH)
+        causes.append(CauseKind.STEP_SIZE_TOO_LARGE)  # large steps knock units off for good
+    elif kind in _EXPLODING_KINDS:
+        if large:
+            causes.append(CauseKind.INIT_MISMATCH)
+        causes.append(CauseKind.STEP_SIZE_TOO_LARGE)
+    return causes
+
+
+def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool]:
+    """(some layer's weight scale is too small for its activation, some is too large).
+
+    A vanilla recurrent layer counts as too large when its recurrent matrix has a singular
+    value above 1 + tolerance: then the gradient through time can grow (Pascanu et al. 2013).
+    """
+    small = large = False
+    for op in order.modules():
+        m = op.module
+        if isinstance(m, nn.RNNBase | nn.RNNCellBase):
+            # Only a vanilla cell's gradient through time is W_hh^T diag(phi') alone; a
+            # gated cell's passes through its gates (sigmoid' <= 1/4), so its W_hh norm
+            # says little (PyTorch's default LSTM init already has one near 1.15).
+            if type(m) in (nn.RNN, nn.RNNCell):
+                for name, p in m.named_parameters(recurse=False):
+                    if name.startswith("weight_hh"):
+                        sigma = float(torch.linalg.matrix_norm(p.detach().double(), ord=2))
+                        large |= sigma > 1 + _init.SCALE_TOLERANCE
+            continue
+        if not isinstance(m, nn.Linear | nn.modules.conv._ConvNd):
+            continue
+        act = order.next_activation(op.name)
+        if act is None:
+            continue  # a head or a layer feeding another: its scale is not a gain through depth
+        w = m.weight
+        fan_in, fan_out = _init._fans(w)
+        scheme, _, slope = _init.scheme_for(act)
+        target = _init.target_variance(scheme, fan_in, fan_out, slope)
+        ratio = float(w.detach().double().pow(2).mean()) / target
+        small |= ratio < 1 - _init.SCALE_TOLERANCE
+        large |= ratio > 1 + _init.SCALE_TOLERANCE
+    return small, large
+
+
+def _dead_biases(model: nn.Module, order: Order) -> bool:
+    for op in order.modules():
+        m = op.module
+        if not isinstance(m, nn.Linear | nn.modules.conv._ConvNd) or m.bias is None:
+            continue
+        act = order.next_activation(op.name)
+        relu_like = act is not None and (
+            (act.module is not None and isinstance(act.module, RELU_FAMILY)) or act.fn in ("relu", "relu6")
+        )
+        b = m.bias.detach().double()
+        if relu_like and float(b.mean()) < -_init.BIAS_RMS_LIMIT:
+            return True
+    return False
+
+
+# -- choosing ------------------------------------------------------------------------------
+
+
+def remedies_for(cause: CauseKind, order: Order) -> tuple[str, ...]:
+    """The remedies for `cause` in this model, best first.
+
+    Saturating activations whose derivative peaks at 1 (tanh, hardtanh, softsign) have a
+    critical initialisation — Xavier puts chi near 1 — so re-initialising is tried before
+    swapping them. Sigmoid's derivative peaks at 0.25: no weight scale makes chi reach 1
+    without pushing it into saturation, so its activations must go.
+    """
+    remedies = CAUSE_REMEDIES.get(cause, ())
+    if cause == CauseKind.SATURATING_ACTIVATIONS:
+        hidden = order.ops[: order.last_layer_index() + 1]  # the output activation does not count
+        if not order.traced:  # functions read from source have no place in the order
+            hidden = hidden + [f for f in order.functions if not f.fn.endswith("@output")]
+        sat = [op for op in hidden if (op.module is not None and is_saturating(op.module)) or op.fn in SATURATING_FUNCTIONS]
+        sigmoid_like = any(
+            isinstance(op.module, nn.Sigmoid | nn.Hardsigmoid) or op.fn in ("sigmoid", "hardsigmoid") for op in sat
+        )
+        if sat and not sigmoid_like:
+            return ("init", *remedies)
+    return remedies
+
+
+
+def ranked_causes(finding: Finding, diagnosis: Diagnosis) -> list[Cause]:
+    by_kind = {c.kind: c for c in diagnosis.causes}
+    named = [by_kind.get(CauseKind.parse(k)) or Cause(CauseKind.parse(k), 0.0, [], {}, "") for k in finding.causes]
+    if named:
+        return sorted(named, key=lambda c: -c.score)
+    return sorted(diagnosis.causes, key=lambda c: -c.score)
+
+
+def _applies(remedy: str, model: nn.Module, example_input: Any) -> bool:
+    if remedy == "lr":
+        return True
+    probe = copy.deepcopy(model)
+    _, changes = _TRANSFORMS[remedy](probe, example_input=example_input, inplace=True)
+    return bool(changes)
+
+
+def choose(
+    model: nn.Module, diagnosis: Diagnosis, *, example_input: Any = None, order: Order | None = None
+) -> Plan:
+    """Decide which remedies to apply (see the module docstring); changes nothing."""
+    plan = Plan()
+    problems = sorted(
+        (f for f in diagnosis.findings if f.severity > Severity.INFO), key=lambda f: -f.severity.rank
+    )
+    if not problems:
+        return plan
+    order = order or order_of(model, example_input)
+    applies_cache: dict[str, bool] = {}
+
+    def applies(remedy: str) -> bool:
+        if remedy not in applies_cache:
+            applies_cache[remedy] = _applies(remedy, model, example_input)
+        return applies_cache[remedy]
+
+    functional = _manual.hidden_functional_activations(model, order)
+    for finding in problems:
+        ranked = ranked_causes(finding, diagnosis)
+        kinds = [c.kind for c in ranked] or infer_causes(model, order, finding.kind)
+        messages = {c.kind: c.message for c in ranked}
+        if any(r in plan.remedies for k in kinds for r in remedies_for(k, order)):
+            if finding.kind in (Kind.EXPLODING_GRADIENT, Kind.NONFINITE_GRADIENT) and "lr" in plan.remedies:
+                plan.clip = True
+            continue
+        for k in kinds:
+            picked = next((r for r in remedies_for(k, order) if applies(r)), None)
+            if k == CauseKind.SATURATING_ACTIVATIONS and functional and picked in (None, "activations"):
+                # surgery swaps modules only: calls in forward() need a person (unless the
+                # remedy is re-initialising, which reaches them too)
+                plan.manual.extend(_manual.activation_advice(model, functional))
+            if picked is None:
+                continue
+            why = messages.get(k) or str(k).replace("_", " ")
+            reason = f"{finding.kind}: {why}"
+            options: dict[str, Any] = {}
+            if picked == "activations" and any(f.kind == Kind.DEAD_UNITS for f in problems):
+                options["to"] = "leaky_relu"
+            plan.add(picked, reason, **options)
+            if picked == "lr" and finding.kind in _EXPLODING_KINDS:
+                plan.clip = True
+            break
+        else:
+            if kinds and not (kinds[0] == CauseKind.SATURATING_ACTIVATIONS and functional):
+                plan.manual.append(_no_remedy(finding, kinds))
+            elif finding.kind == Kind.STALLED_WEIGHTS:
+                # Weights that barely move, with nothing in the model to blame: the step is
+                # too small for the gradients it gets.
+                plan.add("lr", f"{finding.kind}: updates too small for the weights", up=True)
+    plan.manual = list(dict.fromkeys(plan.manual))
+    return plan
+
+
+def _no_remedy(finding: Finding, kinds: list[CauseKind]) -> str:
+    k = kinds[0]
+    cause = f"{finding.kind}, cause {k}"
+    if k in (CauseKind.NO_NORMALIZATION,):
+        return _manual.norm_advice(cause)
+    if k == CauseKind.DEPTH_WITHOUT_SKIP:
+        return _manual.residual_advice(cause)
+    if k == CauseKind.VANILLA_RNN_LONG_SEQUENCE:
+        return _manual.recurrent_advice(cause)
+    return _manual.init_advice(cause)
+
+
+def apply(
+    model: nn.Module,
+    plan: Plan,
+    diagnosis: Diagnosis,
+    *,
+    example_input: Any = None,
+    timeline: Timeline | None = None,
+    inplace: bool = False,
+) -> FixResult:
+    """Apply a plan: the transforms in `APPLY_ORDER`, then the training advice."""
+    new = copy_model(model, inplace)
+    changes: list[Change] = []
+    for remedy in APPLY_ORDER:
+        if remedy not in plan.remedies:
+            continue
+        opts = plan.options.get(remedy, {})
+        _, done = _TRANSFORMS[remedy](
+            new, example_input=example_input, reason=plan.reasons[remedy], inplace=True, **opts
+        )
+        changes.extend(done)
+    advice: dict[str, Any] = {}
+    why: dict[str, str] = {}
+    if "lr" in plan.remedies:
+        scale, because = lr_scale(timeline, diagnosis, up=bool(plan.options.get("lr", {}).get("up")))
+        advice["lr_scale"], why["lr_scale"] = scale, f"{plan.reasons['lr']}; {because}"
+    if plan.clip:
+        clip = clip_grad_norm(timeline, diagnosis)
+        if clip is not None:
+            advice["clip_grad_norm"], why["clip_grad_norm"] = clip
+    if plan.manual:
+        advice["manual"] = list(plan.manual)
+    if why:
+        advice["why"] = why
+    return FixResult(model=new, changes=changes, advice=advice)

@@ -1,0 +1,258 @@
+"""Re-initialise layers so their weight scale suits the activation that follows them.
+
+Why: backpropagation multiplies the squared gradient norm by ``chi = sigma_w^2 E[phi'(h)^2]``
+per layer, where ``sigma_w^2 = fan_in * Var(W)``. The rule per layer:
+
+- followed by a ReLU-family activation: He, ``sigma_w^2 = 2 / (1 + a^2)`` (a = the leaky
+  slope), which makes chi = 1 for ReLU;
+- followed by tanh / sigmoid (or another saturating activation): Xavier,
+  ``Var(W) = 2 / (fan_in + fan_out)`` — chi about 1 for tanh near zero (sigmoid cannot
+  reach 1 at any scale: its derivative is at most 0.25);
+- followed by SELU: LeCun, ``sigma_w^2 = 1`` (what SELU's fixed point assumes);
+- followed by no activation (a head, or a layer feeding another layer): Xavier;
+- recurrent layers: input weights Xavier per gate, recurrent weights orthogonal per gate
+  (all singular values 1, so the gradient through time neither grows nor shrinks from
+  the weights), biases 0, and an LSTM's forget-gate bias 1 (so the cell remembers by
+  default, Jozefowicz et al. 2015).
+
+Biases of re-initialised layers are set to 0; frozen layers are never touched. A layer is left alone when it already
+matches: its ``sigma_w^2`` within 10% of the target (an error that compounds to at most
+1.1^L — under a decade over 20 layers) and its bias RMS at most 0.5 (a bias half the
+pre-activation's standard deviation already switches a ReLU off for a third of inputs;
+larger ones are how biases kill units). Weights are drawn from a normal and then
+rescaled so their second moment hits the target exactly: this makes the transform
+idempotent (a second pass finds every layer matching) even for tiny layers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradwatch.fix._graph import (
+    RELU_FUNCTIONS,
+    SATURATING_FUNCTIONS,
+    SELU_FAMILY,
+    Op,
+    copy_model,
+    is_saturating,
+    order_of,
+)
+from gradwatch.types import Change
+
+#: Relative error in sigma_w^2 tolerated before a layer counts as mis-initialised.
+SCALE_TOLERANCE = 0.10
+#: Bias RMS above which the biases are reset (see the module docstring).
+BIAS_RMS_LIMIT = 0.5
+#: Largest entry of W W^T - I for a recurrent weight block to count as orthogonal.
+ORTHO_TOLERANCE = 1e-3
+
+REASON = (
+    "the weight scale sets each layer's gradient gain chi = sigma_w^2 E[phi'^2]; "
+    "matching it to the activation keeps the gradient's size steady through depth"
+)
+
+_GATES = {"RNN": 1, "GRU": 3, "LSTM": 4, "RNNCell": 1, "GRUCell": 3, "LSTMCell": 4}
+
+
+def _fans(w: torch.Tensor) -> tuple[int, int]:
+    receptive = math.prod(w.shape[2:]) if w.dim() > 2 else 1
+    return int(w.shape[1]) * receptive, int(w.shape[0]) * receptive
+
+
+def scheme_for(act: Op | None) -> tuple[str, str, float]:
+    """``(scheme, activation label, leaky slope)`` for the activation that follows a layer."""
+    if act is None:
+        return "xavier", "no activation", 0.0
+    if act.module is not None:
+        m = act.module
+        label = type(m).__name__
+        if isinstance(m, SELU_FAMILY):
+            return "lecun", label, 0.0
+        if is_saturating(m):
+            return "xavier", label, 0.0
+        slope = float(getattr(m, "negative_slope", 0.0))
+        if isinstance(m, nn.PReLU):
+            slope = float(m.weight.detach().mean())
+        return "he", label, slope
+    if act.fn in SATURATING_FUNCTIONS:
+        return "xavier", act.fn, 0.0
+    if act.fn == "selu":
+        return "lecun", act.fn, 0.0
+    if act.fn in RELU_FUNCTIONS:
+        return "he", act.fn, 0.01 if act.fn == "leaky_relu" else 0.0
+    return "xavier", act.fn, 0.0  # pragma: no cover - next_activation returns only the above
+
+
+def target_variance(scheme: str, fan_in: int, fan_out: int, slope: float = 0.0) -> float:
+    if scheme == "he":
+        return 2.0 / (1.0 + slope**2) / fan_in
+    if scheme == "lecun":
+        return 1.0 / fan_in
+    return 2.0 / (fan_in + fan_out)
+
+
+def _matches_scale(w: torch.Tensor, var: float) -> bool:
+    ms = float(w.detach().double().pow(2).mean())
+    return abs(ms / var - 1.0) <= SCALE_TOLERANCE
+
+
+def _bias_ok(b: torch.Tensor | None) -> bool:
+    return b is None or float(b.detach().double().pow(2).mean().sqrt()) <= BIAS_RMS_LIMIT
+
+
+@torch.no_grad()
+def _draw(w: torch.Tensor, var: float) -> None:
+    w.normal_(0.0, math.sqrt(var))
+    ms = w.double().pow(2).mean()
+    if float(ms) > 0:
+        w.mul_(torch.sqrt(var / ms).to(w.dtype))
+
+
+def _sigma2(w: torch.Tensor) -> float:
+    return float(w.detach().double().pow(2).mean()) * _fans(w)[0]
+
+
+def _feedforward(name: str, m: nn.Module, act: Op | None, reason: str) -> Change | None:
+    w = m.weight
+    assert isinstance(w, torch.Tensor)
+    b = getattr(m, "bias", None)
+    fan_in, fan_out = _fans(w)
+    scheme, label, slope = scheme_for(act)
+    var = target_variance(scheme, fan_in, fan_out, slope)
+    if _matches_scale(w, var) and _bias_ok(b):
+        return None
+    was = _sigma2(w)
+    _draw(w, var)
+    if b is not None:
+        with torch.no_grad():
+            b.zero_()
+    title = {"he": "He", "xavier": "Xavier", "lecun": "LeCun"}[scheme]
+    return Change(
+        kind="init",
+        target=name,
+        description=(
+            f"{name}: re-initialised {title} for {label} (sigma_w^2 {was:.2f} -> {var * fan_in:.2f}"
+            + (", bias 0)" if b is not None else ")")
+        ),
+        reason=reason,
+    )
+
+
+def _is_orthogonal(block: torch.Tensor) -> bool:
+    b = block.detach().double()
+    g = b @ b.T if b.shape[0] <= b.shape[1] else b.T @ b
+    eye = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
+    return float((g - eye).abs().max()) <= ORTHO_TOLERANCE
+
+
+def _recurrent_params(m: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in m.named_parameters(recurse=False)]
+
+
+def _recurrent(name: str, m: nn.Module, reason: str) -> Change | None:
+    kind = "LSTM" if isinstance(m, nn.LSTM | nn.LSTMCell) else type(m).__name__
+    for base in ("LSTMCell", "GRUCell", "RNNCell", "LSTM", "GRU", "RNN"):
+        if isinstance(m, getattr(nn, base)):
+            kind = base
+            break
+    gates = _GATES.get(kind, 1)
+    lstm = kind in ("LSTM", "LSTMCell")
+    params = _recurrent_params(m)
+
+    def wanted_bias(pname: str, p: torch.Tensor) -> torch.Tensor:
+        want = torch.zeros_like(p)
+        if lstm and pname.startswith("bias_ih"):
+            h = p.shape[0] // 4
+            want[h : 2 * h] = 1.0  # gate order i, f, g, o: the forget gate is the second block
+        return want
+
+    def matches() -> bool:
+        for pname, p in params:
+            if pname.startswith("weight_hh"):
+                if not all(_is_orthogonal(c) for c in p.chunk(gates, 0)):
+                    return False
+            elif pname.startswith("weight_ih"):
+                for c in p.chunk(gates, 0):
+                    fi, fo = _fans(c)
+                    if not _matches_scale(c, target_variance("xavier", fi, fo)):
+                        return False
+            elif pname.startswith("weight_hr"):
+                fi, fo = _fans(p)
+                if not _matches_scale(p, target_variance("xavier", fi, fo)):
+                    return False
+            elif pname.startswith("bias"):
+                if float((p.detach() - wanted_bias(pname, p)).abs().max()) > 1e-6:
+                    return False
+        return True
+
+    if matches():
+        return None
+    with torch.no_grad():
+        for pname, p in params:
+            if pname.startswith("weight_hh"):
+                for c in p.chunk(gates, 0):
+                    nn.init.orthogonal_(c)
+            elif pname.startswith(("weight_ih", "weight_hr")):
+                for c in p.chunk(gates if pname.startswith("weight_ih") else 1, 0):
+                    fi, fo = _fans(c)
+                    _draw(c, target_variance("xavier", fi, fo))
+            elif pname.startswith("bias"):
+                p.copy_(wanted_bias(pname, p))
+    if isinstance(m, nn.RNNBase):
+        m.flatten_parameters()
+    return Change(
+        kind="init",
+        target=name,
+        description=(
+            f"{name}: re-initialised {type(m).__name__}: input weights Xavier, recurrent weights "
+            "orthogonal, biases 0" + (", forget-gate bias 1" if lstm else "")
+        ),
+        reason=reason,
+    )
+
+
+def transform(
+    model: nn.Module,
+    *,
+    example_input: Any = None,
+    layers: Collection[str] | None = None,
+    reason: str = REASON,
+    inplace: bool = False,
+) -> tuple[nn.Module, list[Change]]:
+    """Re-initialise every Linear, convolution and recurrent layer whose scale does not suit its activation.
+
+    Args:
+        model: any module.
+        example_input: if given, one forward pass decides which activation follows each
+            layer (functional ones included); otherwise registration order decides.
+        layers: only these module names (default: every layer).
+        inplace: change `model` itself instead of a deep copy.
+
+    Returns:
+        ``(new_model, changes)``: one change per re-initialised layer.
+    """
+    new = copy_model(model, inplace)
+    order = order_of(new, example_input)
+    changes: list[Change] = []
+    seen: set[int] = set()
+    for op in order.modules():
+        m = op.module
+        assert m is not None
+        if id(m) in seen or (layers is not None and op.name not in layers):
+            continue
+        seen.add(id(m))
+        if not any(p.requires_grad for p in m.parameters(recurse=False)):
+            continue  # frozen (a pretrained part kept fixed): not ours to re-draw
+        change: Change | None = None
+        if isinstance(m, nn.RNNBase | nn.RNNCellBase):
+            change = _recurrent(op.name, m, reason)
+        elif isinstance(m, nn.Linear | nn.modules.conv._ConvNd):
+            change = _feedforward(op.name, m, order.next_activation(op.name), reason)
+        if change is not None:
+            changes.append(change)
+    return new, changes

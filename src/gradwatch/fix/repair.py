@@ -1,0 +1,560 @@
+"""`repair`: diagnose a model from a short run of the user's own training, try candidate fixes in short A/B runs, keep one only when it measurably wins.
+
+The user's ``train_fn(model, advice, steps) -> score`` trains `model` in place for
+`steps` optimizer steps and returns a score where **higher is better** (a validation
+accuracy, or minus a loss). ``advice`` is a dict the function should honour when it
+holds these keys: ``lr_scale`` (multiply the learning rate) and ``clip_grad_norm``
+(call ``torch.nn.utils.clip_grad_norm_(model.parameters(), value)`` before each
+optimizer step); other keys (``manual``, ``why``) are for people.
+
+The loop, with N = `steps` (one full training run) and B = `budget` (1.5):
+
+1. the original trains for s steps under `gradwatch.watch` (gradients read in a global
+   optimizer-step hook, the loss caught where ``loss.backward()`` is called, the first
+   forward's input kept as the example input for `gw.fix`) — unless a `diagnosis` is
+   passed. While it looks healthy it is watched on in chunks of s steps, up to
+   `DIAGNOSE_STEPS`, so the detectors have evidence (free if it stays healthy: those steps
+   are part of its own run). If the diagnosis is healthy, nothing is tried;
+2. the original trains once more for s steps from another seed, to see how much the
+   score moves by chance; then up to four candidates — the fix `gw.fix` chooses, each
+   of its remedies alone when it has several, the alternative remedies for the same
+   causes — each train s steps from the same seed as the first original run;
+3. the *leader* is the first candidate (in that order, so the diagnosis's own pick
+   leads a tie) within the margin of the best score. The margin is
+   ``max(min_gain, 2 * |original - original repeat|)``: a gain must exceed twice what
+   chance alone moved the original by, and never be less than `min_gain` (0.02 in
+   score units: two points of accuracy, about one standard error of an accuracy
+   measured on 400 examples). A leader ahead of the original by more than twice the
+   margin is kept at once;
+4. otherwise the leader and the original both train on to the same length, as far as the budget allows,
+   and the leader is kept only if it is ahead by more than the margin there (some fixes
+   only show after a plateau, and a small early lead may be chance);
+5. the model kept (the winner, or the original) trains on to N steps in all
+   (`finish=True`), so the caller gets a trained model.
+
+Cost: every step trained counts. The kept model's own steps are part of its N; the
+others are the overhead, held to (B - 1) N: half of it for the first round (s =
+(B - 1) N / 10 by default: five short runs besides the kept one), the rest for the
+second. So the total never exceeds B N steps — the earlier AutoTrainer retrained from
+scratch with randomly chosen repairs at 2.2x. A candidate whose step is dearer (a GRU
+for an RNN, an added BatchNorm) costs more wall time per step than the original.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.overrides import TorchFunctionMode
+
+from gradwatch._errors import GradwatchTypeError, GradwatchValueError
+from gradwatch.fix._graph import order_of
+from gradwatch.fix.choose import (
+    BRINGS_INIT,
+    PREFERENCE,
+    Plan,
+    apply,
+    choose,
+    infer_causes,
+    ranked_causes,
+    remedies_for,
+)
+from gradwatch.record import Timeline
+from gradwatch.types import Change, Diagnosis, FixResult, Severity
+
+TrainFn = Callable[[nn.Module, dict[str, Any], int], float]
+
+
+@dataclass
+class Trial:
+    """One short training run: what was trained, with what advice, and how it scored."""
+
+    name: str
+    changes: list[Change]
+    advice: dict[str, Any]
+    steps: int
+    score: float
+    seconds: float
+    error: str = ""
+    kept: bool = False
+
+
+@dataclass
+class RepairResult:
+    """What `repair` tried, what each scored, and what it kept.
+
+    Attributes:
+        model: the trained winner (or the trained original) when ``finish=True``;
+            otherwise the untrained fixed model (or a copy of the original).
+        fix: the kept `FixResult`, or None when the original was kept.
+        advice: the advice to train the model with (empty when the original was kept).
+        trials: every short run, the original's first.
+        baseline: the better of the original's short-run scores.
+        margin: how much a candidate had to beat the baseline by.
+        final_score: the score after the finishing run (None without it).
+        steps: one full run (N); steps_used: steps trained in all; budget_steps: the limit.
+        seconds: wall time of the whole repair.
+    """
+
+    model: nn.Module
+    fix: FixResult | None
+    advice: dict[str, Any]
+    trials: list[Trial]
+    baseline: float
+    margin: float
+    diagnosis: Diagnosis
+    steps: int
+    steps_used: int
+    budget_steps: int
+    seconds: float
+    final_score: float | None = None
+    notes: list[str] = field(default_factory=list)
+    timeline: Timeline | None = None  # the original's watched short run (None when a diagnosis was passed)
+
+    @property
+    def improved(self) -> bool:
+        return self.fix is not None
+
+    @property
+    def cost(self) -> float:
+        """Steps trained, in units of one full training run."""
+        return self.steps_used / self.steps
+
+    def __str__(self) -> str:
+        kept = next((t for t in self.trials if t.kept), None)
+        if kept is not None:
+            head = (
+                f"repair: kept '{kept.name}': score {_fmt(kept.score)} against the original's "
+                f"{_fmt(self.baseline)} (margin {_fmt(self.margin)})"
+            )
+        elif self.diagnosis.healthy:
+            head = "repair: the original is healthy; nothing to try"
+        else:
+            head = (
+                f"repair: no candidate beat the original's {_fmt(self.baseline)} by more than "
+                f"{_fmt(self.margin)}; kept the original"
+            )
+        lines = [head, f"  {'trial':<40} {'steps':>6} {'score':>9} {'time':>7}"]
+        for t in self.trials:
+            mark = "  kept" if t.kept else (f"  error: {t.error}" if t.error else "")
+            lines.append(f"  {t.name:<40} {t.steps:>6} {_fmt(t.score):>9} {t.seconds:>6.1f}s{mark}")
+        if self.fix is not None:
+            lines.append("  changes:")
+            lines += [f"    - {c}" for c in self.fix.changes]
+            for k in ("lr_scale", "clip_grad_norm"):
+                if k in self.advice:
+                    lines.append(f"    - train with {k} = {self.advice[k]}")
+        if self.final_score is not None:
+            lines.append(f"  after the full run: score {_fmt(self.final_score)}")
+        lines.append(
+            f"  cost: {self.steps_used} steps = {self.cost:.2f}x one run of {self.steps} "
+            f"(budget {self.budget_steps}), {self.seconds:.1f} s"
+        )
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _fmt(x: float) -> str:
+    return "failed" if not math.isfinite(x) else f"{x:.4g}"
+
+
+# -- watching the user's own loop --------------------------------------------------------------
+
+
+class _LossTap(TorchFunctionMode):
+    """Catches the tensor each ``loss.backward()`` is called on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[torch.Tensor] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func is torch.Tensor.backward and args and isinstance(args[0], torch.Tensor):
+            if args[0].numel() == 1:
+                self.pending.append(args[0].detach().reshape(()))
+        return func(*args, **(kwargs or {}))
+
+
+class _Watching:
+    """Watches the original while `train_fn` trains it, over one or several calls.
+
+    Gradients are read in a global optimizer-step pre-hook (the optimizer is the user's
+    own, built inside `train_fn`), the loss where ``loss.backward()`` is called, and the
+    first forward's input is kept as the example input for `gw.fix`.
+    """
+
+    def __init__(self, model: nn.Module, diagnose: bool, every: int) -> None:
+        self.model = model
+        self.diagnose_it = diagnose
+        self.every = every
+        self.example_input: Any = None
+        self.timeline: Timeline | None = None
+        self.note = ""
+        self._broken: list[str] = []
+        self._handles: list[Any] = []
+        self._tap = _LossTap()
+        self._watcher: Any = None
+
+    def __enter__(self) -> _Watching:
+        from gradwatch.watch import watch  # fix sits above watch: imported where used
+
+        self._handles.append(self.model.register_forward_pre_hook(self._keep_input, with_kwargs=True))
+        if self.diagnose_it:
+            self._watcher = watch(self.model, every=self.every)
+            self.timeline = self._watcher.timeline
+            own = {id(p) for p in self.model.parameters()}
+
+            def on_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+                if self._broken or not any(id(p) in own for g in opt.param_groups for p in g["params"]):
+                    return
+                loss = torch.stack(self._tap.pending).mean() if self._tap.pending else None
+                self._tap.pending.clear()
+                try:
+                    self._watcher.step(loss=loss)
+                except Exception as e:  # watching is best-effort: it must never break the user's run
+                    self._broken.append(f"{type(e).__name__}: {e}")
+
+            self._handles.append(register_optimizer_step_pre_hook(on_step))
+            self._tap.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.diagnose_it:
+            self._tap.__exit__(None, None, None)
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        if self._watcher is not None:
+            self._watcher.close()
+
+    def _keep_input(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        if self.example_input is None:
+            if kwargs and not args:
+                self.example_input = dict(kwargs)
+            elif not kwargs:
+                self.example_input = args[0] if len(args) == 1 else tuple(args)
+
+    def diagnose(self) -> Diagnosis:
+        if self._watcher is None:
+            return Diagnosis()
+        if self._broken:
+            self.note = f"watching the original's run stopped early ({self._broken[0]}); the diagnosis covers the steps before"
+        elif self._watcher.step_count == 0:
+            self.note = (
+                "no torch.optim optimizer step on the model's parameters was seen during the original's "
+                "run, so it could not be diagnosed; pass diagnosis= (from gw.watch inside train_fn)"
+            )
+        return self._watcher.diagnose()
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+
+def _candidates(
+    model: nn.Module, diagnosis: Diagnosis, example_input: Any, timeline: Timeline | None
+) -> list[tuple[str, FixResult]]:
+    """The fix `gw.fix` picks, each of its remedies alone, then alternatives for the same causes."""
+    plan = choose(model, diagnosis, example_input=example_input)
+    plans: list[Plan] = []
+    if plan.remedies:
+        plans.append(plan)
+    primaries = [r for r in plan.remedies if not (r == "init" and BRINGS_INIT & set(plan.remedies))]
+    if len(primaries) > 1:
+        for r in primaries:
+            single = Plan()
+            single.add(r, plan.reasons[r], **plan.options.get(r, {}))
+            single.clip = plan.clip and r == "lr"
+            plans.append(single)
+    order = order_of(model, example_input)
+    seen = {tuple(sorted(p.remedies)) for p in plans}
+    alternatives: list[tuple[int, Plan]] = []
+    for f in diagnosis.findings:
+        if f.severity <= Severity.INFO:
+            continue
+        kinds = [c.kind for c in ranked_causes(f, diagnosis)] or infer_causes(model, order, f.kind)
+        for k in kinds[:2]:
+            for r in remedies_for(k, order):
+                alt = Plan()
+                alt.add(r, f"alternative for {f.kind}: {str(k).replace('_', ' ')}")
+                alt.clip = r == "lr"
+                key = tuple(sorted(alt.remedies))
+                if key not in seen:
+                    seen.add(key)
+                    alternatives.append((PREFERENCE.index(r), alt))
+    plans += [p for _, p in sorted(alternatives, key=lambda t: t[0])]
+    out: list[tuple[str, FixResult]] = []
+    for p in plans:
+        result = apply(model, p, diagnosis, example_input=example_input, timeline=timeline)
+        if not result.changes and not any(k in result.advice for k in ("lr_scale", "clip_grad_norm")):
+            continue
+        out.append(("+".join(r for r in p.remedies) + (" (+clip)" if "clip_grad_norm" in result.advice and "lr" not in p.remedies else ""), result))
+    return out
+
+
+def _score(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError) as e:
+        raise GradwatchTypeError(
+            f"train_fn must return a number (higher is better), got {type(x).__qualname__}"
+        ) from e
+    return v if math.isfinite(v) else -math.inf
+
+
+#: The most candidates tried in the first round (the default trial length spreads half
+#: of the spare budget over them and the original's two runs).
+MAX_CANDIDATES = 4
+#: How long the original is watched, at most, while it still looks healthy: Part 3's
+#: detectors report problems present from initialisation within about 100 steps
+#: (docs/performance.md, Detection), a few as late as 180.
+DIAGNOSE_STEPS = 200
+
+
+def _leader(trials: list[Trial], candidates: list[int], margin: float) -> int | None:
+    """The first candidate (in the order tried) whose score is within `margin` of the best.
+
+    Candidates are tried in the chooser's order — its own pick first — so when short runs
+    cannot tell candidates apart, the one the diagnosis points to leads.
+    """
+    finite = [i for i in candidates if math.isfinite(trials[i].score)]
+    if not finite:
+        return None
+    best = max(trials[i].score for i in finite)
+    return next(i for i in finite if trials[i].score >= best - margin)
+
+
+def _extension(steps: int, s: int, spent: int, budget_steps: int, finish: bool, ahead: int = 0) -> int:
+    """How far the leader can train on in round 2 (the original is brought to the same length).
+
+    The leader goes on by e; the original, already `ahead` steps past s, by max(0, e - ahead);
+    the one kept is then finished to `steps` (costing steps - s - e), so
+    spent + e + max(0, e - ahead) + (steps - s - e) <= budget_steps, and s + e <= steps.
+    """
+    room = budget_steps - spent - (steps - s if finish else 0)
+    if room < 0:
+        return 0
+    # e + max(0, e - ahead) - (e if finish else 0) <= room
+    if finish:
+        e = room + ahead
+    else:
+        e = (room + ahead) // 2 if room > ahead else room
+    return max(0, min(steps - s, e))
+
+
+def _latest_original(trials: list[Trial], trained_steps: list[int]) -> int:
+    """The trial of the original (not its repeat) whose model has trained longest."""
+    return max(
+        (i for i, t in enumerate(trials) if t.name.startswith("original") and "repeat" not in t.name),
+        key=lambda i: trained_steps[i],
+    )
+
+
+def _print(t: Trial) -> None:
+    extra = f" (error: {t.error})" if t.error else ""
+    print(f"repair: {t.name:<40} score {_fmt(t.score):>9}  {t.steps} steps  {t.seconds:.1f}s{extra}", flush=True)
+
+
+def repair(
+    model: nn.Module,
+    train_fn: TrainFn,
+    *,
+    steps: int,
+    budget: float = 1.5,
+    trial_steps: int | None = None,
+    diagnosis: Diagnosis | None = None,
+    example_input: Any = None,
+    min_gain: float = 0.02,
+    repeat_original: bool = True,
+    finish: bool = True,
+    seed: int = 0,
+    progress: bool | Callable[[Trial], None] = True,
+) -> RepairResult:
+    """Diagnose, try candidate fixes in short A/B runs, keep one only if it measurably wins.
+
+    Args:
+        model: the model to repair (never changed; every run trains a copy).
+        train_fn: ``train_fn(model, advice, steps) -> score``: trains `model` in place for
+            `steps` optimizer steps honouring ``advice["lr_scale"]`` and
+            ``advice["clip_grad_norm"]`` when present, and returns a score where higher
+            is better (validation accuracy, minus the loss). NaN counts as a failure.
+        steps: the length of one full training run (N).
+        budget: the most steps trained in all, in units of N.
+        trial_steps: the length of each first-round run (default (budget - 1) N / 10).
+        diagnosis: skip the watched run's own diagnosis and use this one.
+        example_input: an input for `gw.fix` (default: the first batch the original saw).
+        min_gain: the smallest score gain that counts (see the module docstring).
+        repeat_original: run the original twice to measure the run-to-run spread.
+        finish: train the winner on to N steps so the result is a trained model.
+        seed: `torch.manual_seed` before each run, so candidates see the same data order
+            and dropout draws as the original (the global RNG is restored afterwards).
+        progress: print a line per run (True), stay quiet (False), or call this with each `Trial`.
+
+    Returns:
+        A `RepairResult`; ``print(result)`` shows every trial and its score.
+    """
+    if not isinstance(model, nn.Module):
+        raise GradwatchTypeError(f"repair() expects a torch.nn.Module, got {type(model).__qualname__}")
+    if not callable(train_fn):
+        raise GradwatchTypeError(
+            f"train_fn must be a callable train_fn(model, advice, steps) -> score, got {type(train_fn).__qualname__}"
+        )
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise GradwatchValueError(f"steps must be the length of one full training run (a positive int), got {steps!r}")
+    if not isinstance(budget, int | float) or not budget >= 1.0:
+        raise GradwatchValueError(
+            f"budget must be at least 1.0 (one full run; 1.5 allows a few trials), got {budget!r}"
+        )
+    budget_steps = math.floor(budget * steps + 1e-9)
+    waste = budget_steps - steps  # steps that may go to runs whose model is not the one kept
+    s = trial_steps if trial_steps is not None else max(1, waste // (2 * (MAX_CANDIDATES + 1)))
+    if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= steps:
+        raise GradwatchValueError(f"trial_steps must be an int between 1 and steps={steps}, got {trial_steps!r}")
+    if diagnosis is not None and not isinstance(diagnosis, Diagnosis):
+        raise GradwatchTypeError(f"diagnosis must be a gradwatch.Diagnosis or None, got {type(diagnosis).__qualname__}")
+    report: Callable[[Trial], None] | None = _print if progress is True else (progress or None)
+    trials: list[Trial] = []
+    models: list[nn.Module] = []  # the model each trial trained (a continued trial shares its model)
+    trained_steps: list[int] = []  # steps the model of each trial has been trained in all
+    notes: list[str] = []
+    started = time.perf_counter()
+
+    def run(name: str, m: nn.Module, advice: dict[str, Any], run_seed: int, changes: list[Change],
+            n: int, before: int = 0) -> Trial:
+        torch.manual_seed(run_seed)
+        t0 = time.perf_counter()
+        error = ""
+        try:
+            score = _score(train_fn(m, dict(advice), n))
+        except GradwatchTypeError:
+            raise
+        except Exception as e:  # a candidate that crashes is a failed candidate
+            score, error = -math.inf, f"{type(e).__name__}: {e}"
+        trial = Trial(name, changes, advice, n, score, time.perf_counter() - t0, error)
+        trials.append(trial)
+        models.append(m)
+        trained_steps.append(before + n)
+        if report is not None:
+            report(trial)
+        return trial
+
+    spent = 0
+
+    def affordable(extra: int, keep_trained: int) -> bool:
+        """Can `extra` more steps be trained and the kept model still be finished to N?"""
+        finish_cost = steps - keep_trained if finish else 0
+        return spent + extra + finish_cost <= budget_steps
+
+    with torch.random.fork_rng(devices=[]):
+        original = copy.deepcopy(model)
+        watching = _Watching(original, diagnose=diagnosis is None, every=max(1, min(10, s // 3)))
+        with watching:
+            first = run("original", original, {}, seed, [], s)
+            spent = s
+            diag = diagnosis if diagnosis is not None else watching.diagnose()
+            # Detectors need some steps of evidence. While the original looks healthy, watch
+            # it on in chunks: free if it stays healthy (they are part of its own run), and
+            # held to what leaves the first round its budget if a problem shows late.
+            horizon = min(steps - s, DIAGNOSE_STEPS - s, max(0, waste - 3 * s))
+            watched_on = 0
+            while diagnosis is None and diag.healthy and watched_on < horizon:
+                n = min(s, horizon - watched_on)
+                run("original, watched on", original, {}, seed + 10 + watched_on, [], n, before=s + watched_on)
+                spent += n
+                watched_on += n
+                diag = watching.diagnose()
+        if watching.note:
+            notes.append(watching.note)
+        baseline, margin = first.score, float(min_gain)
+        winner: int | None = None
+        cands: list[tuple[str, FixResult]] = []
+        results: dict[int, FixResult] = {}
+        if not diag.healthy:
+            torch.manual_seed(seed)
+            example = example_input if example_input is not None else watching.example_input
+            cands = _candidates(model, diag, example, watching.timeline)[:MAX_CANDIDATES]
+            if not cands:
+                notes.append("no transform or advice applies to this model for the findings; see gw.fix(...).advice['manual']")
+            if cands and repeat_original and affordable(2 * s, s):
+                again = run("original (repeat, another seed)", copy.deepcopy(model), {}, seed + 1, [], s)
+                spent += s
+                baseline = max(first.score, again.score)
+                if math.isfinite(first.score) and math.isfinite(again.score):
+                    margin = max(margin, 2 * abs(first.score - again.score))
+            for i, (name, result) in enumerate(cands):
+                if not affordable(s, s):
+                    notes.append(f"budget reached: {len(cands) - i} candidate(s) not tried")
+                    break
+                run(name, copy.deepcopy(result.model), dict(result.advice), seed, list(result.changes), s)
+                results[len(trials) - 1] = result
+                spent += s
+            if all(t.error for t in trials):
+                notes.append(f"every run raised (first: {trials[0].error}); check train_fn")
+            leader = _leader(trials, list(results), margin)
+            if leader is not None and trials[leader].score > baseline + 2 * margin:
+                winner = leader  # a clear win: no need to look further
+            elif leader is not None:
+                # Round 2: the leader did not pull clearly ahead in s steps (some fixes only
+                # show after a plateau, and a small lead may be chance). Train it and the
+                # original on to the same length, as far as the budget allows — only the
+                # loser's steps are wasted — and keep it only if it is ahead by more than
+                # the margin there.
+                e = _extension(steps, s, spent, budget_steps, finish, watched_on)
+                if e > 0:
+                    need = s + e - (s + watched_on)
+                    if need > 0:
+                        a_score = run("original, continued", original, {}, seed + 3, [], need, before=s + watched_on).score
+                        spent += need
+                    else:  # the original was already watched on at least that far
+                        a_score = trials[_latest_original(trials, trained_steps)].score
+                    b = run(f"{trials[leader].name}, continued", models[leader], dict(results[leader].advice),
+                            seed + 3, list(results[leader].changes), e, before=s)
+                    spent += e
+                    results[len(trials) - 1] = results[leader]
+                    if b.score > a_score + margin:
+                        winner, baseline = len(trials) - 1, a_score
+                elif trials[leader].score > baseline + margin:
+                    winner = leader
+            if winner is not None:
+                trials[winner].kept = True
+        kept_fix: FixResult | None = None
+        advice: dict[str, Any] = {}
+        final_score: float | None = None
+        if winner is not None:
+            kept_fix = results[winner]
+            advice = dict(kept_fix.advice)
+            idx = winner
+        else:  # the original: its longest-trained run
+            idx = _latest_original(trials, trained_steps)
+        out_model = models[idx]
+        rest = steps - trained_steps[idx]
+        if finish and rest > 0:
+            torch.manual_seed(seed + 2)
+            final_score = _score(train_fn(out_model, dict(advice), rest))
+            spent += rest
+        elif finish:  # the kept run already had all N steps
+            final_score = trials[idx].score
+        else:
+            out_model = copy.deepcopy(kept_fix.model) if kept_fix is not None else copy.deepcopy(model)
+    return RepairResult(
+        model=out_model,
+        fix=kept_fix,
+        advice=advice,
+        trials=trials,
+        baseline=baseline,
+        margin=margin,
+        diagnosis=diag,
+        steps=steps,
+        steps_used=spent,
+        budget_steps=budget_steps,
+        seconds=time.perf_counter() - started,
+        final_score=final_score,
+        notes=notes,
+        timeline=watching.timeline,
+    )

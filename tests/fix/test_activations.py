@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gradwatch import GradwatchValueError
+from gradwatch.fix import activations
+from tests.fix.zoo import AttrNet, binary_mlp, sigmoid_mlp
+
+
+def test_hidden_sigmoids_become_relu_and_the_model_computes_relu() -> None:
+    model = sigmoid_mlp()
+    new, changes = activations.transform(model)
+    assert [c.target for c in changes] == ["1", "3", "5"]
+    assert all(isinstance(new[i], nn.ReLU) for i in (1, 3, 5))
+    # the same weights, now through ReLU: compare with a hand-written forward pass
+    x = torch.randn(4, 6)
+    h = x
+    for i in (0, 2, 4):
+        h = torch.relu(model[i](h))
+    assert torch.allclose(new(x), model[6](h))
+
+
+def test_the_output_activation_is_kept() -> None:
+    new, changes = activations.transform(binary_mlp())
+    assert isinstance(new[5], nn.Sigmoid), "the final sigmoid shapes the prediction: keep it"
+    assert {c.target for c in changes} == {"1", "3"}
+    assert "Hardtanh" in changes[1].description
+
+
+def test_named_attributes_of_a_custom_module_are_replaced_and_the_output_kept() -> None:
+    new, changes = activations.transform(AttrNet())
+    assert isinstance(new.act1, nn.ReLU) and isinstance(new.act2, nn.ReLU)
+    assert isinstance(new.out, nn.Sigmoid)
+    assert {c.target for c in changes} == {"act1", "act2"}
+
+
+@pytest.mark.parametrize(("to", "cls"), [("leaky_relu", nn.LeakyReLU), ("gelu", nn.GELU), ("RELU", nn.ReLU)])
+def test_replacement_choice(to: str, cls: type[nn.Module]) -> None:
+    new, _ = activations.transform(sigmoid_mlp(), to=to)
+    assert isinstance(new[1], cls)
+
+
+def test_keep_leaves_named_modules_alone() -> None:
+    new, changes = activations.transform(sigmoid_mlp(), keep={"3"})
+    assert isinstance(new[3], nn.Sigmoid)
+    assert {c.target for c in changes} == {"1", "5"}
+
+
+def test_a_shared_activation_instance_is_replaced_everywhere() -> None:
+    act = nn.Tanh()
+    model = nn.Sequential(nn.Linear(3, 3), act, nn.Linear(3, 3), act, nn.Linear(3, 2))
+    new, _ = activations.transform(model)
+    assert isinstance(new[1], nn.ReLU) and isinstance(new[3], nn.ReLU)
+
+
+def test_relu6_is_not_treated_as_saturating() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU6(), nn.Linear(3, 2))
+    _, changes = activations.transform(model)
+    assert changes == []
+
+
+def test_bad_choice_lists_the_valid_ones() -> None:
+    with pytest.raises(GradwatchValueError, match="relu, leaky_relu, gelu"):
+        activations.transform(sigmoid_mlp(), to="swish")

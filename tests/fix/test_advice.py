@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from gradwatch.fix import advice
+from gradwatch.record import Timeline
+from gradwatch.types import Diagnosis, Finding, LayerReport
+
+
+def _timeline(grads: list[list[float]], ratios: list[list[float]] | None = None, nonfinite: list[int] | None = None) -> Timeline:
+    tl = Timeline(layers=["a", "b"])
+    for i, g in enumerate(grads):
+        layers = {"grad_norm": g, "grad_nonfinite": [float((nonfinite or [0] * len(grads))[i]), 0.0]}
+        if ratios is not None:
+            layers["update_ratio"] = ratios[i]
+        tl.ingest({"type": "record", "step": 10 * i, "losses": [], "layers": layers})
+    return tl
+
+
+def test_total_norm_is_the_norm_clip_grad_norm_sees() -> None:
+    tl = _timeline([[3.0, 4.0], [1.0, float("nan")], [float("nan"), float("nan")]], nonfinite=[0, 0, 0])
+    steps, total = advice.total_grad_norm(tl)
+    assert list(steps) == [0, 10, 20]
+    assert total[0] == pytest.approx(5.0) and total[1] == pytest.approx(1.0) and math.isnan(total[2])
+
+
+def test_clip_is_the_median_before_the_trouble() -> None:
+    grads = [[3.0, 4.0], [6.0, 8.0], [0.6, 0.8], [300.0, 400.0], [3e4, 4e4]]
+    tl = _timeline(grads, nonfinite=[0, 0, 0, 0, 1])
+    value, why = advice.clip_grad_norm(tl)  # no diagnosis: all finite records
+    assert value == pytest.approx(float(np.median([5.0, 10.0, 1.0, 500.0])), rel=0.01)
+    diag = Diagnosis(findings=[Finding("exploding_gradient", "error", [], 20, {}, "")])
+    value, why = advice.clip_grad_norm(tl, diag)
+    assert value == pytest.approx(5.0)  # median of 5, 10, 1 (steps 0..20)
+    assert "steps <= 20" in why
+
+
+def test_clip_from_layer_reports_without_a_timeline() -> None:
+    diag = Diagnosis(layers=[LayerReport("a", "Linear", measured_grad_norm=3.0), LayerReport("b", "Linear", measured_grad_norm=4.0)])
+    value, _ = advice.clip_grad_norm(None, diag)
+    assert value == pytest.approx(5.0)
+    assert advice.clip_grad_norm(None, Diagnosis()) is None
+
+
+def test_lr_scale_brings_the_largest_typical_step_to_the_top_of_the_healthy_band() -> None:
+    # per-record medians over layers: 0.5, 0.25, 0.01 -> the largest is 0.5
+    tl = _timeline([[1.0, 1.0]] * 3, ratios=[[0.4, 0.6], [0.25, 0.25], [0.01, float("nan")]])
+    scale, why = advice.lr_scale(tl)
+    assert scale == pytest.approx(1e-2 / 0.5)
+    assert "0.5" in why
+    tl = _timeline([[1.0, 1.0]] * 2, ratios=[[0.002, 0.002], [0.002, 0.002]])
+    assert advice.lr_scale(tl)[0] == pytest.approx(0.1)  # blamed: at least one decade down
+    up, _ = advice.lr_scale(_timeline([[1.0, 1.0]] * 2, ratios=[[1e-7, 1e-7], [1e-7, 1e-7]]), up=True)
+    assert up == pytest.approx(1e3)  # stalled: 1e-3 / 1e-7 = 1e4, capped at three decades
+    tl = _timeline([[1.0, 1.0]] * 2, ratios=[[float("nan")] * 2, [float("inf")] * 2])
+    scale, why = advice.lr_scale(tl)
+    assert scale == 0.1 and "no finite update ratio" in why
+    tl = _timeline([[1.0, 1.0]] * 2, ratios=[[50.0, 50.0], [50.0, 50.0]])
+    assert advice.lr_scale(tl)[0] == pytest.approx(1e-3)  # never more than three decades

@@ -1,0 +1,129 @@
+"""gw.fix: the chooser picks the smallest set of remedies for a diagnosis, and the fixed model trains."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import gradwatch as gw
+from gradwatch import GradwatchTypeError
+from gradwatch.lab.data import accuracy, batches, digits
+from gradwatch.lab.models import mlp
+from gradwatch.types import Cause, Diagnosis, Finding
+from tests.fix.zoo import RNNNet, sigmoid_mlp
+
+
+def _diag(*kinds: str, severity: str = "error", causes: list[Cause] | None = None, linked: list[str] | None = None) -> Diagnosis:
+    return Diagnosis(
+        findings=[Finding(k, severity, [], 0, {}, "", causes=list(linked or [])) for k in kinds],
+        causes=list(causes or []),
+    )
+
+
+def _kinds(result: gw.FixResult) -> set[str]:
+    return {c.kind for c in result.changes}
+
+
+def test_healthy_diagnosis_changes_nothing() -> None:
+    model = sigmoid_mlp()
+    for diag in (Diagnosis(), _diag("flat_loss", severity="info")):
+        result = gw.fix(model, diag)
+        assert result.changes == [] and result.advice == {}
+        assert result.model is not model
+        assert str(result.model) == str(model)
+        assert all(torch.equal(a, b) for a, b in zip(result.model.state_dict().values(), model.state_dict().values(), strict=True))
+        assert str(result) == "no change needed"
+
+
+def test_vanishing_in_a_sigmoid_net_swaps_activations_and_reinitialises() -> None:
+    result = gw.fix(sigmoid_mlp(), _diag("vanishing_gradient", "flat_loss"))
+    assert _kinds(result) == {"activation", "init"}
+    assert all(c.reason for c in result.changes)
+    assert "saturating activations" in result.changes[0].reason
+
+
+def test_vanishing_in_a_tanh_net_at_the_wrong_scale_is_fixed_by_init_alone() -> None:
+    # tanh has a critical initialisation (Xavier: chi ~ 1), so the less invasive remedy suffices.
+    model = mlp(8, 3, depth=6, width=16, activation="tanh", seed=0)
+    result = gw.fix(model, _diag("vanishing_gradient"))
+    assert _kinds(result) == {"init"}
+
+
+def test_temporal_vanishing_in_an_rnn_becomes_a_gru() -> None:
+    result = gw.fix(RNNNet(), _diag("temporal_vanishing"))
+    assert _kinds(result) == {"recurrent", "init"}
+    assert isinstance(result.model.rnn, nn.GRU)
+
+
+def test_divergence_with_a_good_init_is_a_step_size_problem() -> None:
+    model = mlp(8, 3, depth=4, width=16, activation="relu", init="he", seed=0)
+    nn.init.xavier_normal_(model[-1].weight)
+    result = gw.fix(model, _diag("nonfinite_gradient", "diverging_loss"))
+    assert result.changes == []
+    assert result.advice["lr_scale"] == 0.1
+    assert "lr_scale" in result.advice["why"]
+
+
+def test_the_explainers_causes_decide_when_given() -> None:
+    cause = Cause("depth_without_skip", 0.9, [], {}, "16 layers in a row, no skip")
+    result = gw.fix(sigmoid_mlp(), _diag("vanishing_gradient", causes=[cause], linked=["depth_without_skip"]))
+    assert _kinds(result) == {"residual"}
+    assert "16 layers in a row" in result.changes[0].reason
+
+
+def test_causes_are_ranked_by_score() -> None:
+    causes = [
+        Cause("no_normalization", 0.3, [], {}, "no norm"),
+        Cause("saturating_activations", 0.8, [], {}, "sigmoids"),
+    ]
+    result = gw.fix(sigmoid_mlp(), _diag("vanishing_gradient", causes=causes))
+    assert _kinds(result) == {"activation", "init"}
+
+
+def test_one_remedy_covers_several_findings() -> None:
+    result = gw.fix(sigmoid_mlp(), _diag("vanishing_gradient", "saturated_units", "flat_loss"))
+    assert _kinds(result) == {"activation", "init"}
+    assert len([c for c in result.changes if c.kind == "activation"]) == 3
+
+
+def test_the_input_is_untouched_unless_inplace() -> None:
+    model = sigmoid_mlp()
+    before = copy.deepcopy(model.state_dict())
+    result = gw.fix(model, _diag("vanishing_gradient"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert isinstance(model[1], nn.Sigmoid)
+    result = gw.fix(model, _diag("vanishing_gradient"), inplace=True)
+    assert result.model is model and isinstance(model[1], nn.ReLU)
+
+
+def test_bad_arguments_say_what_to_pass() -> None:
+    with pytest.raises(GradwatchTypeError, match="torch.nn.Module"):
+        gw.fix("model", Diagnosis())  # type: ignore[arg-type]
+    with pytest.raises(GradwatchTypeError, match="gradwatch.Diagnosis"):
+        gw.fix(sigmoid_mlp(), {"findings": []})  # type: ignore[arg-type]
+    with pytest.raises(GradwatchTypeError, match="Timeline"):
+        gw.fix(sigmoid_mlp(), Diagnosis(), timeline=[1, 2])  # type: ignore[arg-type]
+
+
+def _train(model: nn.Module, data: object, advice: dict, steps: int = 300) -> float:
+    opt = torch.optim.SGD(model.parameters(), lr=0.01 * advice.get("lr_scale", 1.0), momentum=0.9)
+    for x, y in batches(data.x_train, data.y_train, 64, steps, seed=0):  # type: ignore[attr-defined]
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return accuracy(model, data.x_test, data.y_test)  # type: ignore[attr-defined]
+
+
+def test_a_fixed_deep_sigmoid_mlp_trains_where_the_original_does_not() -> None:
+    data = digits()
+    model = mlp(64, 10, depth=16, width=64, activation="sigmoid", seed=0)
+    result = gw.fix(model, _diag("vanishing_gradient", "flat_loss"), example_input=data.x_train[:64])
+    torch.manual_seed(0)
+    before = _train(copy.deepcopy(model), data, {})
+    after = _train(result.model, data, result.advice)
+    assert before < 0.2, f"the original should stay near chance, got {before:.3f}"
+    assert after > 0.8, f"the fixed model should learn, got {after:.3f}"
