@@ -38,7 +38,7 @@ from gradwatch.types import Diagnosis
 
 #: Record the full statistics every this many steps unless told otherwise. Chosen from
 #: benchmarks/overhead.py (docs/performance.md): the cost stays within 2% of a step.
-DEFAULT_EVERY = 20
+DEFAULT_EVERY = 32
 
 Schedule = Callable[[int], bool]
 
