@@ -66,22 +66,32 @@ def workloads() -> list[Workload]:
     ]
 
 
-class Variant:
-    """One way of training: its own model copy, optimizer and monitoring."""
+#: (name, kind, every, activations) of every variant; the first is the reference.
+VARIANTS: list[tuple[str, str, int | None, bool]] = [
+    ("unmonitored", "none", None, True),
+    ("gw.watch (defaults)", "watch", None, True),
+    ("gw.watch(every=1)", "watch", 1, True),
+    ("every=1, gradients only", "watch", 1, False),
+    ("hand-written .item() per param", "hand", None, True),
+    ("never recording", "watch", 10**9, True),
+    ("unmonitored, 2nd copy", "none", None, True),
+]
 
-    def __init__(self, name: str, model: nn.Module, kind: str, every: int | None = None, activations: bool = True) -> None:
-        self.name = name
-        self.model = model
-        self.opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+class Variant:
+    """One way of training: a fresh copy of the model, its optimizer and its monitoring."""
+
+    def __init__(self, base: nn.Module, kind: str, every: int | None, activations: bool) -> None:
+        # A fresh copy every round: where a copy lands in memory shifts its speed by a few
+        # percent for good; fresh copies turn that bias into noise that the median absorbs.
+        self.model = copy.deepcopy(base)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
         self.kind = kind
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.watcher: gw.Watcher | None = None
         if kind == "watch":
-            if every:
-                self.watcher = gw.watch(model, every=every, activations=activations)
-            else:
-                self.watcher = gw.watch(model, activations=activations)
-        self.times: list[float] = []
+            kw = {"every": every} if every else {}
+            self.watcher = gw.watch(self.model, activations=activations, **kw)
         self.sink = 0.0
 
     def run(self, data: list[tuple[torch.Tensor, torch.Tensor]], loss_fn: Callable[..., torch.Tensor]) -> float:
@@ -98,31 +108,27 @@ class Variant:
         return time.perf_counter() - t0
 
 
+WARMUP = 4  # untimed steps per round: first-call paths and the watcher's record at step 0
+
+
 def measure(workload: Workload, rounds: int, block: int) -> dict[str, float]:
     _, make, sample, loss_fn = workload
     torch.manual_seed(0)
     base = make()
-    variants = [
-        Variant("unmonitored", copy.deepcopy(base), "none"),
-        Variant("gw.watch (defaults)", copy.deepcopy(base), "watch"),
-        Variant("gw.watch(every=1)", copy.deepcopy(base), "watch", every=1),
-        Variant("every=1, gradients only", copy.deepcopy(base), "watch", every=1, activations=False),
-        Variant("hand-written .item() per param", copy.deepcopy(base), "hand"),
-        Variant("never recording", copy.deepcopy(base), "watch", every=10**9),
-        Variant("unmonitored, 2nd copy", copy.deepcopy(base), "none"),
-    ]
-    data = [sample() for _ in range(block)]
-    for v in variants:  # warm-up: allocator, first-call paths, the watcher's first record
-        v.run(data[:4], loss_fn)
-    ratios: dict[str, list[float]] = {v.name: [] for v in variants[1:]}
+    data = [sample() for _ in range(block + WARMUP)]
+    ratios: dict[str, list[float]] = {name: [] for name, *_ in VARIANTS[1:]}
     for r in range(rounds):
-        order = variants if r % 2 == 0 else variants[::-1]
-        times = {v.name: v.run(data, loss_fn) for v in order}
-        for v in variants[1:]:
-            ratios[v.name].append(times[v.name] / times["unmonitored"])
-    for v in variants:
-        if v.watcher is not None:
-            v.watcher.close()
+        order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
+        times = {}
+        for name, kind, every, activations in order:
+            v = Variant(base, kind, every, activations)
+            v.run(data[:WARMUP], loss_fn)
+            # Timed: steps WARMUP .. WARMUP + block - 1, which hold block / every records.
+            times[name] = v.run(data[WARMUP:], loss_fn)
+            if v.watcher is not None:
+                v.watcher.close()
+        for name in ratios:
+            ratios[name].append(times[name] / times["unmonitored"])
     out = {k: statistics.median(x) for k, x in ratios.items()}
     # The default's cost predicted from the two large, easily measured effects: the cost of a
     # step that records nothing, plus the per-record cost (every=1 minus 1) spread over `every`.
