@@ -6,12 +6,14 @@ import sys
 from gradwatch.cli import main
 
 
-def test_demo_shows_the_gradient_gap_and_both_accuracies(capsys) -> None:
-    assert main(["demo", "--steps", "60", "--depth", "12"]) == 0
+def test_demo_measures_explains_and_fixes(capsys) -> None:
+    assert main(["demo", "--steps", "100", "--depth", "12"]) == 0
     out = capsys.readouterr().out
     assert "sigmoid, default init" in out and "relu, He init" in out
-    assert out.count("test accuracy") == 2
+    assert out.count("test accuracy") == 3  # sigmoid, relu, and the repaired sigmoid net
     assert "of the last layer's gradient" in out
+    assert "vanishing_gradient" in out and "saturating_activations" in out
+    assert "Sigmoid -> ReLU" in out
 
 
 def test_python_dash_m_and_help() -> None:

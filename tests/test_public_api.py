@@ -48,3 +48,19 @@ def test_diagnosis_and_finding_print_and_serialise() -> None:
     json.dumps(d.to_dict(), allow_nan=False)
     assert d.to_dict()["findings"][0]["evidence"]["loss"] == "nan"
     assert gw.Diagnosis(findings=[gw.Finding("dead_units", "info", [], None, {}, "fyi")]).healthy
+
+
+def test_a_fix_repeated_on_many_layers_prints_as_one_line() -> None:
+    changes = [gw.Change("activation", str(i), f"{i}: Sigmoid -> ReLU", "vanishing") for i in range(1, 33, 2)]
+    changes += [gw.Change("init", "0", "0: He init (sigma_w^2 0.33 -> 2.00)", "match"),
+                gw.Change("init", "2", "2: He init (sigma_w^2 0.34 -> 2.00)", "match"),
+                gw.Change("init", "32", "32: Xavier init (sigma_w^2 0.34 -> 1.73)", "match")]
+    text = str(gw.FixResult(model=None, changes=changes, advice={"lr_scale": 0.5, "manual": ["change line 3"]}))
+    assert text.splitlines() == [
+        "- 1: Sigmoid -> ReLU (vanishing); likewise on 3, 5, 7, 9, 11, 13, ... (16 layers in all)",
+        "- 0: He init (sigma_w^2 0.33 -> 2.00) (match)",
+        "- 2: He init (sigma_w^2 0.34 -> 2.00) (match)",
+        "- 32: Xavier init (sigma_w^2 0.34 -> 1.73) (match)",
+        "- advice: lr_scale = 0.5",
+        "- by hand: change line 3",
+    ]

@@ -7,6 +7,7 @@ but the errors), so detectors, explainers, the fixer and the reports can all use
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -308,11 +309,30 @@ class FixResult:
         return bool(self.changes)
 
     def __str__(self) -> str:
+        """One line per change; a change repeated on many layers for the same reason is one line."""
         if not self.changes and not self.advice:
             return "no change needed"
-        lines = [f"- {c}" for c in self.changes]
+        groups: dict[tuple[str, str, str], list[Change]] = {}
+        for c in self.changes:
+            # The same edit on another layer: same kind and reason, and the same words once
+            # the layer's name and the numbers are taken out of the description.
+            what = re.sub(r"[-+]?\d[\d.e+-]*", "#", c.description.replace(c.target, "", 1))
+            groups.setdefault((c.kind, c.reason, what), []).append(c)
+        lines: list[str] = []
+        for group in groups.values():
+            first = group[0]
+            if len(group) <= 3:
+                lines.extend(f"- {c}" for c in group)
+                continue
+            others = [c.target for c in group[1:]]
+            shown = ", ".join(others[:6]) + (f", ... ({len(group)} layers in all)" if len(others) > 6 else "")
+            reason = f" ({first.reason})" if first.reason else ""
+            lines.append(f"- {first.description}{reason}; likewise on {shown}")
         for k, v in self.advice.items():
-            lines.append(f"- advice: {k} = {v}")
+            if isinstance(v, list):
+                lines.extend(f"- by hand: {item}" for item in v)
+            else:
+                lines.append(f"- advice: {k} = {v}")
         return "\n".join(lines)
 
 
