@@ -206,3 +206,16 @@ def test_a_failing_probe_switches_itself_off_and_training_goes_on(monkeypatch: p
     assert w.timeline.recorded == 2
     assert w.timeline.metric("act_dead_frac")[0] == []  # no statistics once switched off
     assert not math.isnan(w.timeline.layer_metric("grad_norm")[-1, 0])
+
+
+def test_a_parameter_free_activation_wrapper_is_its_own_site() -> None:
+    class Swish(nn.Module):  # a user's (or Hugging Face's) activation module
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * torch.sigmoid(x)
+
+    model = nn.Sequential(nn.Linear(3, 4), Swish(), nn.Linear(4, 2))
+    with gw.watch(model, every=1) as w:
+        model(torch.randn(5, 3)).sum().backward()
+        w.step()
+    assert list(w.timeline.sites) == ["1"]
+    assert w.timeline.sites["1"]["fn"] == "sigmoid" and w.timeline.sites["1"]["module"] == "1"

@@ -56,7 +56,11 @@ def _caller_line() -> str:
 
 
 def _is_activation_module(module: nn.Module) -> bool:
-    return type(module).__module__ == "torch.nn.modules.activation"
+    """A module that is its own activation site: torch's activation modules, and any leaf
+    module without parameters (``GELUActivation`` in Hugging Face models, a custom ``Swish``)."""
+    if type(module).__module__ == "torch.nn.modules.activation":
+        return True
+    return next(module.children(), None) is None and next(module.parameters(recurse=False), None) is None
 
 
 class _Mode(TorchFunctionMode):
