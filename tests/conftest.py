@@ -5,6 +5,10 @@ import os
 import pytest
 import torch
 
+# Nothing in the suite may reach a network: Hugging Face models are built from configs.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 # Small models and two cores: one intra-op thread per test process keeps timings steady.
 torch.set_num_threads(int(os.environ.get("GRADWATCH_TEST_THREADS", "1")))
 
