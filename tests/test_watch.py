@@ -412,3 +412,13 @@ def test_state_dict_of_another_model_is_refused() -> None:
         state = w.state_dict()
     with gw.watch(tiny_mlp(depth=4)) as w2, pytest.raises(ValueError, match="other layers"):
         w2.load_state_dict(state)
+
+
+def test_a_schedule_that_never_records_keeps_nothing_piling_up() -> None:
+    model = tiny_mlp()
+    with gw.watch(model, every=lambda s: False) as w:
+        train_steps(model, w, 1100)
+        assert len(w._losses) < 1024
+        assert not w._order_handles  # the order hooks went after the first forward pass
+    assert len(w.timeline.loss()[0]) == 1100
+    assert w.timeline.recorded == 0

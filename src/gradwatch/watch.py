@@ -42,6 +42,10 @@ DEFAULT_EVERY = 32
 
 Schedule = Callable[[int], bool]
 
+#: Losses wait on the device for the next record; a schedule that records more rarely than
+#: this gets them copied over (one transfer) so they never pile up.
+_MAX_PENDING_LOSSES = 1024
+
 
 def every_n(n: int) -> Schedule:
     """A schedule that records steps 0, n, 2n, ..."""
@@ -123,6 +127,8 @@ class Watcher:
             # (nn.MultiheadAttention's out_proj) never runs itself, and is placed by its parent.
             for name, module in model.named_modules():
                 self._order_handles.append(module.register_forward_pre_hook(self._order_hook(name or "(root)")))
+            # One forward pass tells the order; the hooks go as soon as it is over.
+            self._order_handles.append(model.register_forward_hook(self._order_done, always_call=True))
             if optimizer is not None:
                 self._handles.append(optimizer.register_step_pre_hook(self._before_optimizer_step))
                 self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
@@ -158,6 +164,8 @@ class Watcher:
         n = self.step_count
         if loss is not None:
             self._losses.append((n, _as_loss(loss)))
+            if len(self._losses) >= _MAX_PENDING_LOSSES:  # a schedule that rarely records
+                self._flush_losses()
         if self.optimizer is not None:
             return
         if self.schedule(n):
@@ -210,6 +218,11 @@ class Watcher:
             fp.disarm()
 
     # -- recording -----------------------------------------------------------------------
+    def _order_done(self, module: nn.Module, args: Any, output: Any) -> None:
+        for h in self._order_handles:
+            h.remove()
+        self._order_handles.clear()
+
     def _order_hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any) -> None:
             self._order.append(name)
