@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradwatch.explain.link import RELATED
 from gradwatch.fix import activations as _activations
 from gradwatch.fix import init as _init
 from gradwatch.fix import manual as _manual
@@ -96,10 +97,14 @@ class Plan:
         if remedy not in self.remedies:
             self.remedies.append(remedy)
             self.reasons[remedy] = reason
+        elif "layers" not in options:
+            self.options.get(remedy, {}).pop("layers", None)  # wanted everywhere now, not in a few layers
         self.options.setdefault(remedy, {}).update(options)
-        if remedy in BRINGS_INIT and "init" not in self.remedies:
-            self.remedies.append("init")
-            self.reasons["init"] = f"the new {'activations' if remedy == 'activations' else 'layers'} need a matching initialisation"
+        if remedy in BRINGS_INIT:
+            if "init" not in self.remedies:
+                self.remedies.append("init")
+                self.reasons["init"] = f"the new {'activations' if remedy == 'activations' else 'layers'} need a matching initialisation"
+            self.options.get("init", {}).pop("layers", None)
 
 
 # -- causes read from the model when the diagnosis carries none ---------------------------------
@@ -117,7 +122,7 @@ def infer_causes(model: nn.Module, order: Order, kind: Kind) -> list[CauseKind]:
     saturating = any(is_saturating(op.module) for op in order.modules() if op.module is not None) or bool(
         _manual.hidden_functional_activations(model, order)
     )
-    small, large = _scale_mismatch(model, order)
+    small, large, rnn_large = _scale_mismatch(model, order)
     causes: list[CauseKind] = []
     if kind == Kind.TEMPORAL_VANISHING:
         causes += [CauseKind.VANILLA_RNN_LONG_SEQUENCE] if has_rnn else [CauseKind.INIT_MISMATCH]
@@ -140,19 +145,25 @@ def infer_causes(model: nn.Module, order: Order, kind: Kind) -> list[CauseKind]:
             causes.append(CauseKind.INIT_MISMATCH)
         causes.append(CauseKind.STEP_SIZE_TOO_LARGE)  # large steps knock units off for good
     elif kind in _EXPLODING_KINDS:
+        if rnn_large:
+            # A vanilla RNN whose recurrent matrix can grow the gradient through time: an
+            # orthogonal re-initialisation only trades the explosion for vanishing, a gated
+            # cell removes both (Pascanu et al. 2013).
+            causes.append(CauseKind.VANILLA_RNN_LONG_SEQUENCE)
         if large:
             causes.append(CauseKind.INIT_MISMATCH)
         causes.append(CauseKind.STEP_SIZE_TOO_LARGE)
     return causes
 
 
-def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool]:
-    """(some layer's weight scale is too small for its activation, some is too large).
+def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool, bool]:
+    """(some feed-forward layer's weight scale is too small for its activation, some is too
+    large, some vanilla RNN's recurrent matrix is too large).
 
     A vanilla recurrent layer counts as too large when its recurrent matrix has a singular
     value above 1 + tolerance: then the gradient through time can grow (Pascanu et al. 2013).
     """
-    small = large = False
+    small = large = rnn_large = False
     for op in order.modules():
         m = op.module
         if isinstance(m, nn.RNNBase | nn.RNNCellBase):
@@ -163,7 +174,7 @@ def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool]:
                 for name, p in m.named_parameters(recurse=False):
                     if name.startswith("weight_hh"):
                         sigma = float(torch.linalg.matrix_norm(p.detach().double(), ord=2))
-                        large |= sigma > 1 + _init.SCALE_TOLERANCE
+                        rnn_large |= sigma > 1 + _init.SCALE_TOLERANCE
             continue
         if not isinstance(m, nn.Linear | nn.modules.conv._ConvNd):
             continue
@@ -177,7 +188,13 @@ def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool]:
         ratio = float(w.detach().double().pow(2).mean()) / target
         small |= ratio < 1 - _init.SCALE_TOLERANCE
         large |= ratio > 1 + _init.SCALE_TOLERANCE
-    return small, large
+    return small, large, rnn_large
+
+
+def _relu_like(act: Any) -> bool:
+    return act is not None and (
+        (act.module is not None and isinstance(act.module, RELU_FAMILY)) or act.fn in ("relu", "relu6")
+    )
 
 
 def _dead_biases(model: nn.Module, order: Order) -> bool:
@@ -185,10 +202,7 @@ def _dead_biases(model: nn.Module, order: Order) -> bool:
         m = op.module
         if not isinstance(m, nn.Linear | nn.modules.conv._ConvNd) or m.bias is None:
             continue
-        act = order.next_activation(op.name)
-        relu_like = act is not None and (
-            (act.module is not None and isinstance(act.module, RELU_FAMILY)) or act.fn in ("relu", "relu6")
-        )
+        relu_like = _relu_like(order.next_activation(op.name))
         b = m.bias.detach().double()
         if relu_like and float(b.mean()) < -_init.BIAS_RMS_LIMIT:
             return True
@@ -221,12 +235,37 @@ def remedies_for(cause: CauseKind, order: Order) -> tuple[str, ...]:
 
 
 
+#: Causes that describe what the architecture lacks (a skip path, a normalisation) rather
+#: than a faulty part of it. The explainer scores both from the mean-field gains of the
+#: model *as initialised* (the depth limit 6 xi, the predicted drift), so a faulty part —
+#: an initialisation off its critical scale, saturating units — inflates them. The faulty
+#: part is addressed first; these follow when nothing more specific is blamed.
+GENERIC_CAUSES = frozenset({CauseKind.DEPTH_WITHOUT_SKIP, CauseKind.NO_NORMALIZATION})
+
+
 def ranked_causes(finding: Finding, diagnosis: Diagnosis) -> list[Cause]:
+    """The causes that may explain `finding`, in the order the chooser tries them.
+
+    The causes the finding names (the explainer links them by mechanism and by layer); if
+    it names none, the diagnosis's causes that can produce its kind (`RELATED`) — a cause
+    that cannot produce a finding must not choose its remedy. Specific causes come before
+    the generic ones (`GENERIC_CAUSES`), by score within each group. A vanilla RNN over a
+    sequence its gradient cannot cross (`vanilla_rnn_long_sequence`) comes first for every
+    finding: whatever else is changed, its gradient through time still grows or shrinks
+    like rho(W_hh)^T (Pascanu et al. 2013), so no run of it is healthy until the cell is gated.
+    """
     by_kind = {c.kind: c for c in diagnosis.causes}
     named = [by_kind.get(CauseKind.parse(k)) or Cause(CauseKind.parse(k), 0.0, [], {}, "") for k in finding.causes]
-    if named:
-        return sorted(named, key=lambda c: -c.score)
-    return sorted(diagnosis.causes, key=lambda c: -c.score)
+    if not named:
+        related = RELATED.get(Kind.parse(finding.kind), ())
+        named = [c for c in diagnosis.causes if c.kind in related]
+    rnn = by_kind.get(CauseKind.VANILLA_RNN_LONG_SEQUENCE)
+    if rnn is not None and all(c.kind != rnn.kind for c in named):
+        named.append(rnn)
+    return sorted(
+        named,
+        key=lambda c: (c.kind != CauseKind.VANILLA_RNN_LONG_SEQUENCE, c.kind in GENERIC_CAUSES, -c.score),
+    )
 
 
 def _applies(remedy: str, model: nn.Module, example_input: Any) -> bool:
@@ -263,6 +302,7 @@ def choose(
         if any(r in plan.remedies for k in kinds for r in remedies_for(k, order)):
             if finding.kind in (Kind.EXPLODING_GRADIENT, Kind.NONFINITE_GRADIENT) and "lr" in plan.remedies:
                 plan.clip = True
+            _revive(plan, finding, model, order, example_input)
             continue
         for k in kinds:
             picked = next((r for r in remedies_for(k, order) if applies(r)), None)
@@ -280,6 +320,7 @@ def choose(
             plan.add(picked, reason, **options)
             if picked == "lr" and finding.kind in _EXPLODING_KINDS:
                 plan.clip = True
+            _revive(plan, finding, model, order, example_input)
             break
         else:
             if kinds and not (kinds[0] == CauseKind.SATURATING_ACTIVATIONS and functional):
@@ -290,6 +331,33 @@ def choose(
                 plan.add("lr", f"{finding.kind}: updates too small for the weights", up=True)
     plan.manual = list(dict.fromkeys(plan.manual))
     return plan
+
+
+def _revive(plan: Plan, finding: Finding, model: nn.Module, order: Order, example_input: Any) -> None:
+    """Dead units blamed on the step size also need fresh weights.
+
+    A lower learning rate stops more units dying but cannot revive the dead ones: their
+    gradient is zero, so no step of any size moves them. Re-initialising does. Only the
+    layers feeding a ReLU-family activation (the ones whose units can die) are candidates,
+    and of those only the ones whose scale or biases the large steps moved off: a model
+    that has not trained yet is left as it is.
+    """
+    if finding.kind != Kind.DEAD_UNITS or "lr" not in plan.remedies or "init" in plan.remedies:
+        return
+    feeding = [
+        op.name
+        for op in order.modules()
+        if isinstance(op.module, nn.Linear | nn.modules.conv._ConvNd) and _relu_like(order.next_activation(op.name))
+    ]
+    if not feeding:
+        return
+    _, changes = _init.transform(copy.deepcopy(model), example_input=example_input, layers=feeding, inplace=True)
+    if changes:
+        plan.add(
+            "init",
+            f"{finding.kind}: units a too-large step switched off get no gradient; fresh weights revive them",
+            layers=feeding,
+        )
 
 
 def _no_remedy(finding: Finding, kinds: list[CauseKind]) -> str:
