@@ -414,9 +414,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="half-length runs (a smoke test)")
     ap.add_argument("--own", action="store_true", help="this file's own faulty runs, with labelled diagnoses")
     ap.add_argument("--only", nargs="*", default=None, help="run only cases whose name contains one of these")
+    ap.add_argument(
+        "--grid", action="store_true",
+        help="instead: is a run in reach at all? fix's model, and each remedy alone, at learning-rate scales 1e-3..30",
+    )
     args = ap.parse_args(argv)
     todo = cases(args.quick) if args.own else suite_cases(args.quick)
     todo = [c for c in todo if not args.only or any(s in c.name for s in args.only)]
+    if args.grid:
+        return grid(todo)
     _warm_up()
     if args.own:
         print("faulty runs: this file's own set; diagnoses from each run's label\n")
@@ -507,6 +513,45 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for d in details:
         print(d)
+    return 0
+
+
+#: Learning-rate scales of the reach grid: three decades down (the most `lr_scale` ever
+#: advises) to thirty times up.
+GRID_SCALES = (1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+
+
+def grid(todo: list[Case]) -> int:
+    """For each run: the best score of fix's model, and of each remedy alone, over `GRID_SCALES`.
+
+    A run no cell of this grid trains is out of reach of everything `fix` can do under the
+    run's own recipe (its optimizer, batch and number of steps): no choice among fix's
+    transforms and no step size makes it train.
+    """
+    print(f"{'faulty run':<28} {'model':<12} " + " ".join(f"{x:>7g}" for x in GRID_SCALES) + "  trains?")
+    for case in todo:
+        _, diag, timeline = case.recorded() if case.recorded is not None else (math.nan, labelled(case), None)
+        fixed = gw.fix(case.make(), diag, timeline=timeline, example_input=case.example)
+        rows: dict[str, nn.Module] = {"fix": fixed.model, "original": case.make()}
+        for name, f in RANDOM_CHOICES.items():
+            torch.manual_seed(0)
+            model = f(case.make())[0]
+            if (name != "lr_scale 0.1" and str(model) != str(rows["original"])) or name == "init":
+                rows[name] = model  # only the remedies that change this model (init: new weights)
+        reached = False
+        for label, model in rows.items():
+            scores = []
+            for scale in GRID_SCALES:
+                advice = {"lr_scale": scale}
+                if "clip_grad_norm" in fixed.advice:
+                    advice["clip_grad_norm"] = fixed.advice["clip_grad_norm"]
+                scores.append(full_run(case, copy.deepcopy(model), advice)[0])
+            ok = [x >= case.healthy for x in scores]
+            reached |= any(ok)
+            cells = " ".join(f"{('*' if o else '') + f'{x:.2f}':>7}" for x, o in zip(scores, ok, strict=True))
+            print(f"{case.name:<28} {label:<12} {cells}", flush=True)
+        print(f"{case.name:<28} {'in reach' if reached else 'OUT OF REACH under its recipe'}\n", flush=True)
+    print("  * healthy; each cell one full run of the recipe with the learning rate scaled (and fix's clip, if any)")
     return 0
 
 

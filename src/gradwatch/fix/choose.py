@@ -110,13 +110,15 @@ class Plan:
 # -- causes read from the model when the diagnosis carries none ---------------------------------
 
 
-def infer_causes(model: nn.Module, order: Order, kind: Kind) -> list[CauseKind]:
+def infer_causes(model: nn.Module, order: Order, kind: Kind, step: int | None = None) -> list[CauseKind]:
     """The structural causes that can produce a finding of `kind` in this model, most specific first.
 
     Used only when no explainer supplied causes. Each check follows the mechanism:
     saturating activations and too-small weight scales shrink the gradient per layer; an
     `nn.RNN` shrinks it per time step; negative biases switch ReLUs off; a too-large
-    weight scale or step size makes it grow.
+    weight scale or step size makes it grow. Units found dead after the first step (`step`,
+    the finding's first step, > 0) were alive at the initialisation: training steps killed
+    them, so the step size comes first even if the biases they left behind now look dead.
     """
     has_rnn = any(type(m) in (nn.RNN, nn.RNNCell) for m in model.modules())
     saturating = any(is_saturating(op.module) for op in order.modules() if op.module is not None) or bool(
@@ -139,11 +141,14 @@ def infer_causes(model: nn.Module, order: Order, kind: Kind) -> list[CauseKind]:
             # Nothing in the layers themselves explains it: the chain's length does.
             causes += [CauseKind.DEPTH_WITHOUT_SKIP, CauseKind.NO_NORMALIZATION]
     elif kind == Kind.DEAD_UNITS:
+        if step is not None and step > 0:
+            causes.append(CauseKind.STEP_SIZE_TOO_LARGE)
         if _dead_biases(model, order):
             causes.append(CauseKind.DEAD_RELU_BIAS)
         if small:
             causes.append(CauseKind.INIT_MISMATCH)
-        causes.append(CauseKind.STEP_SIZE_TOO_LARGE)  # large steps knock units off for good
+        if CauseKind.STEP_SIZE_TOO_LARGE not in causes:
+            causes.append(CauseKind.STEP_SIZE_TOO_LARGE)  # large steps knock units off for good
     elif kind in _EXPLODING_KINDS:
         if rnn_large:
             # A vanilla RNN whose recurrent matrix can grow the gradient through time: an
@@ -297,7 +302,7 @@ def choose(
     functional = _manual.hidden_functional_activations(model, order)
     for finding in problems:
         ranked = ranked_causes(finding, diagnosis)
-        kinds = [c.kind for c in ranked] or infer_causes(model, order, finding.kind)
+        kinds = [c.kind for c in ranked] or infer_causes(model, order, finding.kind, finding.step)
         messages = {c.kind: c.message for c in ranked}
         if any(r in plan.remedies for k in kinds for r in remedies_for(k, order)):
             if finding.kind in (Kind.EXPLODING_GRADIENT, Kind.NONFINITE_GRADIENT) and "lr" in plan.remedies:
