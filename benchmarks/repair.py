@@ -528,7 +528,7 @@ def grid(todo: list[Case]) -> int:
     run's own recipe (its optimizer, batch and number of steps): no choice among fix's
     transforms and no step size makes it train.
     """
-    print(f"{'faulty run':<28} {'model':<12} " + " ".join(f"{x:>7g}" for x in GRID_SCALES) + "  trains?")
+    print(f"{'faulty run':<28} {'model':<12} " + " ".join(f"{x:>7g}" for x in GRID_SCALES))
     for case in todo:
         _, diag, timeline = case.recorded() if case.recorded is not None else (math.nan, labelled(case), None)
         fixed = gw.fix(case.make(), diag, timeline=timeline, example_input=case.example)
@@ -548,7 +548,7 @@ def grid(todo: list[Case]) -> int:
                 scores.append(full_run(case, copy.deepcopy(model), advice)[0])
             ok = [x >= case.healthy for x in scores]
             reached |= any(ok)
-            cells = " ".join(f"{('*' if o else '') + f'{x:.2f}':>7}" for x, o in zip(scores, ok, strict=True))
+            cells = " ".join(f"{('*' if o else '') + f'{x:.2g}':>7}" for x, o in zip(scores, ok, strict=True))
             print(f"{case.name:<28} {label:<12} {cells}", flush=True)
         print(f"{case.name:<28} {'in reach' if reached else 'OUT OF REACH under its recipe'}\n", flush=True)
     print("  * healthy; each cell one full run of the recipe with the learning rate scaled (and fix's clip, if any)")

@@ -3,15 +3,18 @@
 How a remedy is picked, finding by finding (errors first, then warnings; `info`
 findings never lead to a change):
 
-1. The finding's causes: those its ``causes`` list names (ranked by the Diagnosis's
-   `Cause.score`); if it names none, the Diagnosis's own causes ranked by score; if
-   the Diagnosis has none (no explainer ran), causes read from the model's structure
-   by `infer_causes` — the mechanism behind each kind of finding, checked against
-   what the model contains.
+1. The finding's causes (`ranked_causes`): those its ``causes`` list names; if it names
+   none, the Diagnosis's causes that can produce its kind (`RELATED`); if there are none
+   (or no explainer ran), causes read from the model's structure by `infer_causes` —
+   the mechanism behind each kind of finding, checked against what the model contains.
+   Specific causes (a faulty part) before generic ones (what the architecture lacks),
+   by score within each; a vanilla RNN the gradient cannot cross first, for any finding.
 2. If a remedy already chosen addresses one of those causes, the finding is covered.
 3. Otherwise the first remedy, in `remedies_for` order, for the best-ranked cause that
    has one which applies to this model (a dry run changes something, or there is
    manual advice to give).
+4. Dead units blamed on the step size also get fresh weights in the layers feeding a
+   ReLU (`_revive`): a smaller step cannot move a unit whose gradient is zero.
 
 Remedies, in order of preference (least invasive first — used to rank alternatives):
 ``lr`` (training advice only, the model is untouched) < ``init`` (same architecture,
