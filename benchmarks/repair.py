@@ -20,7 +20,10 @@ For each faulty run:
 A run is *healthy* when it meets the suite's own "trained" criterion (digits: test
 accuracy >= 0.5; recall: >= 0.6; adding problem: test MSE < 0.05).
 
-    PYTHONPATH=src python benchmarks/repair.py [--quick] [--own] [--only NAME ...]
+    PYTHONPATH=src python benchmarks/repair.py [--quick] [--own] [--only NAME ...] [--grid]
+
+`--grid` asks instead whether a run is in reach at all: fix's model and each remedy alone,
+trained at learning-rate scales 1e-3 .. 30.
 """
 
 from __future__ import annotations
