@@ -365,7 +365,8 @@ def cases(quick: bool) -> list[Case]:
 
 def labelled(case: Case) -> Diagnosis:
     return Diagnosis(
-        findings=[Finding(k, "error", [], 0, {}, f"label: {case.mechanism}") for k in case.label],
+        # a label names the mechanism, not when it showed: the step is unknown (None)
+        findings=[Finding(k, "error", [], None, {}, f"label: {case.mechanism}") for k in case.label],
         notes=["labelled diagnosis"],
     )
 
