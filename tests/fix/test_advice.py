@@ -57,6 +57,27 @@ def test_lr_scale_brings_the_largest_typical_step_to_the_top_of_the_healthy_band
     assert up == pytest.approx(1e3)  # stalled: 1e-3 / 1e-7 = 1e4, capped at three decades
     tl = _timeline([[1.0, 1.0]] * 2, ratios=[[float("nan")] * 2, [float("inf")] * 2])
     scale, why = advice.lr_scale(tl)
-    assert scale == 0.1 and "no finite update ratio" in why
+    assert scale == advice.NO_MEASURE_LR_SCALE == 0.01 and "no finite update ratio" in why
     tl = _timeline([[1.0, 1.0]] * 2, ratios=[[50.0, 50.0], [50.0, 50.0]])
     assert advice.lr_scale(tl)[0] == pytest.approx(1e-3)  # never more than three decades
+
+
+def test_lr_scale_when_the_damage_came_before_the_first_measured_update() -> None:
+    # Adam at lr 1 kills the ReLUs before the first record that measures an update (step
+    # 10): the ratio measured there (median 0.06) is the aftermath, a lower bound of the
+    # damaging step, so it is brought to the healthy centre 1e-3, not the top 1e-2.
+    tl = _timeline([[1.0, 1.0]] * 4, ratios=[[float("nan")] * 2, [0.05, 0.07], [0.02, 0.02], [0.005, 0.005]])
+    dead = Diagnosis(findings=[Finding("dead_units", "error", ["1"], 10, {}, "")])
+    scale, why = advice.lr_scale(tl, dead)
+    assert scale == pytest.approx(1e-3 / 0.06, rel=0.03)
+    assert "before the first measured update" in why
+    # the same ratios with the damage found later: the step at 10 was measured before it
+    later = Diagnosis(findings=[Finding("dead_units", "error", ["1"], 30, {}, "")])
+    assert advice.lr_scale(tl, later)[0] == pytest.approx(0.1)  # 1e-2 / 0.06, capped at one decade
+    # without a damage finding every record counts, as before
+    assert advice.lr_scale(tl)[0] == pytest.approx(0.1)
+    # a non-finite finding at the first measured update is the same aftermath
+    nan = Diagnosis(findings=[Finding("nonfinite_gradient", "error", [], 10, {}, "")])
+    assert advice.lr_scale(tl, nan)[0] == pytest.approx(1e-3 / 0.06, rel=0.03)
+    # nothing known at all (no timeline, no layer reports): one decade, the coarse step of a search
+    assert advice.lr_scale(None, Diagnosis())[0] == 0.1

@@ -127,3 +127,108 @@ def test_a_fixed_deep_sigmoid_mlp_trains_where_the_original_does_not() -> None:
     after = _train(result.model, data, result.advice)
     assert before < 0.2, f"the original should stay near chance, got {before:.3f}"
     assert after > 0.8, f"the fixed model should learn, got {after:.3f}"
+
+
+# -- how the explainer's causes are read (issue 6: fix must reach its target on the suite) --
+
+
+def test_fix_consumes_the_causes_of_a_real_diagnosis() -> None:
+    # A watched run, diagnosed by the detectors and explained by gradwatch.explain: the
+    # change's reason is the explainer's own message, which the structural fallback
+    # (infer_causes, used only when no cause is given) never writes.
+    data = digits()
+    model = mlp(64, 10, depth=12, width=32, activation="sigmoid", seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    with gw.watch(model, every=10) as w:
+        for x, y in batches(data.x_train, data.y_train, 64, 120, seed=0):
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            w.step(loss=loss)
+            opt.step()
+    diag = w.diagnose()
+    vanishing = [f for f in diag.findings if f.kind == "vanishing_gradient"]
+    assert vanishing and "saturating_activations" in vanishing[0].causes
+    sat = next(c for c in diag.causes if c.kind == "saturating_activations")
+    result = gw.fix(model, diag, timeline=w.timeline, example_input=data.x_train[:64])
+    assert _kinds(result) == {"activation", "init"}
+    assert sat.message in result.changes[0].reason
+
+
+def test_a_cause_that_cannot_produce_the_finding_does_not_choose_its_remedy() -> None:
+    # A ReLU net blowing up: the explainer found depth_without_skip but cannot link it to a non-finite gradient (RELATED); the finding
+    # then falls back on its mechanism, a step size too large, not on the unrelated cause.
+    model = mlp(8, 3, depth=4, width=16, activation="relu", init="he", seed=0)
+    nn.init.xavier_normal_(model[-1].weight)
+    depth = Cause("depth_without_skip", 0.53, [], {}, "21 layers, no skip")
+    result = gw.fix(model, _diag("nonfinite_gradient", "diverging_loss", causes=[depth]))
+    assert result.changes == []
+    assert "lr_scale" in result.advice and "clip_grad_norm" not in result.changes
+
+
+def test_a_faulty_part_is_fixed_before_what_the_architecture_lacks() -> None:
+    # A tanh net at sigma_w^2 = 9 (chaotic): the explainer scores depth_without_skip above
+    # init_mismatch because its limit, 6 xi, is computed at that very initialisation. The
+    # initialisation is the faulty part: it is re-drawn, and no skip is added.
+    causes = [
+        Cause("depth_without_skip", 1.0, [], {}, "deeper than 6 xi"),
+        Cause("init_mismatch", 0.67, [], {}, "sigma_w^2 = 9 under tanh"),
+        Cause("no_normalization", 0.34, [], {}, "no norm"),
+    ]
+    model = mlp(8, 3, depth=12, width=16, activation="tanh", seed=0)
+    result = gw.fix(model, _diag("exploding_gradient", causes=causes, linked=[str(c.kind) for c in causes]))
+    assert _kinds(result) == {"init"}
+    assert "sigma_w^2 = 9 under tanh" in result.changes[0].reason
+
+
+def test_a_vanilla_rnn_is_swapped_whatever_the_finding() -> None:
+    rnn_cause = Cause("vanilla_rnn_long_sequence", 1.0, ["rnn"], {}, "rho^T explodes")
+    for kinds in (("exploding_gradient",), ("diverging_loss",), ("flat_loss",)):
+        result = gw.fix(RNNNet(), _diag(*kinds, causes=[rnn_cause]))
+        assert isinstance(result.model.rnn, nn.GRU), kinds
+        assert "rho^T explodes" in result.changes[0].reason
+
+
+def test_an_exploding_vanilla_rnn_without_an_explainer_is_swapped_not_reinitialised() -> None:
+    # W_hh = 3 x orthogonal: an orthogonal re-draw would only trade the explosion for the
+    # vanishing of any vanilla RNN; the gated cell removes both.
+    model = RNNNet()
+    with torch.no_grad():
+        q, _ = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(0)))
+        model.rnn.weight_hh_l0.copy_(3.0 * q)
+    result = gw.fix(model, _diag("exploding_gradient"))
+    assert isinstance(result.model.rnn, nn.GRU)
+
+
+def _adam_lr1(model: nn.Module, data: object, steps: int) -> None:
+    opt = torch.optim.Adam(model.parameters(), lr=1.0)
+    for x, y in batches(data.x_train, data.y_train, 64, steps, seed=0):  # type: ignore[attr-defined]
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def test_dead_units_from_a_large_step_get_a_smaller_step_and_fresh_weights() -> None:
+    data = digits()
+    fresh = mlp(64, 10, depth=3, width=64, activation="relu", init="he", seed=0)
+    diag = Diagnosis(findings=[Finding("dead_units", "error", [], 10, {}, "")])  # found after step 0
+    # not trained yet: nothing to revive, only the step-size advice
+    result = gw.fix(fresh, diag)
+    assert result.changes == [] and result.advice["lr_scale"] <= 0.1
+    # after 20 steps of Adam at lr 1 the ReLUs are dead: their layers are re-drawn (the
+    # head, which feeds no ReLU, is left alone), and the model learns again at the advised rate
+    dead = copy.deepcopy(fresh)
+    _adam_lr1(dead, data, 20)
+    with torch.no_grad():
+        h = dead[:-1](data.x_test)
+    assert float((h > 0).any(0).float().mean()) < 0.5, "the setting should kill most of the last hidden layer"
+    result = gw.fix(dead, diag)
+    assert {c.target for c in result.changes} == {"0", "2", "4"}
+    assert all("switched off" in c.reason for c in result.changes)
+    assert "lr_scale" in result.advice
+    # a smaller step alone cannot revive units whose gradient is zero; fresh weights do
+    torch.manual_seed(0)
+    assert _train(copy.deepcopy(dead), data, {}) < 0.2
+    assert _train(copy.deepcopy(dead), data, {"lr_scale": 0.1}) < 0.2
+    assert _train(result.model, data, {}) > 0.8

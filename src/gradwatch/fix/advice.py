@@ -21,9 +21,21 @@ does its damage with its big early steps (units knocked dead, a jump out of the 
 after which the updates may be tiny — the advice is ``min(0.1, 1e-2 / r)``: the largest
 typical step brought to the upper part of the healthy band (1e-2; the typical steps then
 sit below it, around the 1e-3 centre) — at least one decade down,
-since it is only given when the step size is blamed — and never below 1e-3. With no
-finite ratio (the run blew up before the first update was measured) it is 0.1, one
-decade, the usual coarse step of a learning-rate search.
+since it is only given when the step size is blamed — and never below 1e-3.
+
+Two cases in which the recorded steps understate the one that did the damage:
+
+- *The damage came before the first measured update* (the first exploding, non-finite,
+  diverging or dead-unit finding is at or before the first record with a finite update
+  ratio — Adam at lr 1 switches every ReLU off within a few steps, and the record after
+  that sees the decaying steps of a dead network). The largest measured step is then only
+  a lower bound of the damaging one, so it is brought to the healthy *centre*, 1e-3 —
+  a decade more margin: ``min(0.1, 1e-3 / r)``.
+- *No finite ratio at all* in a timeline of two records or more (every update was
+  already non-finite when first measured: the step overflowed within one recording
+  interval): ``1e-2``, two decades. One decade
+  is what a step measured at the very top of the band (0.1 .. 1 of the weights) gets; a
+  step too large to be measured at all is at least that bad, so it gets one more.
 """
 
 from __future__ import annotations
@@ -44,12 +56,17 @@ LARGEST_UPDATE_RATIO = 1e-2
 MAX_LR_SCALE = 0.1
 #: Largest learning-rate reduction ever advised.
 MIN_LR_SCALE = 1e-3
+#: Advised when the step size is blamed and no finite update was ever measured (two decades).
+NO_MEASURE_LR_SCALE = 1e-2
 #: For stalled weights (updates far below 1e-3 of the weights): at least one decade up,
 #: at most three — a larger jump would trade a stall for a blow-up.
 MIN_UP_SCALE = 10.0
 MAX_UP_SCALE = 1e3
 
 _TROUBLE = (Kind.EXPLODING_GRADIENT, Kind.NONFINITE_GRADIENT, Kind.DIVERGING_LOSS)
+#: Findings that mark the damage a too-large step does (for the learning-rate advice):
+#: units switched off for good are as much its work as an explosion.
+_DAMAGE = (*_TROUBLE, Kind.DEAD_UNITS)
 
 
 def total_grad_norm(timeline: Timeline) -> tuple[np.ndarray, np.ndarray]:
@@ -72,11 +89,11 @@ def total_grad_norm(timeline: Timeline) -> tuple[np.ndarray, np.ndarray]:
     return steps, total
 
 
-def trouble_step(diagnosis: Diagnosis | None) -> int | None:
-    """The first step of an exploding, non-finite or diverging finding, if any."""
+def trouble_step(diagnosis: Diagnosis | None, kinds: tuple[Kind, ...] = _TROUBLE) -> int | None:
+    """The first step of a finding of `kinds` (exploding, non-finite or diverging by default), if any."""
     if diagnosis is None:
         return None
-    steps = [f.step for f in diagnosis.findings if f.kind in _TROUBLE and f.step is not None]
+    steps = [f.step for f in diagnosis.findings if f.kind in kinds and f.step is not None]
     return min(steps) if steps else None
 
 
@@ -112,17 +129,20 @@ def clip_grad_norm(timeline: Timeline | None, diagnosis: Diagnosis | None = None
 def lr_scale(timeline: Timeline | None, diagnosis: Diagnosis | None = None, *, up: bool = False) -> tuple[float, str]:
     """The learning-rate factor and why (see the module docstring); `up` for stalled weights."""
     typical: list[float] = []  # per record: the median update ratio over its layers
+    aftermath = False  # the damage came before the first measured update
     if timeline is not None and len(timeline):
         r = timeline.layer_metric("update_ratio")
         steps = timeline.steps
-        until = trouble_step(diagnosis)
+        until = trouble_step(diagnosis, _DAMAGE)
         if until is not None and r.size:
             keep = steps <= until
             keep[:2] = True  # the first update is only measured at the second record
-            r = r[keep]
-        for row in r:
+            r, steps = r[keep], steps[keep]
+        for row, step in zip(r, steps, strict=True):
             ok = row[np.isfinite(row) & (row > 0)]
             if ok.size:
+                if not typical and until is not None and step >= until:
+                    aftermath = True
                 typical.append(float(np.median(ok)))
     elif diagnosis is not None:
         ok_list = [x.update_ratio for x in diagnosis.layers if x.update_ratio is not None]
@@ -137,19 +157,29 @@ def lr_scale(timeline: Timeline | None, diagnosis: Diagnosis | None = None, *, u
         return _round(scale), (
             f"median update ratio ||dW||/||W|| is {med:.2g}; about {TARGET_UPDATE_RATIO:g} is a healthy step"
         )
+    if not typical and (timeline is None or len(timeline) < 2):
+        return MAX_LR_SCALE, "no update ratio is known (pass the run's timeline): one decade down"
     if not typical:
-        return MAX_LR_SCALE, (
-            "no finite update ratio was measured (the run broke down first): one decade down"
+        return NO_MEASURE_LR_SCALE, (
+            "no finite update ratio was measured (the updates overflowed before the first record "
+            "that could measure one): two decades down"
         )
     # A step size is too large when its largest typical step is: damage (dead units, a
     # jump out of the basin) is done by the big early steps, after which updates may be tiny.
     # Bring that largest step to the top of the healthy band, not its centre: the typical
-    # steps then sit below it.
+    # steps then sit below it. When the damage came before any update was measured, the
+    # largest measured step understates the damaging one: aim it at the centre instead.
     top = max(typical)
-    scale = min(MAX_LR_SCALE, max(MIN_LR_SCALE, LARGEST_UPDATE_RATIO / top))
+    aim = TARGET_UPDATE_RATIO if aftermath else LARGEST_UPDATE_RATIO
+    scale = min(MAX_LR_SCALE, max(MIN_LR_SCALE, aim / top))
+    if aftermath:
+        return _round(scale), (
+            f"the damage came before the first measured update, whose median ratio ||dW||/||W|| "
+            f"({top:.2g}) understates the steps that did it: brought to the healthy centre, {aim:g}"
+        )
     return _round(scale), (
         f"largest per-record median update ratio ||dW||/||W|| is {top:.2g}; "
-        f"steps up to about {LARGEST_UPDATE_RATIO:g} are healthy"
+        f"steps up to about {aim:g} are healthy"
     )
 
 

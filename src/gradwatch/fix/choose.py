@@ -3,15 +3,18 @@
 How a remedy is picked, finding by finding (errors first, then warnings; `info`
 findings never lead to a change):
 
-1. The finding's causes: those its ``causes`` list names (ranked by the Diagnosis's
-   `Cause.score`); if it names none, the Diagnosis's own causes ranked by score; if
-   the Diagnosis has none (no explainer ran), causes read from the model's structure
-   by `infer_causes` — the mechanism behind each kind of finding, checked against
-   what the model contains.
+1. The finding's causes (`ranked_causes`): those its ``causes`` list names; if it names
+   none, the Diagnosis's causes that can produce its kind (`RELATED`); if there are none
+   (or no explainer ran), causes read from the model's structure by `infer_causes` —
+   the mechanism behind each kind of finding, checked against what the model contains.
+   Specific causes (a faulty part) before generic ones (what the architecture lacks),
+   by score within each; a vanilla RNN the gradient cannot cross first, for any finding.
 2. If a remedy already chosen addresses one of those causes, the finding is covered.
 3. Otherwise the first remedy, in `remedies_for` order, for the best-ranked cause that
    has one which applies to this model (a dry run changes something, or there is
    manual advice to give).
+4. Dead units blamed on the step size also get fresh weights in the layers feeding a
+   ReLU (`_revive`): a smaller step cannot move a unit whose gradient is zero.
 
 Remedies, in order of preference (least invasive first — used to rank alternatives):
 ``lr`` (training advice only, the model is untouched) < ``init`` (same architecture,
@@ -33,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradwatch.explain.link import RELATED
 from gradwatch.fix import activations as _activations
 from gradwatch.fix import init as _init
 from gradwatch.fix import manual as _manual
@@ -96,28 +100,34 @@ class Plan:
         if remedy not in self.remedies:
             self.remedies.append(remedy)
             self.reasons[remedy] = reason
+        elif "layers" not in options:
+            self.options.get(remedy, {}).pop("layers", None)  # wanted everywhere now, not in a few layers
         self.options.setdefault(remedy, {}).update(options)
-        if remedy in BRINGS_INIT and "init" not in self.remedies:
-            self.remedies.append("init")
-            self.reasons["init"] = f"the new {'activations' if remedy == 'activations' else 'layers'} need a matching initialisation"
+        if remedy in BRINGS_INIT:
+            if "init" not in self.remedies:
+                self.remedies.append("init")
+                self.reasons["init"] = f"the new {'activations' if remedy == 'activations' else 'layers'} need a matching initialisation"
+            self.options.get("init", {}).pop("layers", None)
 
 
 # -- causes read from the model when the diagnosis carries none ---------------------------------
 
 
-def infer_causes(model: nn.Module, order: Order, kind: Kind) -> list[CauseKind]:
+def infer_causes(model: nn.Module, order: Order, kind: Kind, step: int | None = None) -> list[CauseKind]:
     """The structural causes that can produce a finding of `kind` in this model, most specific first.
 
     Used only when no explainer supplied causes. Each check follows the mechanism:
     saturating activations and too-small weight scales shrink the gradient per layer; an
     `nn.RNN` shrinks it per time step; negative biases switch ReLUs off; a too-large
-    weight scale or step size makes it grow.
+    weight scale or step size makes it grow. Units found dead after the first step (`step`,
+    the finding's first step, > 0) were alive at the initialisation: training steps killed
+    them, so the step size comes first even if the biases they left behind now look dead.
     """
     has_rnn = any(type(m) in (nn.RNN, nn.RNNCell) for m in model.modules())
     saturating = any(is_saturating(op.module) for op in order.modules() if op.module is not None) or bool(
         _manual.hidden_functional_activations(model, order)
     )
-    small, large = _scale_mismatch(model, order)
+    small, large, rnn_large = _scale_mismatch(model, order)
     causes: list[CauseKind] = []
     if kind == Kind.TEMPORAL_VANISHING:
         causes += [CauseKind.VANILLA_RNN_LONG_SEQUENCE] if has_rnn else [CauseKind.INIT_MISMATCH]
@@ -134,25 +144,34 @@ def infer_causes(model: nn.Module, order: Order, kind: Kind) -> list[CauseKind]:
             # Nothing in the layers themselves explains it: the chain's length does.
             causes += [CauseKind.DEPTH_WITHOUT_SKIP, CauseKind.NO_NORMALIZATION]
     elif kind == Kind.DEAD_UNITS:
+        if step is not None and step > 0:
+            causes.append(CauseKind.STEP_SIZE_TOO_LARGE)
         if _dead_biases(model, order):
             causes.append(CauseKind.DEAD_RELU_BIAS)
         if small:
             causes.append(CauseKind.INIT_MISMATCH)
-        causes.append(CauseKind.STEP_SIZE_TOO_LARGE)  # large steps knock units off for good
+        if CauseKind.STEP_SIZE_TOO_LARGE not in causes:
+            causes.append(CauseKind.STEP_SIZE_TOO_LARGE)  # large steps knock units off for good
     elif kind in _EXPLODING_KINDS:
+        if rnn_large:
+            # A vanilla RNN whose recurrent matrix can grow the gradient through time: an
+            # orthogonal re-initialisation only trades the explosion for vanishing, a gated
+            # cell removes both (Pascanu et al. 2013).
+            causes.append(CauseKind.VANILLA_RNN_LONG_SEQUENCE)
         if large:
             causes.append(CauseKind.INIT_MISMATCH)
         causes.append(CauseKind.STEP_SIZE_TOO_LARGE)
     return causes
 
 
-def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool]:
-    """(some layer's weight scale is too small for its activation, some is too large).
+def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool, bool]:
+    """(some feed-forward layer's weight scale is too small for its activation, some is too
+    large, some vanilla RNN's recurrent matrix is too large).
 
     A vanilla recurrent layer counts as too large when its recurrent matrix has a singular
     value above 1 + tolerance: then the gradient through time can grow (Pascanu et al. 2013).
     """
-    small = large = False
+    small = large = rnn_large = False
     for op in order.modules():
         m = op.module
         if isinstance(m, nn.RNNBase | nn.RNNCellBase):
@@ -163,7 +182,7 @@ def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool]:
                 for name, p in m.named_parameters(recurse=False):
                     if name.startswith("weight_hh"):
                         sigma = float(torch.linalg.matrix_norm(p.detach().double(), ord=2))
-                        large |= sigma > 1 + _init.SCALE_TOLERANCE
+                        rnn_large |= sigma > 1 + _init.SCALE_TOLERANCE
             continue
         if not isinstance(m, nn.Linear | nn.modules.conv._ConvNd):
             continue
@@ -177,7 +196,13 @@ def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool]:
         ratio = float(w.detach().double().pow(2).mean()) / target
         small |= ratio < 1 - _init.SCALE_TOLERANCE
         large |= ratio > 1 + _init.SCALE_TOLERANCE
-    return small, large
+    return small, large, rnn_large
+
+
+def _relu_like(act: Any) -> bool:
+    return act is not None and (
+        (act.module is not None and isinstance(act.module, RELU_FAMILY)) or act.fn in ("relu", "relu6")
+    )
 
 
 def _dead_biases(model: nn.Module, order: Order) -> bool:
@@ -185,10 +210,7 @@ def _dead_biases(model: nn.Module, order: Order) -> bool:
         m = op.module
         if not isinstance(m, nn.Linear | nn.modules.conv._ConvNd) or m.bias is None:
             continue
-        act = order.next_activation(op.name)
-        relu_like = act is not None and (
-            (act.module is not None and isinstance(act.module, RELU_FAMILY)) or act.fn in ("relu", "relu6")
-        )
+        relu_like = _relu_like(order.next_activation(op.name))
         b = m.bias.detach().double()
         if relu_like and float(b.mean()) < -_init.BIAS_RMS_LIMIT:
             return True
@@ -221,12 +243,37 @@ def remedies_for(cause: CauseKind, order: Order) -> tuple[str, ...]:
 
 
 
+#: Causes that describe what the architecture lacks (a skip path, a normalisation) rather
+#: than a faulty part of it. The explainer scores both from the mean-field gains of the
+#: model *as initialised* (the depth limit 6 xi, the predicted drift), so a faulty part —
+#: an initialisation off its critical scale, saturating units — inflates them. The faulty
+#: part is addressed first; these follow when nothing more specific is blamed.
+GENERIC_CAUSES = frozenset({CauseKind.DEPTH_WITHOUT_SKIP, CauseKind.NO_NORMALIZATION})
+
+
 def ranked_causes(finding: Finding, diagnosis: Diagnosis) -> list[Cause]:
+    """The causes that may explain `finding`, in the order the chooser tries them.
+
+    The causes the finding names (the explainer links them by mechanism and by layer); if
+    it names none, the diagnosis's causes that can produce its kind (`RELATED`) — a cause
+    that cannot produce a finding must not choose its remedy. Specific causes come before
+    the generic ones (`GENERIC_CAUSES`), by score within each group. A vanilla RNN over a
+    sequence its gradient cannot cross (`vanilla_rnn_long_sequence`) comes first for every
+    finding: whatever else is changed, its gradient through time still grows or shrinks
+    like rho(W_hh)^T (Pascanu et al. 2013), so no run of it is healthy until the cell is gated.
+    """
     by_kind = {c.kind: c for c in diagnosis.causes}
     named = [by_kind.get(CauseKind.parse(k)) or Cause(CauseKind.parse(k), 0.0, [], {}, "") for k in finding.causes]
-    if named:
-        return sorted(named, key=lambda c: -c.score)
-    return sorted(diagnosis.causes, key=lambda c: -c.score)
+    if not named:
+        related = RELATED.get(Kind.parse(finding.kind), ())
+        named = [c for c in diagnosis.causes if c.kind in related]
+    rnn = by_kind.get(CauseKind.VANILLA_RNN_LONG_SEQUENCE)
+    if rnn is not None and all(c.kind != rnn.kind for c in named):
+        named.append(rnn)
+    return sorted(
+        named,
+        key=lambda c: (c.kind != CauseKind.VANILLA_RNN_LONG_SEQUENCE, c.kind in GENERIC_CAUSES, -c.score),
+    )
 
 
 def _applies(remedy: str, model: nn.Module, example_input: Any) -> bool:
@@ -258,11 +305,12 @@ def choose(
     functional = _manual.hidden_functional_activations(model, order)
     for finding in problems:
         ranked = ranked_causes(finding, diagnosis)
-        kinds = [c.kind for c in ranked] or infer_causes(model, order, finding.kind)
+        kinds = [c.kind for c in ranked] or infer_causes(model, order, finding.kind, finding.step)
         messages = {c.kind: c.message for c in ranked}
         if any(r in plan.remedies for k in kinds for r in remedies_for(k, order)):
             if finding.kind in (Kind.EXPLODING_GRADIENT, Kind.NONFINITE_GRADIENT) and "lr" in plan.remedies:
                 plan.clip = True
+            _revive(plan, finding, model, order, example_input)
             continue
         for k in kinds:
             picked = next((r for r in remedies_for(k, order) if applies(r)), None)
@@ -280,6 +328,7 @@ def choose(
             plan.add(picked, reason, **options)
             if picked == "lr" and finding.kind in _EXPLODING_KINDS:
                 plan.clip = True
+            _revive(plan, finding, model, order, example_input)
             break
         else:
             if kinds and not (kinds[0] == CauseKind.SATURATING_ACTIVATIONS and functional):
@@ -290,6 +339,33 @@ def choose(
                 plan.add("lr", f"{finding.kind}: updates too small for the weights", up=True)
     plan.manual = list(dict.fromkeys(plan.manual))
     return plan
+
+
+def _revive(plan: Plan, finding: Finding, model: nn.Module, order: Order, example_input: Any) -> None:
+    """Dead units blamed on the step size also need fresh weights.
+
+    A lower learning rate stops more units dying but cannot revive the dead ones: their
+    gradient is zero, so no step of any size moves them. Re-initialising does. Only the
+    layers feeding a ReLU-family activation (the ones whose units can die) are candidates,
+    and of those only the ones whose scale or biases the large steps moved off: a model
+    that has not trained yet is left as it is.
+    """
+    if finding.kind != Kind.DEAD_UNITS or "lr" not in plan.remedies or "init" in plan.remedies:
+        return
+    feeding = [
+        op.name
+        for op in order.modules()
+        if isinstance(op.module, nn.Linear | nn.modules.conv._ConvNd) and _relu_like(order.next_activation(op.name))
+    ]
+    if not feeding:
+        return
+    _, changes = _init.transform(copy.deepcopy(model), example_input=example_input, layers=feeding, inplace=True)
+    if changes:
+        plan.add(
+            "init",
+            f"{finding.kind}: units a too-large step switched off get no gradient; fresh weights revive them",
+            layers=feeding,
+        )
 
 
 def _no_remedy(finding: Finding, kinds: list[CauseKind]) -> str:

@@ -278,7 +278,7 @@ def _candidates(
     for f in diagnosis.findings:
         if f.severity <= Severity.INFO:
             continue
-        kinds = [c.kind for c in ranked_causes(f, diagnosis)] or infer_causes(model, order, f.kind)
+        kinds = [c.kind for c in ranked_causes(f, diagnosis)] or infer_causes(model, order, f.kind, f.step)
         for k in kinds[:2]:
             for r in remedies_for(k, order):
                 alt = Plan()
