@@ -44,7 +44,7 @@ def test_a_local_cause_explains_only_findings_in_its_layers() -> None:
             return self.head(self.rnn(x)[0][:, -1])
 
     s = analyse(Net(), torch.randn(2, 80, 2))
-    d = gw.Diagnosis(findings=[_finding("temporal_vanishing", ["rnn"]), _finding("temporal_vanishing", ["other"])])
+    d = gw.Diagnosis(findings=[_finding("temporal_vanishing", ["rnn"]), _finding("temporal_vanishing", ["head"])])
     link(d, s.anatomy, s)
     assert d.findings[0].causes == ["vanilla_rnn_long_sequence"]
     assert d.findings[1].causes == []
@@ -72,3 +72,27 @@ def test_explain_never_hides_the_findings() -> None:
     out = explain(d, a, facts={"method": "fx", "chain": ["nope"], "longest_plain_chain": "not a number"})
     assert out is d and out.findings and any("causes not explained" in n for n in out.notes)
     assert Structure.from_anatomy(a).method == "none"
+
+
+def test_dead_units_at_activation_sites_are_linked_to_the_bias_that_killed_them() -> None:
+    import torch
+    from torch import nn
+
+    import gradwatch as gw
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    with torch.no_grad():
+        model[0].bias.fill_(-5.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, every=1) as w:
+        for _ in range(80):
+            loss = nn.functional.cross_entropy(model(torch.randn(16, 4)), torch.randint(0, 2, (16,)))
+            opt.zero_grad()
+            loss.backward()
+            w.step(loss=loss)
+            opt.step()
+    d = w.diagnose()
+    dead = d.by_kind("dead_units")
+    assert dead and "1" in dead[0].layers  # the ReLU site, not the Linear before it
+    assert "dead_relu_bias" in dead[0].causes

@@ -39,14 +39,27 @@ RELATED: dict[Kind, tuple[CauseKind, ...]] = {
 _LOCAL = (_C.DEAD_RELU_BIAS, _C.VANILLA_RNN_LONG_SEQUENCE)
 
 
-def causes_of(finding: Finding, causes: list[Cause]) -> list[str]:
-    """The kinds (best first) of the causes in `causes` that can explain `finding`."""
+def causes_of(finding: Finding, causes: list[Cause], layer_names: set[str] | None = None) -> list[str]:
+    """The kinds (best first) of the causes in `causes` that can explain `finding`.
+
+    A local cause must share a layer with the finding — when the finding names weight
+    layers. Dead- and saturated-unit findings name activation sites (``"1"``, the ReLU
+    after layer ``"0"``), which cannot be compared with weight layers; for those
+    (`layer_names` given and none of the finding's names among them) the check is skipped.
+    """
     related = RELATED.get(finding.kind, ())
+    comparable = layer_names is None or bool(set(finding.layers) & layer_names)
     out: list[str] = []
     for c in causes:
         if c.kind not in related:
             continue
-        if c.kind in _LOCAL and finding.layers and c.layers and not set(finding.layers) & set(c.layers):
+        if (
+            comparable
+            and c.kind in _LOCAL
+            and finding.layers
+            and c.layers
+            and not set(finding.layers) & set(c.layers)
+        ):
             continue
         out.append(str(c.kind))
     return list(dict.fromkeys(out))
@@ -73,8 +86,9 @@ def link(
             by_kind[c.kind] = c
     order = {c.kind: i for i, c in enumerate(causes)}
     diagnosis.causes = sorted(by_kind.values(), key=lambda c: (-c.score, order.get(c.kind, 99)))
+    names = set(anatomy.names)
     for f in diagnosis.findings:
-        f.causes = causes_of(f, diagnosis.causes)
+        f.causes = causes_of(f, diagnosis.causes, names)
     return diagnosis
 
 
