@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from typing import Any
 
 import pytest
@@ -162,8 +163,11 @@ def test_bad_arguments() -> None:
 
 
 def test_a_fix_that_shows_only_after_a_plateau_is_confirmed_in_the_second_round() -> None:
-    # A metric that only moves once a ReLU model has trained 25 steps: in the first round
-    # no candidate can pull ahead, so the diagnosis's own pick leads and is trained on.
+    # A metric that only moves once a ReLU model has trained 20 steps: in the first round
+    # (s = 5) no candidate can pull ahead, so the diagnosis's own pick leads and is trained
+    # on. The second round has what the first left: 150 - 100 (the kept run) - 5 x 5
+    # (original, repeat, three other candidates) - 2 x 5 (the lr axis) = 15 steps for the
+    # original to catch up, so the leader reaches 5 + 15 = 20.
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 4, generator=g), torch.randn(64, 1, generator=g)
 
@@ -176,7 +180,7 @@ def test_a_fix_that_shows_only_after_a_plateau_is_confirmed_in_the_second_round(
             opt.step()
         model.trained = getattr(model, "trained", 0) + steps  # type: ignore[assignment]
         relu = any(isinstance(m, nn.ReLU) for m in model.modules())
-        return 1.0 if relu and model.trained >= 25 else 0.0
+        return 1.0 if relu and model.trained >= 20 else 0.0
 
     result = gw.repair(_tiny_sigmoid(), train, steps=100, diagnosis=VANISHING, progress=False)
     names = [t.name for t in result.trials]
@@ -210,3 +214,93 @@ def test_a_healthy_looking_original_is_watched_on_at_no_extra_cost() -> None:
     watched = sum(t.steps for t in result.trials)
     assert result.timeline is not None and len(result.timeline.loss()[0]) == watched > 10
     assert sum(log) == result.steps_used == 200, "watching a healthy original on costs nothing extra"
+
+
+def test_an_architectural_candidate_is_also_tried_at_larger_learning_rates() -> None:
+    seen: list[tuple[int, float]] = []
+    inner = _tiny_task([], lambda m: 0.5)
+
+    def train(model: nn.Module, advice: dict[str, Any], steps: int) -> float:
+        seen.append((steps, advice.get("lr_scale", 1.0)))
+        return inner(model, advice, steps)
+
+    result = gw.repair(_tiny_sigmoid(), train, steps=100, diagnosis=VANISHING, progress=False)
+    by_name = {t.name: t for t in result.trials}
+    # the scores tie, so the chooser's own pick (it swaps the activations) gets the axis
+    assert by_name["activations+init @ lr x3"].lr_factor == 3.0
+    assert by_name["activations+init @ lr x3"].lr_scale == 3.0
+    assert by_name["activations+init @ lr x10"].lr_scale == 10.0
+    assert [t.name for t in result.trials].index("activations+init @ lr x3") > [t.name for t in result.trials].index(
+        "residual"
+    ), "the axis follows the screening that prunes it"
+    assert (5, 3.0) in seen and (5, 10.0) in seen, "train_fn was handed the scaled rate"
+    assert not any(t.name.startswith("init @") for t in result.trials), "re-drawn weights keep the recipe's rate"
+    assert sum(n for n, _ in seen) == result.steps_used <= result.budget_steps == 150
+    text = str(result)
+    for f in ("3", "10"):  # the table's lr column shows the rate each run trained at
+        assert re.search(rf"activations\+init @ lr x{f} +x{f} +5 +0\.5 ", text), text
+    assert "learning-rate axis: 'activations+init'" in text and "it competes at x1" in text  # a tie: the advised rate
+    plain = gw.repair(_tiny_sigmoid(), _tiny_task([], lambda m: 0.5), steps=100, diagnosis=VANISHING,
+                      lr_factors=(), progress=False)
+    assert not any("@ lr" in t.name for t in plain.trials)
+
+
+def _halfway_task() -> Any:
+    """Full-batch gradient descent on y = 2 x_0; the score is 1 once the MSE is below 1.5 (half its start)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    y = 2.0 * x[:, :1]
+
+    def mse_after(model: nn.Module, advice: dict[str, Any], steps: int, lr: float = 0.01) -> float:
+        opt = torch.optim.SGD(model.parameters(), lr=lr * advice.get("lr_scale", 1.0))
+        for _ in range(steps):
+            loss = nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return float(nn.functional.mse_loss(model(x), y))
+
+    return mse_after
+
+
+def test_a_fix_that_works_only_at_a_larger_learning_rate_is_found() -> None:
+    mse_after = _halfway_task()
+    result = gw.repair(
+        _tiny_sigmoid(), lambda m, a, n: float(mse_after(m, a, n) < 1.5), steps=200, diagnosis=VANISHING, progress=False
+    )
+    assert result.improved and result.fix is not None and result.final_score == 1.0
+    kept = next(t for t in result.trials if t.kept)
+    assert kept.lr_factor > 1 and result.advice["lr_scale"] == kept.lr_factor
+    assert "lr_scale" in result.fix.advice and "axis" in result.fix.advice["why"]["lr_scale"]
+    # no candidate reached the threshold at its advised rate: the rate alone made the difference
+    assert all(t.score == 0.0 for t in result.trials if t.lr_factor == 1.0)
+    # independently: the kept (untrained) fix, trained s steps at the recipe's rate and at the kept one
+    s = result.trials[0].steps
+    assert mse_after(copy.deepcopy(result.fix.model), {}, s) >= 1.5
+    assert mse_after(copy.deepcopy(result.fix.model), result.advice, s) < 1.5
+    assert f"train with lr_scale = {kept.lr_factor}" in str(result)
+
+
+def test_a_first_step_up_that_makes_things_worse_turns_the_axis_down() -> None:
+    # At lr 1.0 every fix diverges or blows up; the best-screened architectural one gets
+    # worse at x3 still, so the axis turns around and tries x1/3.
+    mse_after = _halfway_task()
+
+    def train(model: nn.Module, advice: dict[str, Any], steps: int) -> float:
+        mse = mse_after(model, advice, steps, lr=1.0)
+        return -mse if math.isfinite(mse) else math.nan
+
+    result = gw.repair(_tiny_sigmoid(), train, steps=200, diagnosis=VANISHING, progress=False)
+    axis = [t for t in result.trials if "@ lr" in t.name]
+    assert [t.lr_factor for t in axis] == [3.0, pytest.approx(1 / 3)]
+    explored = next(t for t in result.trials if t.name == axis[0].name.split(" @ ")[0])
+    assert not axis[0].score >= explored.score - 0.02, "x3 was worse than x1"
+    kept = next(t for t in result.trials if t.kept)
+    assert kept is axis[1] and kept.score > max(t.score for t in result.trials[:2]) and result.advice["lr_scale"] < 1
+
+
+def test_bad_lr_factors() -> None:
+    for bad in ((1.0,), (0.0, 3.0), (float("nan"),), "3", (True,)):
+        with pytest.raises(GradwatchValueError, match="lr_factors must be"):
+            gw.repair(_tiny_sigmoid(), _tiny_task([], lambda m: 0.0), steps=10, lr_factors=bad)  # type: ignore[arg-type]
