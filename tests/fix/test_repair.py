@@ -292,12 +292,15 @@ def test_a_first_step_up_that_makes_things_worse_turns_the_axis_down() -> None:
         return -mse if math.isfinite(mse) else math.nan
 
     result = gw.repair(_tiny_sigmoid(), train, steps=200, diagnosis=VANISHING, progress=False)
-    axis = [t for t in result.trials if "@ lr" in t.name]
+    axis = [t for t in result.trials if "@ lr" in t.name and not t.name.endswith("continued")]
     assert [t.lr_factor for t in axis] == [3.0, pytest.approx(1 / 3)]
     explored = next(t for t in result.trials if t.name == axis[0].name.split(" @ ")[0])
     assert not axis[0].score >= explored.score - 0.02, "x3 was worse than x1"
     kept = next(t for t in result.trials if t.kept)
-    assert kept is axis[1] and kept.score > max(t.score for t in result.trials[:2]) and result.advice["lr_scale"] < 1
+    # a rate other than the advised one is confirmed at length before it is kept
+    assert kept.name == f"{axis[1].name}, continued" and kept.lr_factor == pytest.approx(1 / 3)
+    assert result.advice["lr_scale"] == pytest.approx(1 / 3, rel=1e-5)
+    assert result.final_score is not None and result.final_score > max(t.score for t in result.trials[:2])
 
 
 def test_bad_lr_factors() -> None:

@@ -34,10 +34,16 @@ The loop, with N = `steps` (one full training run) and B = `budget` (1.5):
    chance alone moved the original by, and never be less than `min_gain` (0.02 in
    score units: two points of accuracy, about one standard error of an accuracy
    measured on 400 examples). A leader ahead of the original by more than twice the
-   margin is kept at once;
+   margin is kept at once — unless it leads at a rate of the axis: the rate that makes
+   the fastest start is often the largest that does not yet diverge, so it is always
+   confirmed at length;
 4. otherwise the leader and the original both train on to the same length, as far as the budget allows,
    and the leader is kept only if it is ahead by more than the margin there (some fixes
-   only show after a plateau, and a small early lead may be chance);
+   only show after a plateau, and a small early lead may be chance). A leader at a rate
+   of the axis that fails there having lost ground (its score fell by more than the
+   margin) was too large a rate to hold: its candidate at the advised rate is judged
+   instead, by the first round's rule (ahead of the original by more than the margin);
+   the budget of that round is split so that this fallback can still be finished;
 5. the model kept (the winner, or the original) trains on to N steps in all
    (`finish=True`), so the caller gets a trained model.
 
@@ -402,18 +408,22 @@ def _leader(trials: list[Trial], candidates: list[int], margin: float) -> int | 
     return next(i for i in finite if trials[i].score >= best - margin)
 
 
-def _extension(steps: int, s: int, spent: int, budget_steps: int, finish: bool, ahead: int = 0) -> int:
+def _extension(
+    steps: int, s: int, spent: int, budget_steps: int, finish: bool, ahead: int = 0, fallback: bool = False
+) -> int:
     """How far the leader can train on in round 2 (the original is brought to the same length).
 
     The leader goes on by e; the original, already `ahead` steps past s, by max(0, e - ahead);
     the one kept is then finished to `steps` (costing steps - s - e), so
     spent + e + max(0, e - ahead) + (steps - s - e) <= budget_steps, and s + e <= steps.
+    With `fallback`, a run of s steps may be kept instead of the leader (finishing it
+    costs steps - s), so the leader's e steps count as well.
     """
     room = budget_steps - spent - (steps - s if finish else 0)
     if room < 0:
         return 0
-    # e + max(0, e - ahead) - (e if finish else 0) <= room
-    if finish:
+    # e + max(0, e - ahead) - (e if finish and not fallback else 0) <= room
+    if finish and not fallback:
         e = room + ahead
     else:
         e = (room + ahead) // 2 if room > ahead else room
@@ -590,6 +600,7 @@ def repair(
             # compared with each other to within min_gain (not the margin, which measures
             # how much another data order moves the original), and the first within it of
             # their best — the advised rate on a tie — stands for the candidate.
+            advised_of: dict[int, int] = {}  # a run of the lr axis -> its candidate's run at the advised rate
             pick = _to_explore(trials, screened, results, margin) if lr_factors else None
             if pick is not None:
                 i, up = pick
@@ -604,6 +615,7 @@ def repair(
                     t_f = run(f"{trials[i].name} @ lr x{f:.3g}", copy.deepcopy(results[i].model),
                               _scaled_advice(results[i].advice, f), seed, list(results[i].changes), s, lr_factor=f)
                     results[len(trials) - 1] = results[i]
+                    advised_of[len(trials) - 1] = i
                     scales.append(len(trials) - 1)
                     spent += s
                     if len(scales) == 2 and up and not t_f.score >= trials[i].score - min_gain:
@@ -624,7 +636,12 @@ def repair(
                 if best_scale is not None:
                     screened[screened.index(i)] = best_scale
             leader = _leader(trials, screened, margin)
-            if leader is not None and trials[leader].score > baseline + 2 * margin:
+            # A rate other than the advised one is never kept on a short run alone: the
+            # rate that makes the fastest start is often the largest that does not yet
+            # diverge, and some diverge a few dozen steps later. It is confirmed at length,
+            # and falls back to the candidate's advised rate if it loses ground there.
+            advised = advised_of.get(leader) if leader is not None else None
+            if leader is not None and advised is None and trials[leader].score > baseline + 2 * margin:
                 winner = leader  # a clear win: no need to look further
             elif leader is not None:
                 # Round 2: the leader did not pull clearly ahead in s steps (some fixes only
@@ -632,7 +649,7 @@ def repair(
                 # original on to the same length, as far as the budget allows — only the
                 # loser's steps are wasted — and keep it only if it is ahead by more than
                 # the margin there.
-                e = _extension(steps, s, spent, budget_steps, finish, watched_on)
+                e = _extension(steps, s, spent, budget_steps, finish, watched_on, fallback=advised is not None)
                 if e > 0:
                     need = s + e - (s + watched_on)
                     if need > 0:
@@ -647,8 +664,20 @@ def repair(
                     results[len(trials) - 1] = results[leader]
                     if b.score > a_score + margin:
                         winner, baseline = len(trials) - 1, a_score
-                elif trials[leader].score > baseline + margin:
-                    winner = leader
+                    elif advised is not None and not b.score >= trials[leader].score - margin:
+                        # more steps at that rate lost ground: too large to hold; the
+                        # candidate at its advised rate stands if it beat the original
+                        notes.append(
+                            f"lr x{trials[leader].lr_factor:.3g} led '{trials[advised].name}' in the short run "
+                            f"({_fmt(trials[leader].score)}) but fell to {_fmt(b.score)} after {s + e} steps: too "
+                            "large to hold; its advised rate was judged instead"
+                        )
+                        if trials[advised].score > baseline + margin:
+                            winner = advised
+                else:
+                    judged = advised if advised is not None else leader
+                    if trials[judged].score > baseline + margin:
+                        winner = judged
             if winner is not None:
                 trials[winner].kept = True
         kept_fix: FixResult | None = None
