@@ -40,10 +40,11 @@ The loop, with N = `steps` (one full training run) and B = `budget` (1.5):
 4. otherwise the leader and the original both train on to the same length, as far as the budget allows,
    and the leader is kept only if it is ahead by more than the margin there (some fixes
    only show after a plateau, and a small early lead may be chance). A leader at a rate
-   of the axis that fails there having lost ground (its score fell by more than the
-   margin) was too large a rate to hold: its candidate at the advised rate is judged
-   instead, by the first round's rule (ahead of the original by more than the margin);
-   the budget of that round is split so that this fallback can still be finished;
+   of the axis that lost ground there (its score fell by more than the margin with more
+   steps) runs at a rate too large to hold: if its candidate at the advised rate beat
+   the original by more than the margin in the first round, that is kept instead (the
+   budget of this round is split so that it can still be finished); otherwise the
+   leader is judged as any other;
 5. the model kept (the winner, or the original) trains on to N steps in all
    (`finish=True`), so the caller gets a trained model.
 
@@ -662,18 +663,18 @@ def repair(
                             lr_factor=trials[leader].lr_factor)
                     spent += e
                     results[len(trials) - 1] = results[leader]
-                    if b.score > a_score + margin:
-                        winner, baseline = len(trials) - 1, a_score
-                    elif advised is not None and not b.score >= trials[leader].score - margin:
-                        # more steps at that rate lost ground: too large to hold; the
-                        # candidate at its advised rate stands if it beat the original
+                    lost_ground = not b.score >= trials[leader].score - margin
+                    if advised is not None and lost_ground and trials[advised].score > baseline + margin:
+                        # more steps at that rate lost ground: too large to hold, even if
+                        # still ahead; the candidate at its advised rate beat the original
                         notes.append(
                             f"lr x{trials[leader].lr_factor:.3g} led '{trials[advised].name}' in the short run "
                             f"({_fmt(trials[leader].score)}) but fell to {_fmt(b.score)} after {s + e} steps: too "
-                            "large to hold; its advised rate was judged instead"
+                            "large to hold; kept at its advised rate, which beat the original in the short run"
                         )
-                        if trials[advised].score > baseline + margin:
-                            winner = advised
+                        winner = advised
+                    elif b.score > a_score + margin:
+                        winner, baseline = len(trials) - 1, a_score
                 else:
                     judged = advised if advised is not None else leader
                     if trials[judged].score > baseline + margin:
