@@ -307,3 +307,42 @@ def test_bad_lr_factors() -> None:
     for bad in ((1.0,), (0.0, 3.0), (float("nan"),), "3", (True,)):
         with pytest.raises(GradwatchValueError, match="lr_factors must be"):
             gw.repair(_tiny_sigmoid(), _tiny_task([], lambda m: 0.0), steps=10, lr_factors=bad)  # type: ignore[arg-type]
+
+
+def test_a_rate_that_loses_ground_at_length_falls_back_to_the_advised_rate() -> None:
+    # The recipe warms its rate up over 80 steps (resumed from the model's own step count),
+    # so a larger factor looks best after 10 steps and crosses the edge of stability soon
+    # after: the axis's leader must be confirmed at length, and falls back when it loses ground.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    y = 2.0 * x[:, :1]
+
+    def train(model: nn.Module, advice: dict[str, Any], steps: int) -> float:
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        for _ in range(steps):
+            done = getattr(model, "trained", 0)
+            model.trained = done + 1  # type: ignore[assignment]
+            for group in opt.param_groups:
+                group["lr"] = 0.05 * advice.get("lr_scale", 1.0) * min(1.0, (done + 1) / 80)
+            loss = nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            mse = float(nn.functional.mse_loss(model(x), y))
+        return -mse if math.isfinite(mse) else math.nan
+
+    result = gw.repair(_tiny_sigmoid(), train, steps=200, diagnosis=VANISHING, progress=False)
+    names = [t.name for t in result.trials]
+    best = max((t for t in result.trials if "@ lr" in t.name), key=lambda t: t.score)
+    advised = next(t for t in result.trials if t.name == best.name.split(" @ ")[0])
+    assert best.score > advised.score + 0.02, "a larger rate led the short run"
+    continued = result.trials[names.index(f"{best.name}, continued")]
+    assert continued.score < best.score - result.margin, "and lost ground with more steps"
+    assert advised.kept and result.advice.get("lr_scale", 1.0) == 1.0
+    assert "too large to hold" in str(result)
+    assert result.steps_used <= result.budget_steps
+    # independently: trained for a full run from scratch, the advised rate holds and the leader's does not
+    assert result.fix is not None
+    at = {f: train(copy.deepcopy(result.fix.model), {"lr_scale": f}, 200) for f in (1.0, best.lr_factor)}
+    assert at[1.0] > -0.05 > at[best.lr_factor]
