@@ -265,21 +265,25 @@ def _halfway_task() -> Any:
 
 
 def test_a_fix_that_works_only_at_a_larger_learning_rate_is_found() -> None:
+    # Plain gradient descent at 0.003: within the 10-step screen only the ReLU fix at x10
+    # gets the fit halfway; the rate must be measured, and confirmed at length, to be kept.
     mse_after = _halfway_task()
     result = gw.repair(
-        _tiny_sigmoid(), lambda m, a, n: float(mse_after(m, a, n) < 1.5), steps=200, diagnosis=VANISHING, progress=False
+        _tiny_sigmoid(), lambda m, a, n: float(mse_after(m, a, n, lr=0.003) < 1.5), steps=200, diagnosis=VANISHING,
+        progress=False,
     )
     assert result.improved and result.fix is not None and result.final_score == 1.0
     kept = next(t for t in result.trials if t.kept)
-    assert kept.lr_factor > 1 and result.advice["lr_scale"] == kept.lr_factor
+    assert kept.name == "activations+init @ lr x10, continued" and result.advice["lr_scale"] == 10.0
     assert "lr_scale" in result.fix.advice and "axis" in result.fix.advice["why"]["lr_scale"]
-    # no candidate reached the threshold at its advised rate: the rate alone made the difference
-    assert all(t.score == 0.0 for t in result.trials if t.lr_factor == 1.0)
+    # no candidate reached the threshold at its advised rate, nor at x3: the rate made the difference
+    assert all(t.score == 0.0 for t in result.trials if "x10" not in t.name and not t.name.startswith("original"))
     # independently: the kept (untrained) fix, trained s steps at the recipe's rate and at the kept one
     s = result.trials[0].steps
-    assert mse_after(copy.deepcopy(result.fix.model), {}, s) >= 1.5
-    assert mse_after(copy.deepcopy(result.fix.model), result.advice, s) < 1.5
-    assert f"train with lr_scale = {kept.lr_factor}" in str(result)
+    assert mse_after(copy.deepcopy(result.fix.model), {}, s, lr=0.003) >= 1.5
+    assert mse_after(copy.deepcopy(result.fix.model), {"lr_scale": 3.0}, s, lr=0.003) >= 1.5
+    assert mse_after(copy.deepcopy(result.fix.model), result.advice, s, lr=0.003) < 1.5
+    assert "train with lr_scale = 10.0" in str(result)
 
 
 def test_a_first_step_up_that_makes_things_worse_turns_the_axis_down() -> None:
@@ -346,3 +350,23 @@ def test_a_rate_that_loses_ground_at_length_falls_back_to_the_advised_rate() -> 
     assert result.fix is not None
     at = {f: train(copy.deepcopy(result.fix.model), {"lr_scale": f}, 200) for f in (1.0, best.lr_factor)}
     assert at[1.0] > -0.05 > at[best.lr_factor]
+
+
+def test_a_best_rate_next_to_a_worse_larger_one_is_at_the_edge_and_backs_off() -> None:
+    # At 0.01, x3 gets the fit halfway in the 10-step screen and x10 overshoots: x3 sits
+    # next to a rate that did worse, so the advised rate stands for the candidate.
+    mse_after = _halfway_task()
+    result = gw.repair(
+        _tiny_sigmoid(), lambda m, a, n: float(mse_after(m, a, n, lr=0.01) < 1.5), steps=200, diagnosis=VANISHING,
+        progress=False,
+    )
+    by_name = {t.name: t for t in result.trials}
+    assert by_name["activations+init @ lr x3"].score == 1.0 and by_name["activations+init @ lr x10"].score == 0.0
+    assert by_name["activations+init"].score == 0.0
+    assert "it competes at x1 (x3 is at the edge: a larger rate did worse)" in str(result)
+    assert all(t.lr_factor == 1.0 for t in result.trials if "continued" in t.name)
+    # independently: the kept fix reaches the mark at x3 in s steps, not at x1 or x10
+    assert result.fix is not None
+    s = result.trials[0].steps
+    reached = {f: mse_after(copy.deepcopy(result.fix.model), {"lr_scale": f}, s, lr=0.01) < 1.5 for f in (1.0, 3.0, 10.0)}
+    assert reached == {1.0: False, 3.0: True, 10.0: False}

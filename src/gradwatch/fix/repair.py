@@ -409,6 +409,35 @@ def _leader(trials: list[Trial], candidates: list[int], margin: float) -> int | 
     return next(i for i in finite if trials[i].score >= best - margin)
 
 
+def _rate(trials: list[Trial], scales: list[int], min_gain: float) -> tuple[int | None, str]:
+    """Which of one candidate's runs at several learning rates stands for it, and why.
+
+    The rate nearest the advised one (upward first) within `min_gain` of the best score:
+    a larger rate must earn its place by a measurable gain, since what it risks — a
+    divergence after the short run — the short run cannot show. And if a still larger
+    rate did measurably worse, the best one is at the edge of what is stable over a
+    short run, and training sharpens the loss further (Cohen et al. 2021, progressive
+    sharpening): the next smaller rate tried stands instead.
+    """
+    finite = sorted((j for j in scales if math.isfinite(trials[j].score)), key=lambda j: trials[j].lr_factor)
+    if not finite:
+        return None, ""
+    best = max(trials[j].score for j in finite)
+    chosen = min(
+        (j for j in finite if trials[j].score >= best - min_gain),
+        key=lambda j: (abs(math.log(trials[j].lr_factor)), trials[j].lr_factor < 1),
+    )
+    above = [
+        j for j in scales
+        if trials[j].lr_factor > trials[chosen].lr_factor and not trials[j].score >= best - min_gain
+    ]
+    below = [j for j in finite if trials[j].lr_factor < trials[chosen].lr_factor]
+    if above and below:
+        edge = trials[chosen].lr_factor
+        return below[-1], f"x{edge:.3g} is at the edge: a larger rate did worse"
+    return chosen, ""
+
+
 def _extension(
     steps: int, s: int, spent: int, budget_steps: int, finish: bool, ahead: int = 0, fallback: bool = False
 ) -> int:
@@ -622,9 +651,7 @@ def repair(
                     if len(scales) == 2 and up and not t_f.score >= trials[i].score - min_gain:
                         # the first step up made it worse: the rate wants to go down instead
                         queue = [1.0 / g for g in steps_out][: len(queue)]
-                # ties go to the rate nearest the advised one (upward first)
-                scales.sort(key=lambda j: (abs(math.log(trials[j].lr_factor)), trials[j].lr_factor < 1))
-                best_scale = _leader(trials, scales, min_gain)
+                best_scale, why_rate = _rate(trials, scales, min_gain)
                 if len(scales) > 1:
                     tried = ", ".join(
                         f"x{trials[j].lr_factor:.3g} {_fmt(trials[j].score)}" for j in sorted(scales)
@@ -633,6 +660,7 @@ def repair(
                     notes.append(
                         f"learning-rate axis: '{trials[i].name}' changes the architecture, so it was also tried at "
                         f"other rates (times its advised rate, in the order tried: {tried}); it competes at {chosen}"
+                        + (f" ({why_rate})" if why_rate else "")
                     )
                 if best_scale is not None:
                     screened[screened.index(i)] = best_scale
