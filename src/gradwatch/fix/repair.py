@@ -26,8 +26,9 @@ The loop, with N = `steps` (one full training run) and B = `budget` (1.5):
    `lr_factors` (x3, then x10) its advised rate — turning to x1/3 if x3 did worse than
    x1, and starting at x1/3, x1/10 if its run at the advised rate failed (a non-finite
    score). Its rates differ in nothing else (same model, same data order), so they are
-   compared with each other to within `min_gain`, not the margin; the first within it of
-   their best, nearest the advised rate first, stands for the candidate;
+   compared with each other to within `min_gain`, not the margin; the one within it of
+   their best nearest the advised rate stands for the candidate — one step smaller if a
+   still larger rate did measurably worse (`_rate`);
 3. the *leader* is the first candidate (in that order, so the diagnosis's own pick
    leads a tie) within the margin of the best score. The margin is
    ``max(min_gain, 2 * |original - original repeat|)``: a gain must exceed twice what
