@@ -629,8 +629,8 @@ def repair(
             # The learning-rate axis: the best-screened architectural candidate at other
             # rates, from the same seed. Its scales differ only in the rate, so they are
             # compared with each other to within min_gain (not the margin, which measures
-            # how much another data order moves the original), and the first within it of
-            # their best — the advised rate on a tie — stands for the candidate.
+            # how much another data order moves the original); `_rate` says which one
+            # stands for the candidate.
             advised_of: dict[int, int] = {}  # a run of the lr axis -> its candidate's run at the advised rate
             pick = _to_explore(trials, screened, results, margin) if lr_factors else None
             if pick is not None:
