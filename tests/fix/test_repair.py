@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from typing import Any
 
 import pytest
@@ -162,8 +163,11 @@ def test_bad_arguments() -> None:
 
 
 def test_a_fix_that_shows_only_after_a_plateau_is_confirmed_in_the_second_round() -> None:
-    # A metric that only moves once a ReLU model has trained 25 steps: in the first round
-    # no candidate can pull ahead, so the diagnosis's own pick leads and is trained on.
+    # A metric that only moves once a ReLU model has trained 20 steps: in the first round
+    # (s = 5) no candidate can pull ahead, so the diagnosis's own pick leads and is trained
+    # on. The second round has what the first left: 150 - 100 (the kept run) - 5 x 5
+    # (original, repeat, three other candidates) - 2 x 5 (the lr axis) = 15 steps for the
+    # original to catch up, so the leader reaches 5 + 15 = 20.
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 4, generator=g), torch.randn(64, 1, generator=g)
 
@@ -176,7 +180,7 @@ def test_a_fix_that_shows_only_after_a_plateau_is_confirmed_in_the_second_round(
             opt.step()
         model.trained = getattr(model, "trained", 0) + steps  # type: ignore[assignment]
         relu = any(isinstance(m, nn.ReLU) for m in model.modules())
-        return 1.0 if relu and model.trained >= 25 else 0.0
+        return 1.0 if relu and model.trained >= 20 else 0.0
 
     result = gw.repair(_tiny_sigmoid(), train, steps=100, diagnosis=VANISHING, progress=False)
     names = [t.name for t in result.trials]
@@ -210,3 +214,159 @@ def test_a_healthy_looking_original_is_watched_on_at_no_extra_cost() -> None:
     watched = sum(t.steps for t in result.trials)
     assert result.timeline is not None and len(result.timeline.loss()[0]) == watched > 10
     assert sum(log) == result.steps_used == 200, "watching a healthy original on costs nothing extra"
+
+
+def test_an_architectural_candidate_is_also_tried_at_larger_learning_rates() -> None:
+    seen: list[tuple[int, float]] = []
+    inner = _tiny_task([], lambda m: 0.5)
+
+    def train(model: nn.Module, advice: dict[str, Any], steps: int) -> float:
+        seen.append((steps, advice.get("lr_scale", 1.0)))
+        return inner(model, advice, steps)
+
+    result = gw.repair(_tiny_sigmoid(), train, steps=100, diagnosis=VANISHING, progress=False)
+    by_name = {t.name: t for t in result.trials}
+    # the scores tie, so the chooser's own pick (it swaps the activations) gets the axis
+    assert by_name["activations+init @ lr x3"].lr_factor == 3.0
+    assert by_name["activations+init @ lr x3"].lr_scale == 3.0
+    assert by_name["activations+init @ lr x10"].lr_scale == 10.0
+    assert [t.name for t in result.trials].index("activations+init @ lr x3") > [t.name for t in result.trials].index(
+        "residual"
+    ), "the axis follows the screening that prunes it"
+    assert (5, 3.0) in seen and (5, 10.0) in seen, "train_fn was handed the scaled rate"
+    assert not any(t.name.startswith("init @") for t in result.trials), "re-drawn weights keep the recipe's rate"
+    assert sum(n for n, _ in seen) == result.steps_used <= result.budget_steps == 150
+    text = str(result)
+    for f in ("3", "10"):  # the table's lr column shows the rate each run trained at
+        assert re.search(rf"activations\+init @ lr x{f} +x{f} +5 +0\.5 ", text), text
+    assert "learning-rate axis: 'activations+init'" in text and "it competes at x1" in text  # a tie: the advised rate
+    plain = gw.repair(_tiny_sigmoid(), _tiny_task([], lambda m: 0.5), steps=100, diagnosis=VANISHING,
+                      lr_factors=(), progress=False)
+    assert not any("@ lr" in t.name for t in plain.trials)
+
+
+def _halfway_task() -> Any:
+    """Full-batch gradient descent on y = 2 x_0; the score is 1 once the MSE is below 1.5 (half its start)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    y = 2.0 * x[:, :1]
+
+    def mse_after(model: nn.Module, advice: dict[str, Any], steps: int, lr: float = 0.01) -> float:
+        opt = torch.optim.SGD(model.parameters(), lr=lr * advice.get("lr_scale", 1.0))
+        for _ in range(steps):
+            loss = nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return float(nn.functional.mse_loss(model(x), y))
+
+    return mse_after
+
+
+def test_a_fix_that_works_only_at_a_larger_learning_rate_is_found() -> None:
+    # Plain gradient descent at 0.003: within the 10-step screen only the ReLU fix at x10
+    # gets the fit halfway; the rate must be measured, and confirmed at length, to be kept.
+    mse_after = _halfway_task()
+    result = gw.repair(
+        _tiny_sigmoid(), lambda m, a, n: float(mse_after(m, a, n, lr=0.003) < 1.5), steps=200, diagnosis=VANISHING,
+        progress=False,
+    )
+    assert result.improved and result.fix is not None and result.final_score == 1.0
+    kept = next(t for t in result.trials if t.kept)
+    assert kept.name == "activations+init @ lr x10, continued" and result.advice["lr_scale"] == 10.0
+    assert "lr_scale" in result.fix.advice and "axis" in result.fix.advice["why"]["lr_scale"]
+    # no candidate reached the threshold at its advised rate, nor at x3: the rate made the difference
+    assert all(t.score == 0.0 for t in result.trials if "x10" not in t.name and not t.name.startswith("original"))
+    # independently: the kept (untrained) fix, trained s steps at the recipe's rate and at the kept one
+    s = result.trials[0].steps
+    assert mse_after(copy.deepcopy(result.fix.model), {}, s, lr=0.003) >= 1.5
+    assert mse_after(copy.deepcopy(result.fix.model), {"lr_scale": 3.0}, s, lr=0.003) >= 1.5
+    assert mse_after(copy.deepcopy(result.fix.model), result.advice, s, lr=0.003) < 1.5
+    assert "train with lr_scale = 10.0" in str(result)
+
+
+def test_a_first_step_up_that_makes_things_worse_turns_the_axis_down() -> None:
+    # At lr 1.0 every fix diverges or blows up; the best-screened architectural one gets
+    # worse at x3 still, so the axis turns around and tries x1/3.
+    mse_after = _halfway_task()
+
+    def train(model: nn.Module, advice: dict[str, Any], steps: int) -> float:
+        mse = mse_after(model, advice, steps, lr=1.0)
+        return -mse if math.isfinite(mse) else math.nan
+
+    result = gw.repair(_tiny_sigmoid(), train, steps=200, diagnosis=VANISHING, progress=False)
+    axis = [t for t in result.trials if "@ lr" in t.name and not t.name.endswith("continued")]
+    assert [t.lr_factor for t in axis] == [3.0, pytest.approx(1 / 3)]
+    explored = next(t for t in result.trials if t.name == axis[0].name.split(" @ ")[0])
+    assert not axis[0].score >= explored.score - 0.02, "x3 was worse than x1"
+    kept = next(t for t in result.trials if t.kept)
+    # a rate other than the advised one is confirmed at length before it is kept
+    assert kept.name == f"{axis[1].name}, continued" and kept.lr_factor == pytest.approx(1 / 3)
+    assert result.advice["lr_scale"] == pytest.approx(1 / 3, rel=1e-5)
+    assert result.final_score is not None and result.final_score > max(t.score for t in result.trials[:2])
+
+
+def test_bad_lr_factors() -> None:
+    for bad in ((1.0,), (0.0, 3.0), (float("nan"),), "3", (True,)):
+        with pytest.raises(GradwatchValueError, match="lr_factors must be"):
+            gw.repair(_tiny_sigmoid(), _tiny_task([], lambda m: 0.0), steps=10, lr_factors=bad)  # type: ignore[arg-type]
+
+
+def test_a_rate_that_loses_ground_at_length_falls_back_to_the_advised_rate() -> None:
+    # The recipe warms its rate up over 80 steps (resumed from the model's own step count),
+    # so a larger factor looks best after 10 steps and crosses the edge of stability soon
+    # after: the axis's leader must be confirmed at length, and falls back when it loses ground.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    y = 2.0 * x[:, :1]
+
+    def train(model: nn.Module, advice: dict[str, Any], steps: int) -> float:
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        for _ in range(steps):
+            done = getattr(model, "trained", 0)
+            model.trained = done + 1  # type: ignore[assignment]
+            for group in opt.param_groups:
+                group["lr"] = 0.05 * advice.get("lr_scale", 1.0) * min(1.0, (done + 1) / 80)
+            loss = nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            mse = float(nn.functional.mse_loss(model(x), y))
+        return -mse if math.isfinite(mse) else math.nan
+
+    result = gw.repair(_tiny_sigmoid(), train, steps=200, diagnosis=VANISHING, progress=False)
+    names = [t.name for t in result.trials]
+    best = max((t for t in result.trials if "@ lr" in t.name), key=lambda t: t.score)
+    advised = next(t for t in result.trials if t.name == best.name.split(" @ ")[0])
+    assert best.score > advised.score + 0.02, "a larger rate led the short run"
+    continued = result.trials[names.index(f"{best.name}, continued")]
+    assert continued.score < best.score - result.margin, "and lost ground with more steps"
+    assert advised.kept and result.advice.get("lr_scale", 1.0) == 1.0
+    assert "too large to hold" in str(result)
+    assert result.steps_used <= result.budget_steps
+    # independently: trained for a full run from scratch, the advised rate holds and the leader's does not
+    assert result.fix is not None
+    at = {f: train(copy.deepcopy(result.fix.model), {"lr_scale": f}, 200) for f in (1.0, best.lr_factor)}
+    assert at[1.0] > -0.05 > at[best.lr_factor]
+
+
+def test_a_best_rate_next_to_a_worse_larger_one_is_at_the_edge_and_backs_off() -> None:
+    # At 0.01, x3 gets the fit halfway in the 10-step screen and x10 overshoots: x3 sits
+    # next to a rate that did worse, so the advised rate stands for the candidate.
+    mse_after = _halfway_task()
+    result = gw.repair(
+        _tiny_sigmoid(), lambda m, a, n: float(mse_after(m, a, n, lr=0.01) < 1.5), steps=200, diagnosis=VANISHING,
+        progress=False,
+    )
+    by_name = {t.name: t for t in result.trials}
+    assert by_name["activations+init @ lr x3"].score == 1.0 and by_name["activations+init @ lr x10"].score == 0.0
+    assert by_name["activations+init"].score == 0.0
+    assert "it competes at x1 (x3 is at the edge: a larger rate did worse)" in str(result)
+    assert all(t.lr_factor == 1.0 for t in result.trials if "continued" in t.name)
+    # independently: the kept fix reaches the mark at x3 in s steps, not at x1 or x10
+    assert result.fix is not None
+    s = result.trials[0].steps
+    reached = {f: mse_after(copy.deepcopy(result.fix.model), {"lr_scale": f}, s, lr=0.01) < 1.5 for f in (1.0, 3.0, 10.0)}
+    assert reached == {1.0: False, 3.0: True, 10.0: False}

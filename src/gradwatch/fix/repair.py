@@ -18,26 +18,44 @@ The loop, with N = `steps` (one full training run) and B = `budget` (1.5):
 2. the original trains once more for s steps from another seed, to see how much the
    score moves by chance; then up to four candidates — the fix `gw.fix` chooses, each
    of its remedies alone when it has several, the alternative remedies for the same
-   causes — each train s steps from the same seed as the first original run;
+   causes — each train s steps from the same seed as the first original run.
+   The learning-rate axis: a candidate that changes the architecture (a swapped
+   activation or cell, inserted norms, residual wrapping) is not what the recipe's
+   learning rate was chosen for, and nothing in the original's run measures the rate it
+   wants. The one that screened best is also tried, s steps from the same seed, at
+   `lr_factors` (x3, then x10) its advised rate — turning to x1/3 if x3 did worse than
+   x1, and starting at x1/3, x1/10 if its run at the advised rate failed (a non-finite
+   score). Its rates differ in nothing else (same model, same data order), so they are
+   compared with each other to within `min_gain`, not the margin; the one within it of
+   their best nearest the advised rate stands for the candidate — one step smaller if a
+   still larger rate did measurably worse (`_rate`);
 3. the *leader* is the first candidate (in that order, so the diagnosis's own pick
    leads a tie) within the margin of the best score. The margin is
    ``max(min_gain, 2 * |original - original repeat|)``: a gain must exceed twice what
    chance alone moved the original by, and never be less than `min_gain` (0.02 in
    score units: two points of accuracy, about one standard error of an accuracy
    measured on 400 examples). A leader ahead of the original by more than twice the
-   margin is kept at once;
+   margin is kept at once — unless it leads at a rate of the axis: the rate that makes
+   the fastest start is often the largest that does not yet diverge, so it is always
+   confirmed at length;
 4. otherwise the leader and the original both train on to the same length, as far as the budget allows,
    and the leader is kept only if it is ahead by more than the margin there (some fixes
-   only show after a plateau, and a small early lead may be chance);
+   only show after a plateau, and a small early lead may be chance). A leader at a rate
+   of the axis that lost ground there (its score fell by more than the margin with more
+   steps) runs at a rate too large to hold: if its candidate at the advised rate beat
+   the original by more than the margin in the first round, that is kept instead (the
+   budget of this round is split so that it can still be finished); otherwise the
+   leader is judged as any other;
 5. the model kept (the winner, or the original) trains on to N steps in all
    (`finish=True`), so the caller gets a trained model.
 
 Cost: every step trained counts. The kept model's own steps are part of its N; the
 others are the overhead, held to (B - 1) N: half of it for the first round (s =
 (B - 1) N / 10 by default: five short runs besides the kept one), the rest for the
-second. So the total never exceeds B N steps — the earlier AutoTrainer retrained from
-scratch with randomly chosen repairs at 2.2x. A candidate whose step is dearer (a GRU
-for an RNN, an added BatchNorm) costs more wall time per step than the original.
+learning-rate axis (two runs of s) and the second round. So the total never exceeds B N
+steps — the earlier AutoTrainer retrained from scratch with randomly chosen repairs at 2.2x.
+A candidate whose step is dearer (a GRU for an RNN, an added BatchNorm) costs more wall
+time per step than the original.
 """
 
 from __future__ import annotations
@@ -84,6 +102,12 @@ class Trial:
     seconds: float
     error: str = ""
     kept: bool = False
+    lr_factor: float = 1.0  # the candidate's advised learning rate times this (the lr axis)
+
+    @property
+    def lr_scale(self) -> float:
+        """The learning-rate multiplier this run trained with (1.0: the recipe's own rate)."""
+        return float(self.advice.get("lr_scale", 1.0))
 
 
 @dataclass
@@ -94,8 +118,11 @@ class RepairResult:
         model: the trained winner (or the trained original) when ``finish=True``;
             otherwise the untrained fixed model (or a copy of the original).
         fix: the kept `FixResult`, or None when the original was kept.
-        advice: the advice to train the model with (empty when the original was kept).
-        trials: every short run, the original's first.
+        advice: the advice to train the model with (empty when the original was kept);
+            its ``lr_scale`` is the rate the kept fix won at.
+        trials: every short run, the original's first; a run of the learning-rate
+            axis is named ``'<candidate> @ lr x<factor>'`` (`Trial.lr_factor`,
+            `Trial.lr_scale`).
         baseline: the better of the original's short-run scores.
         margin: how much a candidate had to beat the baseline by.
         final_score: the score after the finishing run (None without it).
@@ -141,10 +168,12 @@ class RepairResult:
                 f"repair: no candidate beat the original's {_fmt(self.baseline)} by more than "
                 f"{_fmt(self.margin)}; kept the original"
             )
-        lines = [head, f"  {'trial':<40} {'steps':>6} {'score':>9} {'time':>7}"]
+        lines = [head, f"  {'trial':<40} {'lr':>8} {'steps':>6} {'score':>9} {'time':>7}"]
         for t in self.trials:
             mark = "  kept" if t.kept else (f"  error: {t.error}" if t.error else "")
-            lines.append(f"  {t.name:<40} {t.steps:>6} {_fmt(t.score):>9} {t.seconds:>6.1f}s{mark}")
+            lines.append(
+                f"  {t.name:<40} {_lr(t.lr_scale):>8} {t.steps:>6} {_fmt(t.score):>9} {t.seconds:>6.1f}s{mark}"
+            )
         if self.fix is not None:
             lines.append("  changes:")
             lines += [f"    - {c}" for c in self.fix.changes]
@@ -163,6 +192,10 @@ class RepairResult:
 
 def _fmt(x: float) -> str:
     return "failed" if not math.isfinite(x) else f"{x:.4g}"
+
+
+def _lr(scale: float) -> str:
+    return f"x{scale:.3g}"
 
 
 # -- watching the user's own loop --------------------------------------------------------------
@@ -315,6 +348,53 @@ MAX_CANDIDATES = 4
 #: detectors report problems present from initialisation within about 100 steps
 #: (docs/performance.md, Detection), a few as late as 180.
 DIAGNOSE_STEPS = 200
+#: Factors on an architectural candidate's advised learning rate tried besides x1 (the
+#: learning-rate axis). Learning rates act on a log scale and a good one is flat to within
+#: a factor of two or three, so half-decade steps are the coarsest grid that cannot step
+#: over a working rate; one decade is what two runs of s buy while leaving the second
+#: round more than half of its share. Upward first, because what a finite run at the
+#: advised rate leaves open is a plateau the new layers cross only with a larger step (a
+#: fresh GRU's updates pass through its gates; `docs/fix.md`, Limits); the axis turns down
+#: by the same factors when the first step up does worse, or when the run at the advised
+#: rate failed.
+LR_FACTORS: tuple[float, ...] = (3.0, 10.0)
+
+
+def _changes_architecture(result: FixResult) -> bool:
+    """True if the fix changes the model's layers, not only its weights or the advice."""
+    return any(c.kind != "init" for c in result.changes)
+
+
+def _scaled_advice(advice: dict[str, Any], factor: float) -> dict[str, Any]:
+    """`advice` with its learning-rate scale (1 when absent) multiplied by `factor`."""
+    out = copy.deepcopy(advice)
+    base = float(advice.get("lr_scale", 1.0))
+    out["lr_scale"] = float(f"{base * factor:.6g}")
+    why = dict(out.get("why", {}))
+    why["lr_scale"] = (
+        f"repair's learning-rate axis: x{factor:.3g} the advised {base:.3g}, measured in short runs "
+        "(the architecture changed, and the recipe's rate was chosen for the old one)"
+    )
+    out["why"] = why
+    return out
+
+
+def _to_explore(
+    trials: list[Trial], screened: list[int], results: dict[int, FixResult], margin: float
+) -> tuple[int, bool] | None:
+    """Which screened candidate gets the learning-rate axis, and in which direction.
+
+    The architectural candidate that screened best (the first within `margin` of the best,
+    as for the leader), upward; if none ran to a finite score, the first that failed
+    without raising (a non-finite score: the step was too large), downward. A candidate
+    that raised is not a learning-rate problem.
+    """
+    arch = [i for i in screened if _changes_architecture(results[i])]
+    best = _leader(trials, arch, margin)
+    if best is not None:
+        return best, True
+    failed = next((i for i in arch if not trials[i].error), None)
+    return (failed, False) if failed is not None else None
 
 
 def _leader(trials: list[Trial], candidates: list[int], margin: float) -> int | None:
@@ -330,18 +410,51 @@ def _leader(trials: list[Trial], candidates: list[int], margin: float) -> int | 
     return next(i for i in finite if trials[i].score >= best - margin)
 
 
-def _extension(steps: int, s: int, spent: int, budget_steps: int, finish: bool, ahead: int = 0) -> int:
+def _rate(trials: list[Trial], scales: list[int], min_gain: float) -> tuple[int | None, str]:
+    """Which of one candidate's runs at several learning rates stands for it, and why.
+
+    The rate nearest the advised one (upward first) within `min_gain` of the best score:
+    a larger rate must earn its place by a measurable gain, since what it risks — a
+    divergence after the short run — the short run cannot show. And if a still larger
+    rate did measurably worse, the best one is at the edge of what is stable over a
+    short run, and training sharpens the loss further (Cohen et al. 2021, progressive
+    sharpening): the next smaller rate tried stands instead.
+    """
+    finite = sorted((j for j in scales if math.isfinite(trials[j].score)), key=lambda j: trials[j].lr_factor)
+    if not finite:
+        return None, ""
+    best = max(trials[j].score for j in finite)
+    chosen = min(
+        (j for j in finite if trials[j].score >= best - min_gain),
+        key=lambda j: (abs(math.log(trials[j].lr_factor)), trials[j].lr_factor < 1),
+    )
+    above = [
+        j for j in scales
+        if trials[j].lr_factor > trials[chosen].lr_factor and not trials[j].score >= best - min_gain
+    ]
+    below = [j for j in finite if trials[j].lr_factor < trials[chosen].lr_factor]
+    if above and below:
+        edge = trials[chosen].lr_factor
+        return below[-1], f"x{edge:.3g} is at the edge: a larger rate did worse"
+    return chosen, ""
+
+
+def _extension(
+    steps: int, s: int, spent: int, budget_steps: int, finish: bool, ahead: int = 0, fallback: bool = False
+) -> int:
     """How far the leader can train on in round 2 (the original is brought to the same length).
 
     The leader goes on by e; the original, already `ahead` steps past s, by max(0, e - ahead);
     the one kept is then finished to `steps` (costing steps - s - e), so
     spent + e + max(0, e - ahead) + (steps - s - e) <= budget_steps, and s + e <= steps.
+    With `fallback`, a run of s steps may be kept instead of the leader (finishing it
+    costs steps - s), so the leader's e steps count as well.
     """
     room = budget_steps - spent - (steps - s if finish else 0)
     if room < 0:
         return 0
-    # e + max(0, e - ahead) - (e if finish else 0) <= room
-    if finish:
+    # e + max(0, e - ahead) - (e if finish and not fallback else 0) <= room
+    if finish and not fallback:
         e = room + ahead
     else:
         e = (room + ahead) // 2 if room > ahead else room
@@ -358,7 +471,11 @@ def _latest_original(trials: list[Trial], trained_steps: list[int]) -> int:
 
 def _print(t: Trial) -> None:
     extra = f" (error: {t.error})" if t.error else ""
-    print(f"repair: {t.name:<40} score {_fmt(t.score):>9}  {t.steps} steps  {t.seconds:.1f}s{extra}", flush=True)
+    print(
+        f"repair: {t.name:<40} lr {_lr(t.lr_scale):<7} score {_fmt(t.score):>9}  {t.steps} steps  "
+        f"{t.seconds:.1f}s{extra}",
+        flush=True,
+    )
 
 
 def repair(
@@ -374,6 +491,7 @@ def repair(
     repeat_original: bool = True,
     finish: bool = True,
     seed: int = 0,
+    lr_factors: tuple[float, ...] = LR_FACTORS,
     progress: bool | Callable[[Trial], None] = True,
 ) -> RepairResult:
     """Diagnose, try candidate fixes in short A/B runs, keep one only if it measurably wins.
@@ -394,6 +512,9 @@ def repair(
         finish: train the winner on to N steps so the result is a trained model.
         seed: `torch.manual_seed` before each run, so candidates see the same data order
             and dropout draws as the original (the global RNG is restored afterwards).
+        lr_factors: the learning-rate axis: factors (other than 1) on the advised rate at
+            which the best-screened architectural candidate is also tried; reciprocals when
+            its run at the advised rate failed; ``()`` turns the axis off.
         progress: print a line per run (True), stay quiet (False), or call this with each `Trial`.
 
     Returns:
@@ -416,6 +537,14 @@ def repair(
     s = trial_steps if trial_steps is not None else max(1, waste // (2 * (MAX_CANDIDATES + 1)))
     if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= steps:
         raise GradwatchValueError(f"trial_steps must be an int between 1 and steps={steps}, got {trial_steps!r}")
+    if not isinstance(lr_factors, tuple | list) or not all(
+        isinstance(f, int | float) and not isinstance(f, bool) and math.isfinite(f) and f > 0 and f != 1
+        for f in lr_factors
+    ):
+        raise GradwatchValueError(
+            f"lr_factors must be a tuple of positive finite factors other than 1 (e.g. (3.0, 10.0); () for none), "
+            f"got {lr_factors!r}"
+        )
     if diagnosis is not None and not isinstance(diagnosis, Diagnosis):
         raise GradwatchTypeError(f"diagnosis must be a gradwatch.Diagnosis or None, got {type(diagnosis).__qualname__}")
     report: Callable[[Trial], None] | None = _print if progress is True else (progress or None)
@@ -426,7 +555,7 @@ def repair(
     started = time.perf_counter()
 
     def run(name: str, m: nn.Module, advice: dict[str, Any], run_seed: int, changes: list[Change],
-            n: int, before: int = 0) -> Trial:
+            n: int, before: int = 0, lr_factor: float = 1.0) -> Trial:
         torch.manual_seed(run_seed)
         t0 = time.perf_counter()
         error = ""
@@ -436,7 +565,7 @@ def repair(
             raise
         except Exception as e:  # a candidate that crashes is a failed candidate
             score, error = -math.inf, f"{type(e).__name__}: {e}"
-        trial = Trial(name, changes, advice, n, score, time.perf_counter() - t0, error)
+        trial = Trial(name, changes, advice, n, score, time.perf_counter() - t0, error, lr_factor=lr_factor)
         trials.append(trial)
         models.append(m)
         trained_steps.append(before + n)
@@ -496,8 +625,53 @@ def repair(
                 spent += s
             if all(t.error for t in trials):
                 notes.append(f"every run raised (first: {trials[0].error}); check train_fn")
-            leader = _leader(trials, list(results), margin)
-            if leader is not None and trials[leader].score > baseline + 2 * margin:
+            screened = list(results)
+            # The learning-rate axis: the best-screened architectural candidate at other
+            # rates, from the same seed. Its scales differ only in the rate, so they are
+            # compared with each other to within min_gain (not the margin, which measures
+            # how much another data order moves the original); `_rate` says which one
+            # stands for the candidate.
+            advised_of: dict[int, int] = {}  # a run of the lr axis -> its candidate's run at the advised rate
+            pick = _to_explore(trials, screened, results, margin) if lr_factors else None
+            if pick is not None:
+                i, up = pick
+                steps_out = sorted(lr_factors, key=lambda f: abs(math.log(f)))  # nearest the advised rate first
+                queue = [f if up else 1.0 / f for f in steps_out]
+                scales = [i]
+                while queue:
+                    f = queue.pop(0)
+                    if not affordable(s, s):
+                        notes.append(f"budget reached: '{trials[i].name}' not tried at lr x{f:.3g} its advised rate")
+                        break
+                    t_f = run(f"{trials[i].name} @ lr x{f:.3g}", copy.deepcopy(results[i].model),
+                              _scaled_advice(results[i].advice, f), seed, list(results[i].changes), s, lr_factor=f)
+                    results[len(trials) - 1] = results[i]
+                    advised_of[len(trials) - 1] = i
+                    scales.append(len(trials) - 1)
+                    spent += s
+                    if len(scales) == 2 and up and not t_f.score >= trials[i].score - min_gain:
+                        # the first step up made it worse: the rate wants to go down instead
+                        queue = [1.0 / g for g in steps_out][: len(queue)]
+                best_scale, why_rate = _rate(trials, scales, min_gain)
+                if len(scales) > 1:
+                    tried = ", ".join(
+                        f"x{trials[j].lr_factor:.3g} {_fmt(trials[j].score)}" for j in sorted(scales)
+                    )
+                    chosen = f"x{trials[best_scale].lr_factor:.3g}" if best_scale is not None else "none (all failed)"
+                    notes.append(
+                        f"learning-rate axis: '{trials[i].name}' changes the architecture, so it was also tried at "
+                        f"other rates (times its advised rate, in the order tried: {tried}); it competes at {chosen}"
+                        + (f" ({why_rate})" if why_rate else "")
+                    )
+                if best_scale is not None:
+                    screened[screened.index(i)] = best_scale
+            leader = _leader(trials, screened, margin)
+            # A rate other than the advised one is never kept on a short run alone: the
+            # rate that makes the fastest start is often the largest that does not yet
+            # diverge, and some diverge a few dozen steps later. It is confirmed at length,
+            # and falls back to the candidate's advised rate if it loses ground there.
+            advised = advised_of.get(leader) if leader is not None else None
+            if leader is not None and advised is None and trials[leader].score > baseline + 2 * margin:
                 winner = leader  # a clear win: no need to look further
             elif leader is not None:
                 # Round 2: the leader did not pull clearly ahead in s steps (some fixes only
@@ -505,7 +679,7 @@ def repair(
                 # original on to the same length, as far as the budget allows — only the
                 # loser's steps are wasted — and keep it only if it is ahead by more than
                 # the margin there.
-                e = _extension(steps, s, spent, budget_steps, finish, watched_on)
+                e = _extension(steps, s, spent, budget_steps, finish, watched_on, fallback=advised is not None)
                 if e > 0:
                     need = s + e - (s + watched_on)
                     if need > 0:
@@ -513,21 +687,38 @@ def repair(
                         spent += need
                     else:  # the original was already watched on at least that far
                         a_score = trials[_latest_original(trials, trained_steps)].score
-                    b = run(f"{trials[leader].name}, continued", models[leader], dict(results[leader].advice),
-                            seed + 3, list(results[leader].changes), e, before=s)
+                    b = run(f"{trials[leader].name}, continued", models[leader], dict(trials[leader].advice),
+                            seed + 3, list(results[leader].changes), e, before=s,
+                            lr_factor=trials[leader].lr_factor)
                     spent += e
                     results[len(trials) - 1] = results[leader]
-                    if b.score > a_score + margin:
+                    lost_ground = not b.score >= trials[leader].score - margin
+                    if advised is not None and lost_ground and trials[advised].score > baseline + margin:
+                        # more steps at that rate lost ground: too large to hold, even if
+                        # still ahead; the candidate at its advised rate beat the original
+                        notes.append(
+                            f"lr x{trials[leader].lr_factor:.3g} led '{trials[advised].name}' in the short run "
+                            f"({_fmt(trials[leader].score)}) but fell to {_fmt(b.score)} after {s + e} steps: too "
+                            "large to hold; kept at its advised rate, which beat the original in the short run"
+                        )
+                        winner = advised
+                    elif b.score > a_score + margin:
                         winner, baseline = len(trials) - 1, a_score
-                elif trials[leader].score > baseline + margin:
-                    winner = leader
+                else:
+                    judged = advised if advised is not None else leader
+                    if trials[judged].score > baseline + margin:
+                        winner = judged
             if winner is not None:
                 trials[winner].kept = True
         kept_fix: FixResult | None = None
         advice: dict[str, Any] = {}
         final_score: float | None = None
         if winner is not None:
-            kept_fix = results[winner]
+            # the fix as kept: its advice carries the learning rate it won at
+            kept_fix = FixResult(
+                model=results[winner].model, changes=list(results[winner].changes),
+                advice=copy.deepcopy(trials[winner].advice),
+            )
             advice = dict(kept_fix.advice)
             idx = winner
         else:  # the original: its longest-trained run
