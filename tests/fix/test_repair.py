@@ -127,6 +127,25 @@ def test_without_a_diagnosis_the_original_run_is_watched() -> None:
     assert result.diagnosis.steps == 10
 
 
+def test_loss_backward_is_restored_after_watching_also_when_train_fn_raises() -> None:
+    original = torch.Tensor.backward
+    x, y = torch.randn(8, 4), torch.randn(8, 1)
+    seen: list[Any] = []
+
+    def train(model: nn.Module, advice: dict[str, Any], steps: int) -> float:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        loss = nn.functional.mse_loss(model(x), y)
+        seen.append(torch.Tensor.backward)
+        loss.backward()
+        opt.step()
+        raise RuntimeError("the user's loop failed")
+
+    with pytest.raises(RuntimeError, match="the user's loop failed"):
+        gw.repair(_tiny_sigmoid(), train, steps=20, trial_steps=5, progress=False)
+    assert seen and seen[0] is not original  # wrapped while the original was watched
+    assert torch.Tensor.backward is original
+
+
 def test_progress_is_reported_per_run(capsys: pytest.CaptureFixture[str]) -> None:
     seen: list[Trial] = []
     gw.repair(_tiny_sigmoid(), _tiny_task([], lambda m: 0.0), steps=40, diagnosis=VANISHING, progress=seen.append)

@@ -61,6 +61,7 @@ time per step than the original.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -70,7 +71,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
-from torch.overrides import TorchFunctionMode
 
 from gradwatch._errors import GradwatchTypeError, GradwatchValueError
 from gradwatch.fix._graph import order_of
@@ -201,18 +201,42 @@ def _lr(scale: float) -> str:
 # -- watching the user's own loop --------------------------------------------------------------
 
 
-class _LossTap(TorchFunctionMode):
-    """Catches the tensor each ``loss.backward()`` is called on."""
+class _LossTap:
+    """Catches the tensor each ``loss.backward()`` is called on.
+
+    ``torch.Tensor.backward`` is wrapped while the original is watched (and restored on
+    exit): one Python call per backward, where a `TorchFunctionMode` would intercept every
+    torch operation of the forward pass as well.
+    """
+
+    #: at most this many losses wait for an optimizer step (a loop that never steps one)
+    CAP = 1024
 
     def __init__(self) -> None:
-        super().__init__()
         self.pending: list[torch.Tensor] = []
+        self._original: Any = None
 
-    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if func is torch.Tensor.backward and args and isinstance(args[0], torch.Tensor):
-            if args[0].numel() == 1:
-                self.pending.append(args[0].detach().reshape(()))
-        return func(*args, **(kwargs or {}))
+    def __enter__(self) -> _LossTap:
+        original = torch.Tensor.backward
+        pending = self.pending
+        cap = self.CAP
+
+        @functools.wraps(original)
+        def backward(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if tensor.numel() == 1:
+                if len(pending) >= cap:
+                    del pending[: cap // 2]
+                pending.append(tensor.detach().reshape(()))
+            return original(tensor, *args, **kwargs)
+
+        self._original = original
+        torch.Tensor.backward = backward  # type: ignore[method-assign,assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._original is not None:
+            torch.Tensor.backward = self._original  # type: ignore[method-assign]
+            self._original = None
 
 
 class _Watching:
