@@ -33,6 +33,22 @@ def test_quiet_below_the_ratio_and_for_a_single_spike() -> None:
     assert exploding_gradient(spike, AN, TH) == []
 
 
+def test_a_ratio_hovering_around_the_threshold_stays_reported_until_it_clearly_falls() -> None:
+    # in the chaotic phase the ratio of a deep tanh net wanders around the bar: 150, 60, 150, ...
+    def hovering(cut: int) -> object:
+        return lambda s: grads(3, [(150.0 if (s // 10) % 2 == 0 or s < 30 else 60.0) if s < cut else 20.0, 5.0, 1.0])
+
+    (f,) = exploding_gradient(build(AN, 30, layers=hovering(10**6), loss=stuck_loss()), AN, TH)
+    assert f.step == 0 and f.layers == ["0"] and f.severity == Severity.ERROR
+    # below 100 / 10**0.5 = 32 for good: cleared
+    assert exploding_gradient(build(AN, 30, layers=hovering(200), loss=stuck_loss()), AN, TH) == []
+    # the same values without an episode of 3 records above 100 first: never entered
+    low = build(AN, 30, layers=lambda s: grads(3, [60.0, 5.0, 1.0]), loss=stuck_loss())
+    assert exploding_gradient(low, AN, TH) == []
+    # no dead band: the hovering ratio is not reported
+    assert exploding_gradient(build(AN, 30, layers=hovering(10**6), loss=stuck_loss()), AN, Thresholds(release_decades=0.0)) == []
+
+
 def test_through_time_from_the_gradient_profile() -> None:
     vec = [1e4] * 3 + [10.0] * 24 + [1.0] * 3  # the first steps get 1e4 x the last
     tl = build(AN, 31, layers=lambda s: grads(3, [1, 1, 1]), loss=stuck_loss(0.4),

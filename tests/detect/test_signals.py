@@ -12,6 +12,7 @@ from gradwatch.detect._signals import (
     depth_chain,
     episode,
     first_persistent,
+    latched_episode,
     loss_view,
     num,
     relative_grads,
@@ -32,6 +33,19 @@ def test_persistence_needs_k_in_a_row_and_forgives_one_stray_record() -> None:
     assert episode(m, 3) == 4
     assert episode(np.array([1, 1], dtype=bool), 3) is None  # too few records
     assert first_persistent(np.array([], dtype=bool), 1) is None
+
+
+def test_a_latched_episode_lasts_while_the_milder_condition_holds() -> None:
+    enter = np.array([1, 1, 1, 0, 1, 0, 0, 0, 1, 0], dtype=bool)
+    near = np.array([1, 1, 1, 1, 1, 1, 0, 1, 1, 1], dtype=bool)  # still within the band
+    assert episode(enter, 3) is None  # only 1 of the last 5 records clears the threshold
+    assert latched_episode(enter, near, 3) == 0
+    gone = near.copy()
+    gone[5:8] = False  # at one point only 2 of 5 records were in the band: released
+    assert latched_episode(enter, gone, 3) is None
+    never = np.array([1, 1, 0, 1, 1, 0, 1, 1, 0], dtype=bool)  # never 3 in a row
+    assert latched_episode(never, np.ones(9, dtype=bool), 3) is None
+    assert latched_episode(enter[:4], near[:4], 3) == 0  # too few records to have let go
 
 
 def test_relative_gradient_is_norm_over_the_weights_that_got_gradient() -> None:

@@ -85,3 +85,13 @@ def test_threshold_moves_the_verdict() -> None:
     tl = build(AN, 31, layers=lambda s: grads(4, [1e-4, 1, 1, 1]), loss=stuck_loss())
     assert vanishing_gradient(tl, AN, TH) != []
     assert vanishing_gradient(tl, AN, Thresholds(vanish_ratio=1e-5)) == []
+
+
+def test_a_ratio_that_recovers_only_into_the_dead_band_stays_reported() -> None:
+    # 1e-4 for 5 records, then 2e-3 (above the bar of 1e-3, within half a decade of it)
+    tl = build(AN, 31, layers=lambda s: grads(4, [1e-4 if s < 50 else 2e-3, 0.1, 0.5, 1.0]), loss=stuck_loss())
+    (f,) = vanishing_gradient(tl, AN, TH)
+    assert f.step == 0 and f.layers == ["0"] and f.evidence["ratio_min"] == pytest.approx(2e-3)
+    # recovered past 10**-2.5 ~ 3.2e-3: cleared
+    tl = build(AN, 31, layers=lambda s: grads(4, [1e-4 if s < 50 else 5e-3, 0.1, 0.5, 1.0]), loss=stuck_loss())
+    assert vanishing_gradient(tl, AN, TH) == []

@@ -72,6 +72,24 @@ def test_init_mismatch_names_the_gain_and_the_fix() -> None:
     assert CauseKind.INIT_MISMATCH not in kinds(mlp(8, 3, depth=5, width=64, activation="relu", seed=0))
 
 
+def test_init_mismatch_calls_a_growth_of_two_decades_an_explosion() -> None:
+    def chaotic(depth: int, var: float) -> nn.Module:
+        model = mlp(8, 3, depth=depth, width=64, activation="tanh", seed=0)
+        for m in model:
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=math.sqrt(var / m.in_features))
+        return model
+
+    # 20 tanh layers at sigma_w^2 = 9: chi ~ 1.85 per layer, ~2.7 decades of growth (the
+    # exploding-gradient detector's bar is 2; a shrinkage would need 3 to count)
+    c = kinds(chaotic(20, 9.0))[CauseKind.INIT_MISMATCH]
+    assert 2.0 <= c.evidence["decades"] < 3.0 and c.evidence["chi"] > 1.5
+    assert "explodes" in c.message and 1.0 <= c.evidence["critical_sigma_w2"] < 2.0
+    assert f"sigma_w^2 = {c.evidence['critical_sigma_w2']:.3g}" in c.remedy
+    # the same depth at sigma_w^2 = 1.5 (chi ~ 1.05: 0.2 decades) is near critical: quiet
+    assert CauseKind.INIT_MISMATCH not in kinds(chaotic(20, 1.5))
+
+
 def test_depth_without_skip() -> None:
     plain = mlp(8, 3, depth=30, width=32, activation="relu", init="he", seed=0)
     c = kinds(plain)[CauseKind.DEPTH_WITHOUT_SKIP]

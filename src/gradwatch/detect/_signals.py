@@ -54,6 +54,28 @@ def episode(mask: np.ndarray, k: int) -> int | None:
     return first_persistent(mask, k)
 
 
+def latched_episode(enter: np.ndarray, hold: np.ndarray, k: int) -> int | None:
+    """Like `episode`, with a dead band: once `enter` has held on `k` records in a row, the
+    episode lasts while the milder `hold` still holds (`k` of every ``2k - 1`` records since).
+
+    A measurement that sits near its threshold would otherwise flicker in and out of a
+    finding from one record to the next; the band (`Thresholds.release_decades`) makes
+    the call stick until the evidence has clearly moved back.
+    """
+    start = episode(enter, k)
+    if start is not None:
+        return start
+    start = first_persistent(enter, k)
+    if start is None:
+        return None
+    h = np.asarray(hold, dtype=bool)[start:]
+    w = 2 * k - 1
+    if len(h) < w:
+        return start  # too few records since it began for the band to have let go
+    counts = np.convolve(h.astype(int), np.ones(w, dtype=int), mode="valid")
+    return start if bool((counts >= k).all()) else None
+
+
 def recent_rows(values: np.ndarray, k: int) -> np.ndarray:
     """The rows of the last ``2k - 1`` records: the window `still_holds` judges."""
     return values[-(2 * k - 1) :]

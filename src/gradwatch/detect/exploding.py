@@ -20,6 +20,7 @@ from gradwatch.detect._signals import (
     LossView,
     depth_log_ratio,
     episode,
+    latched_episode,
     loss_view,
     nanmedian,
     num,
@@ -55,10 +56,12 @@ def exploding_gradient(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
     if chain:
         with quiet_numpy():
             top = np.nanmax(ratio, axis=1)
-        start = episode(top > limit, th.persist)
+        release = limit - th.release_decades
+        start = latched_episode(top > limit, top > release, th.persist)
         if start is not None:
             now = nanmedian(recent_rows(ratio, th.persist), axis=0)
             big = [j for j in range(len(now)) if np.isfinite(now[j]) and now[j] > limit]
+            big = big or [j for j in range(len(now)) if np.isfinite(now[j]) and now[j] > release]
             if big:
                 loss = loss_view(timeline, anatomy, th)
                 j_max = big[int(np.argmax(now[big]))]

@@ -60,6 +60,11 @@ class Thresholds:
     vanish_ratio_blind: float = 1e-6
     #: Exploding: a layer's relative gradient is above this multiple of the last layer's.
     explode_ratio: float = 1e2
+    #: Dead band: once a vanishing or exploding condition across depth has held
+    #: persistently, it clears only when the ratio has moved back by more than this many
+    #: decades (an exploding ratio that fell below 100 / 10**0.5 ~ 32), so a ratio near its
+    #: threshold does not flicker in and out of a finding.
+    release_decades: float = 0.5
 
     # -- gradients through time (recurrent layers) ----------------------------------------
     #: The share of a sequence, at each end, averaged to compare early and late time steps.

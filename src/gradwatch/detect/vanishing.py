@@ -15,7 +15,7 @@ import numpy as np
 from gradwatch.anatomy import Anatomy
 from gradwatch.detect._signals import (
     depth_log_ratio,
-    episode,
+    latched_episode,
     loss_view,
     nanmedian,
     num,
@@ -36,11 +36,16 @@ def vanishing_gradient(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
     limit = math.log10(th.vanish_ratio)
     with quiet_numpy():
         worst = np.nanmin(ratio, axis=1)
-    start = episode(worst < limit, th.persist)
+    release = limit + th.release_decades
+    start = latched_episode(worst < limit, worst < release, th.persist)
     if start is None:
         return []
     now = nanmedian(recent_rows(ratio, th.persist), axis=0)  # per layer, over the recent window
     weak = [j for j in range(len(now)) if np.isfinite(now[j]) and now[j] < limit]
+    bar = th.vanish_ratio
+    if not weak:  # still inside the dead band: the ratio has not yet clearly recovered
+        weak = [j for j in range(len(now)) if np.isfinite(now[j]) and now[j] < release]
+        bar = 10**release
     if not weak:
         return []
     names = [timeline.layers[chain[j]] for j in weak]
@@ -65,7 +70,7 @@ def vanishing_gradient(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
         severity = Severity.INFO
 
     reference = timeline.layers[chain[-1]]
-    many = f"; {len(names)} layers are below {num(th.vanish_ratio)}" if len(names) > 1 else ""
+    many = f"; {len(names)} layers are below {num(bar)}" if len(names) > 1 else ""
     message = (
         f"layer `{timeline.layers[chain[j_min]]}` receives {num(10**lowest)} of the last layer's "
         f"(`{reference}`) gradient, relative to its weights{many}; {loss.describe()}"

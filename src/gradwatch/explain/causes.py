@@ -33,6 +33,10 @@ __all__ = ["CAUSES", "Context", "find_causes"]
 #: A predicted change of the gradient norm by this many decades is a problem: 1e-3 is the
 #: first-to-last ratio AutoTrainer (and our vanishing detector) calls vanishing.
 DECADES = 3.0
+#: The same for a predicted *growth*: 1e2, where the exploding-gradient detector draws
+#: its line (`Thresholds.explode_ratio`). An early layer that gets 100x the head's
+#: relative gradient overshoots under SGD long before one at 1e-3 of it stops learning.
+EXPLODE_DECADES = 2.0
 #: Plain nets deeper than this train worse than shallower ones even at a critical
 #: initialisation (He et al. 2016: plain 20-layer nets train, deeper plain ones degrade;
 #: Balduzzi et al. 2017: gradients of plain nets decorrelate like 2^-L).
@@ -184,7 +188,8 @@ def init_mismatch(ctx: Context) -> Cause | None:
     """Weight scales away from the critical value of their activation (chi far from 1 per layer).
 
     Fires when over a plain run the predicted back-propagated gradient or forward signal
-    changes by more than `DECADES` decades and the run's sigma_w^2 differs from the
+    shrinks by more than `DECADES` decades, or the gradient grows by more than
+    `EXPLODE_DECADES`, and the run's sigma_w^2 differs from the
     critical one (where the product of gains is 1) by more than 1.5x.
     """
     best: tuple[float, list[Layer], Gains, float, float, str | None] | None = None
@@ -195,7 +200,9 @@ def init_mismatch(ctx: Context) -> Cause | None:
         fwd = 0.5 * (_decades(g.q[-1]) - _decades(g.q[0]))
         d = back if abs(back) >= abs(fwd) else fwd
         if abs(d) < DECADES:
-            continue
+            if back < EXPLODE_DECADES:
+                continue
+            d = back
         specs = [x.extra.get("activation") for x in run[:-1]]
         spec = max(set(specs), key=specs.count, default=None)
         crit = critical_sigma_w2(spec, len(run), ctx.q0, float(np.mean([_chain_layer(x).sigma_b2 for x in run])))
