@@ -95,3 +95,48 @@ def test_a_ratio_that_recovers_only_into_the_dead_band_stays_reported() -> None:
     # recovered past 10**-2.5 ~ 3.2e-3: cleared
     tl = build(AN, 31, layers=lambda s: grads(4, [1e-4 if s < 50 else 5e-3, 0.1, 0.5, 1.0]), loss=stuck_loss())
     assert vanishing_gradient(tl, AN, TH) == []
+
+
+def test_a_weak_layer_behind_a_healthy_earlier_one_is_not_vanishing_through_depth() -> None:
+    # layer `2` is weak, but `0`, executed before it, gets a full share: the gradient got past
+    tl = build(AN, 31, layers=lambda s: grads(4, [0.5, 1e-6, 0.5, 1.0]), loss=stuck_loss())
+    assert vanishing_gradient(tl, AN, TH) == []
+    # the layers in front of the first healthy one are named; those behind it are not
+    tl = build(AN, 31, layers=lambda s: grads(4, [1e-7, 0.5, 1e-6, 1.0]), loss=stuck_loss())
+    (f,) = vanishing_gradient(tl, AN, TH)
+    assert f.layers == ["0"] and f.evidence["ratio_min"] == pytest.approx(1e-7)
+
+
+def test_attention_at_initialisation_on_random_labels_is_a_flat_loss_not_vanishing() -> None:
+    # Separate query/key projections (as in Hugging Face models) get gradients ~1e-5 of the
+    # head's at initialisation: each is proportional to the other's small output. With a
+    # loss stuck at chance (random labels), that must not read as vanishing through depth:
+    # the embeddings, executed first, get a full share.
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    import gradwatch as gw
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    cfg = transformers.DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=64, num_labels=4)
+    model = transformers.DistilBertForSequenceClassification(cfg)
+    ids, labels = torch.randint(0, 100, (512, 16)), torch.randint(0, 4, (512,))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    with gw.watch(model, every=10) as w:
+        for _ in range(150):
+            j = torch.randint(0, 512, (32,))
+            out = model(input_ids=ids[j], labels=labels[j])
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+            w.step(loss=out.loss)
+        d = w.diagnose()
+        tl = w.timeline
+        kinds = {f.kind for f in d.findings}
+        assert Kind.FLAT_LOSS in kinds and Kind.VANISHING_GRADIENT not in kinds
+        # the premise: a q/k projection really is below the bar, relative to its weights
+        r = tl.layer_metric("grad_norm")[-1] / tl.layer_metric("weight_norm")[-1]
+        share = {name: r[i] / r[tl.layers.index("classifier")] for i, name in enumerate(tl.layers)}
+        assert min(v for n, v in share.items() if n.endswith(("q_lin", "k_lin"))) < TH.vanish_ratio
+        assert share["distilbert.embeddings.word_embeddings"] > TH.vanish_ratio

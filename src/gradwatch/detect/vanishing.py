@@ -34,17 +34,27 @@ def vanishing_gradient(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
     if not chain:
         return []
     limit = math.log10(th.vanish_ratio)
+    # A gradient that vanishes on its way back starves every layer behind the point where
+    # it was lost: a layer can be starved *by depth* only if no layer executed before it
+    # (nearer the input) still gets a healthy share. The best share at or before each
+    # layer (a running maximum from the input side) is the evidence; a weak layer with a
+    # healthy one before it is weak for a local reason — the query and key projections of
+    # attention at initialisation, whose gradient is proportional to the other's small
+    # output — and the gradient demonstrably got past it.
     with quiet_numpy():
-        worst = np.nanmin(ratio, axis=1)
+        upstream = np.fmax.accumulate(ratio, axis=1)
+        worst = np.nanmin(upstream, axis=1)
     release = limit + th.release_decades
     start = latched_episode(worst < limit, worst < release, th.persist)
     if start is None:
         return []
     now = nanmedian(recent_rows(ratio, th.persist), axis=0)  # per layer, over the recent window
-    weak = [j for j in range(len(now)) if np.isfinite(now[j]) and now[j] < limit]
+    with quiet_numpy():
+        behind = np.fmax.accumulate(now)
+    weak = [j for j in range(len(now)) if np.isfinite(now[j]) and behind[j] < limit]
     bar = th.vanish_ratio
     if not weak:  # still inside the dead band: the ratio has not yet clearly recovered
-        weak = [j for j in range(len(now)) if np.isfinite(now[j]) and now[j] < release]
+        weak = [j for j in range(len(now)) if np.isfinite(now[j]) and behind[j] < release]
         bar = 10**release
     if not weak:
         return []
