@@ -152,6 +152,16 @@ def test_critical_weight_scale() -> None:
     # sigmoid needs a scale far above any standard initialisation
     sig = critical_sigma_w2("sigmoid", 12)
     assert sig is not None and sig > 10
+    chain = [ChainLayer(str(i), 1, sig, 0.0, "sigmoid") for i in range(12)]
+    assert float(np.prod(gains(chain).chi[:-1])) == pytest.approx(1.0, rel=1e-6)
+    # with biases (sigma_b^2 = 0.3) the product is 1 as well, at a larger scale than without
+    sb = critical_sigma_w2("tanh", 20, 1.0, 0.3)
+    assert sb is not None and sb > s
+    chain = [ChainLayer(str(i), 1, sb, 0.3, "tanh") for i in range(20)]
+    assert float(np.prod(gains(chain).chi[:-1])) == pytest.approx(1.0, rel=1e-6)
+    # nothing up to `upper`: None, and quickly (the bracket's ends decide)
+    assert critical_sigma_w2("sigmoid", 12, upper=10.0) is None
+    assert critical_sigma_w2("relu", 10, upper=1.5) is None
 
 
 def test_jacobian_singular_values_of_a_linear_net_are_those_of_the_weight_product() -> None:

@@ -205,8 +205,10 @@ def init_mismatch(ctx: Context) -> Cause | None:
             d = back
         specs = [x.extra.get("activation") for x in run[:-1]]
         spec = max(set(specs), key=specs.count, default=None)
-        crit = critical_sigma_w2(spec, len(run), ctx.q0, float(np.mean([_chain_layer(x).sigma_b2 for x in run])))
-        if crit is None or crit > MAX_CRITICAL_SIGMA_W2:
+        crit = critical_sigma_w2(
+            spec, len(run), ctx.q0, float(np.mean([_chain_layer(x).sigma_b2 for x in run])), upper=MAX_CRITICAL_SIGMA_W2
+        )
+        if crit is None:  # none up to MAX_CRITICAL_SIGMA_W2: not a practical fix
             continue
         sw = float(np.mean([x.extra["sigma_w2"] for x in run[1:]]))
         if abs(math.log(sw / crit)) < math.log(1.5):
