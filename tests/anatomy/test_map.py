@@ -68,6 +68,41 @@ def test_shared_parameters_are_measured_once_at_their_first_owner() -> None:
     assert len(a.parameters_of("0")) == 1
 
 
+def test_a_tied_head_that_runs_last_gives_the_models_outputs() -> None:
+    import torch
+
+    import gradwatch as gw
+    from gradwatch.detect._signals import output_classes
+
+    class TiedLM(nn.Module):  # an embedding whose weight the output head shares, as in GPT-2
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(50, 8)
+            self.body = nn.Linear(8, 8)
+            self.head = nn.Linear(8, 50, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.tanh(self.body(self.emb(x))))
+
+    model = TiedLM()
+    a = Anatomy.from_module(model)
+    assert a["emb"].extra["tied_uses"] == {"head": 50}
+    assert output_classes(a) == 8  # before a forward: the last own layer, `body`
+    with gw.watch(model) as w:
+        loss = nn.functional.cross_entropy(model(torch.randint(0, 50, (4, 6))).flatten(0, 1), torch.randint(0, 50, (24,)))
+        loss.backward()
+        w.step(loss=loss)
+        assert w.anatomy["emb"].extra["tied_head"] == 50
+        assert output_classes(w.anatomy) == 50
+        # the same from the log's anatomy
+        assert output_classes(Anatomy.from_dict(w.anatomy.to_dict())) == 50
+    # a tied use that does not run last (weight sharing inside the body) is no head
+    a = Anatomy.from_module(model)
+    a.reorder(["(root)", "emb", "head", "body"])
+    assert "tied_head" not in a["emb"].extra and output_classes(a) == 8
+
+
 def test_frozen_layers_are_marked_and_not_measured() -> None:
     model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2))
     model[0].requires_grad_(False)

@@ -140,3 +140,15 @@ def test_attention_at_initialisation_on_random_labels_is_a_flat_loss_not_vanishi
         share = {name: r[i] / r[tl.layers.index("classifier")] for i, name in enumerate(tl.layers)}
         assert min(v for n, v in share.items() if n.endswith(("q_lin", "k_lin"))) < TH.vanish_ratio
         assert share["distilbert.embeddings.word_embeddings"] > TH.vanish_ratio
+
+
+def test_a_layer_tied_to_the_head_vouches_for_nothing() -> None:
+    # `0` shares its weight with a later use (an input embedding tied to the output head):
+    # its healthy share may come from the head's end, so the weak layer behind it counts
+    an = chain_anatomy(4)
+    an["0"].tied.append("head.weight")
+    tl = build(an, 31, layers=lambda s: grads(4, [0.5, 1e-6, 0.5, 1.0]), loss=stuck_loss())
+    (f,) = vanishing_gradient(tl, an, TH)
+    assert f.layers == ["2"] and f.severity == Severity.ERROR
+    # untied, the same numbers say the gradient got past `2`
+    assert vanishing_gradient(build(AN, 31, layers=lambda s: grads(4, [0.5, 1e-6, 0.5, 1.0]), loss=stuck_loss()), AN, TH) == []

@@ -141,6 +141,9 @@ class Anatomy:
                 qual = f"{mod_name}.{p_name}" if mod_name else p_name
                 if id(p) in owner:  # shared (tied) parameter: measured once, at its owner
                     owner[id(p)].tied.append(qual)
+                    # where else it is used, and that module's outputs: an input embedding
+                    # tied to the output head is also the model's last layer (see `reorder`)
+                    owner[id(p)].extra.setdefault("tied_uses", {})[mod_name] = _fan_out_of(module)
                 else:
                     own.append((qual, p))
             if not own:
@@ -222,6 +225,17 @@ class Anatomy:
         self.layers = [layer for _, _, layer in keyed]
         for order, (pos, _, layer) in enumerate(keyed):
             layer.order = order if pos is not None else None
+        # A tied use that ran after every layer is the model's head (GPT-2's lm_head, which
+        # shares the input embedding's weight): its owner records the head's outputs.
+        last = max((pos for pos, _, _ in keyed if pos is not None), default=-1.0)
+        head: tuple[float, Layer, int] | None = None
+        for layer in self.layers:
+            layer.extra.pop("tied_head", None)
+            for mod, fan_out in layer.extra.get("tied_uses", {}).items():
+                if mod in first and first[mod] > last and fan_out and (head is None or first[mod] > head[0]):
+                    head = (float(first[mod]), layer, int(fan_out))
+        if head is not None:
+            head[1].extra["tied_head"] = head[2]
 
     # -- serialisation --------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -263,7 +263,15 @@ class LossView:
 
 
 def output_classes(anatomy: Anatomy) -> int | None:
-    """C for a model whose last layer (in execution order) has C >= 2 outputs, else None."""
+    """C for a model whose last layer (in execution order) has C >= 2 outputs, else None.
+
+    The last layer may be a tied use of an earlier layer's weight (an output head sharing
+    the input embedding, as in GPT-2): its owner then carries the head's outputs.
+    """
+    for layer in anatomy.layers:
+        head = layer.extra.get("tied_head")
+        if head:
+            return int(head) if head >= 2 else None
     ran = [layer for layer in anatomy.layers if layer.order is not None] or anatomy.layers
     for layer in reversed(ran):
         if layer.fan_out is not None and layer.fan_in is not None:

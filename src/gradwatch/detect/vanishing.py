@@ -35,26 +35,31 @@ def vanishing_gradient(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
         return []
     limit = math.log10(th.vanish_ratio)
     # A gradient that vanishes on its way back starves every layer behind the point where
-    # it was lost: a layer can be starved *by depth* only if no layer executed before it
-    # (nearer the input) still gets a healthy share. The best share at or before each
-    # layer (a running maximum from the input side) is the evidence; a weak layer with a
-    # healthy one before it is weak for a local reason — the query and key projections of
-    # attention at initialisation, whose gradient is proportional to the other's small
-    # output — and the gradient demonstrably got past it.
-    with quiet_numpy():
-        upstream = np.fmax.accumulate(ratio, axis=1)
-        worst = np.nanmin(upstream, axis=1)
+    # it was lost: a layer is starved *by depth* only if no layer executed before it
+    # (nearer the input) still gets a healthy share — the gradient demonstrably got past
+    # such a layer. A weak layer with a healthy one before it is weak for a local reason:
+    # the query and key projections of attention at initialisation, whose gradient is
+    # proportional to the other's small output. A layer whose parameters are tied to a
+    # later use (an input embedding shared with the output head) gets gradient from both
+    # ends, so it vouches for nothing.
+    vouch = np.array([not anatomy[timeline.layers[c]].tied for c in chain[:-1]], dtype=bool)
+
+    def starved(values: np.ndarray, bar: float) -> np.ndarray:
+        with quiet_numpy():
+            upstream = np.fmax.accumulate(np.where(vouch, values, np.nan), axis=-1)
+            return np.isfinite(values) & (values < bar) & ~(upstream >= bar)
+
     release = limit + th.release_decades
-    start = latched_episode(worst < limit, worst < release, th.persist)
+    enter = np.asarray(starved(ratio, limit).any(axis=1))
+    hold = np.asarray(starved(ratio, release).any(axis=1))
+    start = latched_episode(enter, hold, th.persist)
     if start is None:
         return []
     now = nanmedian(recent_rows(ratio, th.persist), axis=0)  # per layer, over the recent window
-    with quiet_numpy():
-        behind = np.fmax.accumulate(now)
-    weak = [j for j in range(len(now)) if np.isfinite(now[j]) and behind[j] < limit]
+    weak = [int(j) for j in np.flatnonzero(starved(now, limit))]
     bar = th.vanish_ratio
     if not weak:  # still inside the dead band: the ratio has not yet clearly recovered
-        weak = [j for j in range(len(now)) if np.isfinite(now[j]) and behind[j] < release]
+        weak = [int(j) for j in np.flatnonzero(starved(now, release))]
         bar = 10**release
     if not weak:
         return []

@@ -303,7 +303,7 @@ def critical_sigma_w2(
 
     lo, hi = math.log(1e-2), math.log(upper)
     f_lo, f_hi = log_gain(lo), log_gain(hi)
-    if f_lo > 0 or f_hi < 0:
+    if not (f_lo <= 0 <= f_hi and math.isfinite(f_lo) and math.isfinite(f_hi)):
         return None
     mid, side = (lo + hi) / 2, 0
     for _ in range(100):
@@ -311,6 +311,8 @@ def critical_sigma_w2(
             break
         mid = hi - f_hi * (hi - lo) / (f_hi - f_lo) if f_hi != f_lo else (lo + hi) / 2
         f = log_gain(mid)
+        if not math.isfinite(f):
+            return None
         if abs(f) < 1e-10:
             break
         if f < 0:
