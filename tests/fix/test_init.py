@@ -31,6 +31,43 @@ def test_leaky_relu_slope_enters_the_he_gain() -> None:
     assert _sigma2(new[0].weight) == pytest.approx(2 / (1 + 0.25), rel=1e-6)
 
 
+@pytest.mark.parametrize(("act", "spec"), [(nn.SiLU, "silu"), (nn.ELU, "elu(alpha=1.0)"), (nn.GELU, "gelu(approximate=none)")])
+def test_smooth_relu_family_gets_the_critical_scale_not_he(act: type[nn.Module], spec: str) -> None:
+    from gradwatch.explain.theory import critical_sigma_w2
+
+    def net() -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(*[m for _ in range(20) for m in (nn.Linear(256, 256), act())], nn.Linear(256, 3))
+
+    new, changes = init.transform(net())
+    crit = critical_sigma_w2(spec, 21)
+    assert crit is not None and abs(math.log(crit / 2.0)) > math.log(1.04)  # not He's 2
+    assert _sigma2(new[0].weight) == pytest.approx(crit, rel=1e-6)
+    assert "critical scale for " + act.__name__ in changes[0].description
+    assert init.transform(new)[1] == []  # idempotent
+
+    def decades(model: nn.Module) -> float:
+        # measured: the backpropagated signal (the bias gradient) at the first hidden layer
+        # against the last, per example — what chi governs (a batch's sum would add the
+        # examples' growing correlation) — over 32 examples
+        torch.manual_seed(1)
+        first = last = 0.0
+        for _ in range(32):
+            model.zero_grad()
+            (model(torch.randn(1, 256)) * torch.randn(1, 3)).sum().backward()
+            first += float(model[0].bias.grad.pow(2).sum())
+            last += float(model[38].bias.grad.pow(2).sum())
+        return abs(0.5 * math.log10(first / last))
+
+    he = net()
+    for m in he:
+        if isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    # He: SiLU -2.2 decades, ELU +0.6, GELU -0.6; at the critical scale 0.5, 0.0, 0.1
+    assert decades(new) < 0.6 and decades(new) < decades(he)
+
+
 def test_conv_fan_in_counts_the_kernel() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
     new, _ = init.transform(model)

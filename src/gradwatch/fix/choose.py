@@ -191,8 +191,8 @@ def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool, bool]:
             continue  # a head or a layer feeding another: its scale is not a gain through depth
         w = m.weight
         fan_in, fan_out = _init._fans(w)
-        scheme, _, slope = _init.scheme_for(act)
-        target = _init.target_variance(scheme, fan_in, fan_out, slope)
+        scheme, _, sigma_w2 = _init.scheme_for(act)
+        target = _init.target_variance(scheme, fan_in, fan_out, sigma_w2)
         ratio = float(w.detach().double().pow(2).mean()) / target
         small |= ratio < 1 - _init.SCALE_TOLERANCE
         large |= ratio > 1 + _init.SCALE_TOLERANCE

@@ -3,8 +3,10 @@
 Why: backpropagation multiplies the squared gradient norm by ``chi = sigma_w^2 E[phi'(h)^2]``
 per layer, where ``sigma_w^2 = fan_in * Var(W)``. The rule per layer:
 
-- followed by a ReLU-family activation: He, ``sigma_w^2 = 2 / (1 + a^2)`` (a = the leaky
-  slope), which makes chi = 1 for ReLU;
+- followed by a piecewise-linear ReLU (ReLU, ReLU6, LeakyReLU, PReLU): He,
+  ``sigma_w^2 = 2 / (1 + a^2)`` (a = the leaky slope), which makes chi = 1 exactly;
+- followed by a smooth member of the family (ELU, GELU, SiLU, Softplus, Mish, ...): the
+  critical scale of mean-field theory for the model's chain length (`scheme_for`);
 - followed by tanh / sigmoid (or another saturating activation): Xavier,
   ``Var(W) = 2 / (fan_in + fan_out)`` — chi about 1 for tanh near zero (sigmoid cannot
   reach 1 at any scale: its derivative is at most 0.25);
@@ -33,6 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradwatch.anatomy.activations import module_spec, parse_spec
+from gradwatch.explain.theory import critical_sigma_w2
 from gradwatch.fix._graph import (
     RELU_FUNCTIONS,
     SATURATING_FUNCTIONS,
@@ -64,36 +68,63 @@ def _fans(w: torch.Tensor) -> tuple[int, int]:
     return int(w.shape[1]) * receptive, int(w.shape[0]) * receptive
 
 
-def scheme_for(act: Op | None) -> tuple[str, str, float]:
-    """``(scheme, activation label, leaky slope)`` for the activation that follows a layer."""
+#: Activations that are piecewise linear through 0 (a ReLU with some negative slope), for
+#: which He's ``sigma_w^2 = 2 / (1 + a^2)`` gives chi = 1 exactly, at any depth.
+PIECEWISE_LINEAR = frozenset({"relu", "relu6", "leaky_relu", "prelu"})
+#: The depth the critical scale of a smooth activation is solved for when a model does
+#: not say (the scale drifts slowly with depth: ELU 1.56 at 5 layers, 1.51 at 20).
+DEFAULT_DEPTH = 20
+
+
+def scheme_for(act: Op | None, depth: int = DEFAULT_DEPTH) -> tuple[str, str, float]:
+    """``(scheme, activation label, target sigma_w^2)`` for the activation that follows a layer.
+
+    The target is ``fan_in * Var(W)``; for ``"xavier"`` it is 0 (Xavier's variance also
+    depends on the fan-out). ReLU-family activations that are not piecewise linear (ELU,
+    GELU, SiLU, Softplus, Mish, Hardswish) get the scale at which mean-field theory's
+    gain per layer multiplies to 1 over a `depth`-layer chain of them (scheme
+    ``"critical"``: ELU 1.51, GELU 2.11, SiLU 2.40 at 20 layers): He's 2 is exact only for
+    the piecewise-linear ones, and over 20 SiLU layers it loses 2.2 decades of gradient.
+    """
     if act is None:
         return "xavier", "no activation", 0.0
     if act.module is not None:
         m = act.module
         label = type(m).__name__
         if isinstance(m, SELU_FAMILY):
-            return "lecun", label, 0.0
+            return "lecun", label, 1.0
         if is_saturating(m):
             return "xavier", label, 0.0
         slope = float(getattr(m, "negative_slope", 0.0))
         if isinstance(m, nn.PReLU):
             slope = float(m.weight.detach().mean())
-        return "he", label, slope
+        spec = module_spec(m)
+        return _he_or_critical(spec, label, slope, depth)
     if act.fn in SATURATING_FUNCTIONS:
         return "xavier", act.fn, 0.0
     if act.fn == "selu":
-        return "lecun", act.fn, 0.0
+        return "lecun", act.fn, 1.0
     if act.fn in RELU_FUNCTIONS:
-        return "he", act.fn, 0.01 if act.fn == "leaky_relu" else 0.0
+        return _he_or_critical(act.fn, act.fn, 0.01 if act.fn == "leaky_relu" else 0.0, depth)
     return "xavier", act.fn, 0.0  # pragma: no cover - next_activation returns only the above
 
 
-def target_variance(scheme: str, fan_in: int, fan_out: int, slope: float = 0.0) -> float:
-    if scheme == "he":
-        return 2.0 / (1.0 + slope**2) / fan_in
-    if scheme == "lecun":
-        return 1.0 / fan_in
-    return 2.0 / (fan_in + fan_out)
+def _he_or_critical(spec: str | None, label: str, slope: float, depth: int) -> tuple[str, str, float]:
+    he = ("he", label, 2.0 / (1.0 + slope**2))
+    if spec is None or parse_spec(spec)[0] in PIECEWISE_LINEAR:
+        return he
+    try:
+        crit = critical_sigma_w2(spec, max(int(depth), 2))
+    except Exception:  # an activation the theory cannot evaluate: He is the safe family default
+        return he
+    return ("critical", label, crit) if crit is not None and math.isfinite(crit) else he
+
+
+def target_variance(scheme: str, fan_in: int, fan_out: int, sigma_w2: float = 2.0) -> float:
+    """``Var(W)`` for a scheme; `sigma_w2` is `scheme_for`'s target (unused by Xavier)."""
+    if scheme == "xavier":
+        return 2.0 / (fan_in + fan_out)
+    return sigma_w2 / fan_in
 
 
 def _matches_scale(w: torch.Tensor, var: float) -> bool:
@@ -117,13 +148,13 @@ def _sigma2(w: torch.Tensor) -> float:
     return float(w.detach().double().pow(2).mean()) * _fans(w)[0]
 
 
-def _feedforward(name: str, m: nn.Module, act: Op | None, reason: str) -> Change | None:
+def _feedforward(name: str, m: nn.Module, act: Op | None, reason: str, depth: int = DEFAULT_DEPTH) -> Change | None:
     w = m.weight
     assert isinstance(w, torch.Tensor)
     b = getattr(m, "bias", None)
     fan_in, fan_out = _fans(w)
-    scheme, label, slope = scheme_for(act)
-    var = target_variance(scheme, fan_in, fan_out, slope)
+    scheme, label, sigma_w2 = scheme_for(act, depth)
+    var = target_variance(scheme, fan_in, fan_out, sigma_w2)
     if _matches_scale(w, var) and _bias_ok(b):
         return None
     was = _sigma2(w)
@@ -131,7 +162,7 @@ def _feedforward(name: str, m: nn.Module, act: Op | None, reason: str) -> Change
     if b is not None:
         with torch.no_grad():
             b.zero_()
-    title = {"he": "He", "xavier": "Xavier", "lecun": "LeCun"}[scheme]
+    title = {"he": "He", "xavier": "Xavier", "lecun": "LeCun", "critical": "at the critical scale"}[scheme]
     return Change(
         kind="init",
         target=name,
@@ -216,6 +247,13 @@ def _recurrent(name: str, m: nn.Module, reason: str) -> Change | None:
     )
 
 
+def _depth(order: Any) -> int:
+    """The number of Linear and convolution layers in the forward pass: the chain length a
+    smooth activation's critical scale is solved for."""
+    n = sum(1 for op in order.modules() if isinstance(op.module, nn.Linear | nn.modules.conv._ConvNd))
+    return max(n, 2)
+
+
 def transform(
     model: nn.Module,
     *,
@@ -238,6 +276,7 @@ def transform(
     """
     new = copy_model(model, inplace)
     order = order_of(new, example_input)
+    depth = _depth(order)
     changes: list[Change] = []
     seen: set[int] = set()
     for op in order.modules():
@@ -252,7 +291,7 @@ def transform(
         if isinstance(m, nn.RNNBase | nn.RNNCellBase):
             change = _recurrent(op.name, m, reason)
         elif isinstance(m, nn.Linear | nn.modules.conv._ConvNd):
-            change = _feedforward(op.name, m, order.next_activation(op.name), reason)
+            change = _feedforward(op.name, m, order.next_activation(op.name), reason, depth)
         if change is not None:
             changes.append(change)
     return new, changes
