@@ -86,6 +86,21 @@ def test_loss_status(loss, status) -> None:
     assert loss_view(tl, chain_anatomy(2, classes=1), TH).status == status
 
 
+def _wander(level: float, drop: float = 0.0) -> object:
+    # an early drop, then a slow swing of the level (Adam oscillating on a baseline) with batch noise
+    return lambda s: level + drop * math.exp(-0.1 * s) + 0.05 * math.sin(2 * math.pi * s / 160) + 0.02 * math.sin(1.7 * s)
+
+
+def test_a_loss_that_wanders_without_a_new_low_is_stalled_not_unclear() -> None:
+    an = chain_anatomy(2, classes=1)
+    lv = loss_view(build(an, 41, loss=_wander(0.16, drop=0.6)), an, TH)  # 401 steps
+    assert lv.status == "plateau"  # not flat by the band, but no new low for >= 60 steps
+    assert lv.flat_since == lv.best_step and lv.flat_steps == 400 - lv.best_step + 1 >= TH.flat_min_steps
+    assert loss_view(build(an, 41, loss=_wander(0.5)), an, TH).status == "stuck"  # never left its start
+    # the quiet side: a noisy loss that keeps making new lows, however slowly, improves
+    assert loss_view(build(an, 41, loss=lambda s: 1.0 - 0.001 * s + 0.05 * math.sin(1.7 * s)), an, TH).status == "improving"
+
+
 def test_converged_classifier_watched_late_is_not_stuck() -> None:
     an = chain_anatomy(2, classes=10)
     tl = build(an, 31, loss=stuck_loss(0.01))  # flat from the start, far below ln(10)

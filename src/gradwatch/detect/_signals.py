@@ -355,6 +355,13 @@ def loss_view(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> LossView:
         view["flat_since"], view["flat_steps"] = int(s[0]), int(s[-1] - s[0] + 1)
     elif flat_steps >= th.flat_min_steps:
         status = "plateau"
+    elif int(s[-1]) - best_step >= th.flat_min_steps:
+        # Not flat by the band (a noisy loss that wanders: Adam oscillating on a regression
+        # target's baseline), but no new low for as long as a flat loss must last: as
+        # stalled as a flat one. Since the best is the measure of "since".
+        stalled_at_start = abs(start - recent) <= th.stuck_progress * scale or at_chance
+        status = "stuck" if stalled_at_start else "plateau"
+        view["flat_since"], view["flat_steps"] = best_step, int(s[-1]) - best_step + 1
     else:
         status = "unclear"
     return LossView(status, **view)  # type: ignore[arg-type]
