@@ -422,3 +422,34 @@ def test_a_schedule_that_never_records_keeps_nothing_piling_up() -> None:
         assert not w._order_handles  # the order hooks went after the first forward pass
     assert len(w.timeline.loss()[0]) == 1100
     assert w.timeline.recorded == 0
+
+
+@pytest.mark.parametrize("watched", ["compiled", "original"])
+def test_a_torch_compiled_model_trains_and_its_gradients_are_recorded(watched: str) -> None:
+    # torch.compile traces the process-wide module hooks of the forward probes into its
+    # graph; unguarded, dynamo failed on them and the training step raised. Now the hooks
+    # vanish inside compiled code, and the gradient statistics are read as usual.
+    import warnings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2))
+    compiled = torch.compile(model, backend="eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    by_hand: list[list[float]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note that global hooks fire for the wrapper too
+        with gw.watch(compiled if watched == "compiled" else model, every=2) as w:
+            for step in range(10):
+                loss = compiled(torch.randn(4, 8)).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                if step % 2 == 0:
+                    by_hand.append([
+                        math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in model[i].parameters()))
+                        for i in (0, 2)
+                    ])  # fmt: skip
+                w.step(loss=loss)
+                opt.step()
+            tl = w.timeline
+    assert tl.layers == ["0", "2"]  # the wrapped module's names, without `_orig_mod.`
+    np.testing.assert_allclose(tl.layer_metric("grad_norm"), np.array(by_hand), rtol=1e-5)

@@ -94,6 +94,12 @@ class Watcher:
             raise GradwatchTypeError(
                 f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__qualname__}"
             )
+        # torch.compile(model) wraps it: watch the module it wraps (its names, without the
+        # wrapper's `_orig_mod.` prefix). Forward probes would have to run inside the compiled
+        # graph, so they are off; the gradient statistics are read outside it, as usual.
+        if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+            activations = False
         self.model = model
         self.anatomy = Anatomy.from_module(model)
         if not self.anatomy.trainable:
@@ -219,13 +225,16 @@ class Watcher:
 
     # -- recording -----------------------------------------------------------------------
     def _order_done(self, module: nn.Module, args: Any, output: Any) -> None:
+        if torch.compiler.is_compiling():
+            return
         for h in self._order_handles:
             h.remove()
         self._order_handles.clear()
 
     def _order_hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any) -> None:
-            self._order.append(name)
+            if not torch.compiler.is_compiling():  # traced into a compiled graph: no order
+                self._order.append(name)
 
         return hook
 

@@ -292,7 +292,7 @@ class _Watching:
             self._watcher.close()
 
     def _keep_input(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        if self.example_input is None:
+        if self.example_input is None and not torch.compiler.is_compiling():
             if kwargs and not args:
                 self.example_input = dict(kwargs)
             elif not kwargs:

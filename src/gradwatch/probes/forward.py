@@ -71,6 +71,8 @@ class _Mode(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if torch.compiler.is_compiling():  # traced into a compiled graph: observe nothing
+            return out
         try:
             act = ACTIVATIONS.get(func)
         except TypeError:  # an unhashable callable: not an activation
@@ -153,7 +155,16 @@ class ForwardProbe:
 
     # -- module hooks (process-wide; everything outside this model is ignored) ---------------
     def _pre(self, module: nn.Module, args: tuple[Any, ...]) -> Any:
+        if torch.compiler.is_compiling():
+            # These hooks are process-wide, so torch.compile traces them into the graphs of
+            # the modules it compiles; the check is a constant there, and the hook vanishes.
+            return None
         name = self.names.get(id(module))
+        if name is None and getattr(module, "_orig_mod", None) is self.model:
+            # torch.compile(model) is what runs: our hooks vanish inside its graph, so the
+            # probes would see nothing; off for good (the gradient statistics carry on)
+            self.enabled = False
+            return None
         if name is None or self._busy or not self.enabled:
             return None
         try:
@@ -183,6 +194,8 @@ class ForwardProbe:
         return None
 
     def _post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if torch.compiler.is_compiling():
+            return
         name = self.names.get(id(module))
         if module is self.model:
             self._stop_mode()  # always, even after a failure
