@@ -97,8 +97,9 @@ class Watcher:
         # torch.compile(model) wraps it: watch the module it wraps (its names, without the
         # wrapper's `_orig_mod.` prefix). Forward probes would have to run inside the compiled
         # graph, so they are off; the gradient statistics are read outside it, as usual.
-        if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
+        wrapped = getattr(model, "_orig_mod", None)
+        if type(model).__name__ == "OptimizedModule" and isinstance(wrapped, nn.Module):
+            model = wrapped
             activations = False
         self.model = model
         self.anatomy = Anatomy.from_module(model)
