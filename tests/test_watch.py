@@ -453,3 +453,16 @@ def test_a_torch_compiled_model_trains_and_its_gradients_are_recorded(watched: s
             tl = w.timeline
     assert tl.layers == ["0", "2"]  # the wrapped module's names, without `_orig_mod.`
     np.testing.assert_allclose(tl.layer_metric("grad_norm"), np.array(by_hand), rtol=1e-5)
+
+
+def test_inspect_and_fix_take_a_compiled_model_and_work_on_the_module_it_wraps() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(*[m for _ in range(12) for m in (nn.Linear(16, 16), nn.Sigmoid())], nn.Linear(16, 3))
+    compiled = torch.compile(model, backend="eager")
+    x = torch.randn(8, 16)
+    d = gw.inspect(compiled, x)  # raised a ModelError from inside dynamo before
+    assert gw.Kind.VANISHING_GRADIENT in {f.kind for f in d.findings}
+    assert [layer.name for layer in d.layers][:2] == ["0", "2"]
+    r = gw.fix(compiled, d, example_input=x)
+    assert isinstance(r.model, nn.Sequential) and r.changes and r.model(x).shape == (8, 3)
+    assert isinstance(model[1], nn.Sigmoid)  # the compiled model's module is left untouched

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from gradwatch._compiled import unwrap
 from gradwatch._errors import GradwatchTypeError, GradwatchValueError, ModelError
 from gradwatch.anatomy import Anatomy
 from gradwatch.anatomy._call import call_model, split_input
@@ -148,6 +149,7 @@ def inspect(
     Raises:
         ModelError: the model failed on the example input (names the module and its input shapes).
     """
+    model = unwrap(model)  # type: ignore[assignment]  # a torch.compile wrapper: its module
     if not isinstance(model, nn.Module):
         raise GradwatchTypeError(
             f"inspect() expects a torch.nn.Module, got {type(model).__module__}.{type(model).__qualname__}"

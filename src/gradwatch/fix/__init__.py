@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from gradwatch._compiled import unwrap
 from gradwatch._errors import GradwatchTypeError
 from gradwatch.fix import activations, init, norm, recurrent, residual
 from gradwatch.fix.choose import Plan, apply, choose
@@ -75,6 +76,7 @@ def fix(
         print(result)               # one line per change, then the advice
         model = result.model
     """
+    model = unwrap(model)  # type: ignore[assignment]  # a torch.compile wrapper: fix its module
     if not isinstance(model, nn.Module):
         raise GradwatchTypeError(
             f"fix() expects the torch.nn.Module the diagnosis is about, got {type(model).__qualname__}"

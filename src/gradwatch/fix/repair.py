@@ -72,6 +72,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from gradwatch._compiled import unwrap
 from gradwatch._errors import GradwatchTypeError, GradwatchValueError
 from gradwatch.fix._graph import order_of
 from gradwatch.fix.choose import (
@@ -544,6 +545,7 @@ def repair(
     Returns:
         A `RepairResult`; ``print(result)`` shows every trial and its score.
     """
+    model = unwrap(model)  # type: ignore[assignment]  # a torch.compile wrapper: repair its module
     if not isinstance(model, nn.Module):
         raise GradwatchTypeError(f"repair() expects a torch.nn.Module, got {type(model).__qualname__}")
     if not callable(train_fn):
