@@ -8,8 +8,9 @@
    12-layer tanh and 20-layer ELU at PyTorch's default init under SGD with momentum,
    Adam at lr 0.1, a 16-layer SELU diverging at SGD 0.05, a 6-layer sigmoid): each trains
    300 steps under `gw.watch`, is diagnosed, fixed with `gw.fix`, and the fixed model
-   trains again with the same recipe (and the fix's advice). Printed: test accuracy
-   before and after, and what fix changed.
+   trains again with the same recipe (and the fix's advice); and `gw.repair` on the
+   same model and recipe (300 steps = one run). Printed: test accuracy before, after
+   fix and after repair, what fix changed and what repair kept.
 2. Hugging Face models built from small configs (random weights, nothing downloaded):
    `gw.inspect`, 40 steps of AdamW under `gw.watch` on a learnable toy target, and
    `gw.fix` on the diagnosis. Printed: every finding above `info` (a healthy model
@@ -112,8 +113,9 @@ def digits_part(steps: int = 300) -> int:
     split = digits()
     x_tr = split.x_train
     data = (split.x_train, split.y_train, split.x_test, split.y_test)
-    print(f"{'run':<36} {'before':>7} {'after':>7}  fix")
+    print(f"{'run':<36} {'before':>7} {'fix':>7} {'repair':>7}  fix's changes / repair kept")
     healthy = 0
+    repaired = 0
     for name, make, recipe in DIGITS:
         torch.manual_seed(0)
         model = make()
@@ -125,10 +127,20 @@ def digits_part(steps: int = 300) -> int:
         _train(result.model, recipe, data, steps, dict(result.advice), watch=False)
         after = _accuracy(result.model, data)
         healthy += after >= 0.5
+
+        def train_fn(model: nn.Module, advice: dict[str, Any], n: int, recipe: Recipe = recipe) -> float:
+            _train(model, recipe, data, n, dict(advice), watch=False)
+            return _accuracy(model, data)
+
+        torch.manual_seed(0)
+        rep = gw.repair(make(), train_fn, steps=steps, progress=False)
+        fixed = rep.final_score if rep.final_score is not None else math.nan
+        repaired += fixed >= 0.5
+        kept = next((t.name for t in rep.trials if t.kept), "the original")
         kinds = sorted({c.kind for c in result.changes})
         advice = {k: round(float(v), 3) for k, v in result.advice.items() if k in ("lr_scale", "clip_grad_norm")}
-        print(f"{name:<36} {before:>7.3f} {after:>7.3f}  {', '.join(kinds) or '-'} {advice or ''}")
-    print(f"healthy after fix (accuracy >= 0.5): {healthy}/{len(DIGITS)}\n")
+        print(f"{name:<36} {before:>7.3f} {after:>7.3f} {fixed:>7.3f}  {', '.join(kinds) or '-'} {advice or ''} / {kept}")
+    print(f"healthy (accuracy >= 0.5): after fix {healthy}/{len(DIGITS)}, after repair {repaired}/{len(DIGITS)}\n")
     return healthy
 
 
