@@ -1,6 +1,6 @@
 """Runs outside every labelled suite: do diagnosis and `fix` hold on models built elsewhere?
 
-    PYTHONPATH=src python benchmarks/outside.py            # both parts, ~2 min on 2 CPU cores
+    PYTHONPATH=src python benchmarks/outside.py            # both parts, ~30 s on 2 CPU cores
     PYTHONPATH=src python benchmarks/outside.py --digits   # only the six digits runs
     PYTHONPATH=src python benchmarks/outside.py --hf       # only the Hugging Face models
 
