@@ -172,6 +172,7 @@ def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool, bool]:
     value above 1 + tolerance: then the gradient through time can grow (Pascanu et al. 2013).
     """
     small = large = rnn_large = False
+    depth = _init._depth(order)  # the chain length `init` solves a smooth activation's scale for
     for op in order.modules():
         m = op.module
         if isinstance(m, nn.RNNBase | nn.RNNCellBase):
@@ -191,7 +192,7 @@ def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool, bool]:
             continue  # a head or a layer feeding another: its scale is not a gain through depth
         w = m.weight
         fan_in, fan_out = _init._fans(w)
-        scheme, _, sigma_w2 = _init.scheme_for(act)
+        scheme, _, sigma_w2 = _init.scheme_for(act, depth)
         target = _init.target_variance(scheme, fan_in, fan_out, sigma_w2)
         ratio = float(w.detach().double().pow(2).mean()) / target
         small |= ratio < 1 - _init.SCALE_TOLERANCE
