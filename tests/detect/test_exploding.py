@@ -61,3 +61,14 @@ def test_through_time_from_the_gradient_profile() -> None:
 @pytest.mark.parametrize("records", [0, 1, 2])
 def test_tolerates_short_timelines(records: int) -> None:
     assert exploding_gradient(build(AN, records, layers=lambda s: grads(3, [1e4, 1, 1])), AN, TH) == []
+
+
+def test_a_layer_tied_to_the_head_is_not_evidence_of_growth_through_depth() -> None:
+    # `0` shares its weight with the output head, so it also gets the head's gradient
+    an = chain_anatomy(3)
+    an["0"].tied.append("head.weight")
+    tl = build(an, 31, layers=lambda s: grads(3, [5e3, 10.0, 1.0]), loss=stuck_loss())
+    assert exploding_gradient(tl, an, TH) == []
+    tl = build(an, 31, layers=lambda s: grads(3, [5e3, 5e3, 1.0]), loss=stuck_loss())  # `2` is not tied
+    (f,) = exploding_gradient(tl, an, TH)
+    assert f.layers == ["2"]

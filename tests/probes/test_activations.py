@@ -219,3 +219,36 @@ def test_a_parameter_free_activation_wrapper_is_its_own_site() -> None:
         w.step()
     assert list(w.timeline.sites) == ["1"]
     assert w.timeline.sites["1"]["fn"] == "sigmoid" and w.timeline.sites["1"]["module"] == "1"
+    assert w.timeline.sites["1"]["family"] == "gate"  # x * sigmoid(x): the sigmoid gates x
+
+
+def test_a_saturating_output_multiplied_by_another_tensor_is_a_gate() -> None:
+    class HandLSTM(nn.Module):  # an LSTM cell written out, then a tanh layer and a tanh-form GELU
+        def __init__(self) -> None:
+            super().__init__()
+            self.x, self.h = nn.Linear(4, 32), nn.Linear(8, 32)
+            self.mid, self.ffn, self.out = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, xs: torch.Tensor) -> torch.Tensor:
+            h = c = torch.zeros(xs.shape[0], 8)
+            for t in range(xs.shape[1]):
+                i, f, g, o = (self.x(xs[:, t]) + self.h(h)).chunk(4, 1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+            m = self.ffn(torch.tanh(self.mid(h)))  # tanh feeding a layer: a saturating activation
+            return self.out(0.5 * m * (1.0 + torch.tanh(0.8 * m)))  # GELU's tanh form: a gate
+
+    model = HandLSTM()
+    with gw.watch(model, every=1) as w:
+        model(torch.randn(6, 5, 4)).sum().backward()
+        w.step()
+    family = {name: info["family"] for name, info in w.timeline.sites.items()}
+    gates = {name for name, fam in family.items() if fam == "gate"}
+    assert len(family) == 6 and len(gates) == 5
+    assert family["(root):tanh#2"] == "saturating"  # m = tanh(mid(h)), read by `out` only through the GELU
+    # a plain functional tanh MLP keeps its sites saturating
+    mlp = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    with gw.watch(mlp, every=1) as w:
+        mlp(torch.randn(5, 3)).sum().backward()
+        w.step()
+    assert {info["family"] for info in w.timeline.sites.values()} == {"saturating"}

@@ -54,6 +54,11 @@ def exploding_gradient(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
 
     chain, ratio = depth_log_ratio(timeline, anatomy)
     if chain:
+        # A layer whose weight is tied to a later use (an input embedding shared with the
+        # output head) gets the head's gradient too: its share says nothing about growth
+        # through depth.
+        tied = np.array([bool(anatomy[timeline.layers[c]].tied) for c in chain[:-1]], dtype=bool)
+        ratio = np.where(tied, np.nan, ratio)
         with quiet_numpy():
             top = np.nanmax(ratio, axis=1)
         release = limit - th.release_decades

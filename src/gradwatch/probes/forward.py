@@ -63,6 +63,22 @@ def _is_activation_module(module: nn.Module) -> bool:
     return next(module.children(), None) is None and next(module.parameters(recurse=False), None) is None
 
 
+T = torch.Tensor
+#: Elementwise products: a saturating output that meets another tensor here is a *gate*
+#: (a multiplicative interaction: x * sigmoid(x), an LSTM written by hand, GELU's tanh form),
+#: whose open and closed states are its purpose, not a fault.
+_PRODUCTS = frozenset({torch.mul, torch.multiply, T.mul, T.mul_, T.__mul__, T.__rmul__, T.__imul__})
+#: Shifts and scalings by a constant keep an output what it was (1 + tanh(u), 1 - z, 0.5 * s).
+_AFFINE = frozenset({
+    torch.add, torch.sub, torch.rsub, T.add, T.sub, T.__add__, T.__radd__, T.__sub__, T.__rsub__,
+    T.__neg__, torch.neg, T.neg,
+}) | _PRODUCTS  # fmt: skip
+
+
+def _is_constant(a: Any) -> bool:
+    return isinstance(a, int | float) or (isinstance(a, torch.Tensor) and a.numel() == 1)
+
+
 class _Mode(TorchFunctionMode):
     def __init__(self, probe: ForwardProbe) -> None:
         super().__init__()
@@ -75,10 +91,13 @@ class _Mode(TorchFunctionMode):
             return out
         try:
             act = ACTIVATIONS.get(func)
+            affine = act is None and bool(self.probe._outputs) and func in _AFFINE
         except TypeError:  # an unhashable callable: not an activation
-            act = None
+            act, affine = None, False
         if act is not None:
             self.probe._on_activation(act, out, args, kwargs)
+        elif affine:
+            self.probe._follow(func, args, out)
         return out
 
 
@@ -104,6 +123,9 @@ class ForwardProbe:
         self._new_sites: dict[str, dict[str, Any]] = {}
         self._stats: dict[str, SiteStats] = {}
         self._spread: list[torch.Tensor] = []
+        # id of a saturating site's output (or of a constant shift/scaling of it) -> the site,
+        # during one forward pass: to see whether it is used as a gate (`_follow`)
+        self._outputs: dict[int, str] = {}
         # recurrent layers and cells
         self._calls: dict[int, int] = defaultdict(int)
         self.loops: set[int] = {id(m) for m in model.modules() if isinstance(m, nn.RNNCellBase)}
@@ -212,6 +234,7 @@ class ForwardProbe:
             self._fail(e)
 
     def _end_of_forward(self, output: Any) -> None:
+        self._outputs.clear()
         for mod_id, n in self._calls.items():
             if n >= LOOP_CALLS and mod_id not in self.loops:
                 module = next((m for m in self.model.modules() if id(m) == mod_id), None)
@@ -264,8 +287,34 @@ class ForwardProbe:
             if st is None:
                 st = self._stats[site] = SiteStats(act, units)
             st.add(out, dim, args, kwargs)
+            if act.family == "saturating" and self.site_info[site].get("family") != "gate":
+                self._outputs[id(out)] = site
         except Exception as e:
             self._fail(e)
+
+    def _follow(self, func: Any, args: tuple[Any, ...], out: Any) -> None:
+        """A saturating site's output in an elementwise product with another tensor is a gate;
+        shifted or scaled by a constant it is still that output (followed to the next op)."""
+        try:
+            at = [(i, self._outputs[id(a)]) for i, a in enumerate(args) if isinstance(a, torch.Tensor) and id(a) in self._outputs]
+            if not at:
+                return
+            if func in _PRODUCTS:
+                gated = {site for i, site in at if any(not _is_constant(b) for j, b in enumerate(args) if j != i)}
+                for site in gated:
+                    self._register_again(site, {**self.site_info[site], "family": "gate"})
+                if gated:
+                    self._outputs = {k: v for k, v in self._outputs.items() if v not in gated}
+                    return
+            tracked = {i for i, _ in at}
+            if all(_is_constant(a) for j, a in enumerate(args) if j not in tracked) and isinstance(out, torch.Tensor):
+                self._outputs[id(out)] = at[0][1]
+        except Exception as e:
+            self._fail(e)
+
+    def _register_again(self, site: str, info: dict[str, Any]) -> None:
+        self.site_info[site] = info
+        self._new_sites[site] = info
 
     def _register(self, site: str, info: dict[str, Any]) -> None:
         if site not in self.site_info:
