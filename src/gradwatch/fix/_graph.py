@@ -46,7 +46,8 @@ SATURATING: tuple[type[nn.Module], ...] = (
     nn.Hardsigmoid,
 )
 
-#: Piecewise-linear or ReLU-like activations, which want He initialisation.
+#: Piecewise-linear or ReLU-like activations: He initialisation for the piecewise-linear
+#: ones, the critical scale of mean-field theory for the smooth ones (`fix.init.scheme_for`).
 RELU_FAMILY: tuple[type[nn.Module], ...] = (
     nn.ReLU,
     nn.ReLU6,
