@@ -219,3 +219,23 @@ def test_a_forward_that_raises_does_not_leave_the_mode_on() -> None:
         with pytest.raises(ValueError, match="bad forward"):
             model(torch.randn(1, 2))
         assert torch._C._len_torch_function_stack() == 0
+
+
+def test_an_encoder_applied_to_independent_inputs_has_no_time() -> None:
+    # a triplet network calls its encoder three times per forward, on three independent
+    # inputs: no call feeds the next, so there is no gradient "through time" to profile
+    class Triplet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+        def forward(self, a: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return self.enc(a), self.enc(p), self.enc(n)
+
+    model = Triplet()
+    with gw.watch(model, every=1) as w:
+        for _ in range(3):
+            a, p, n = torch.randn(3, 5, 8)
+            nn.functional.triplet_margin_loss(*model(a, p, n)).backward()
+            w.step()
+    assert w.timeline.profiles.names() == []

@@ -19,6 +19,7 @@ reaches the training loop: the probe switches itself off and says why once.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import warnings
@@ -75,6 +76,38 @@ _AFFINE = frozenset({
 }) | _PRODUCTS  # fmt: skip
 
 
+def _grad_fns(args: Any) -> list[Any]:
+    """The autograd nodes of the tensors among a call's arguments (and inside tuples/lists)."""
+    out = []
+    for a in args:
+        for t in a if isinstance(a, tuple | list) else (a,):
+            if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                out.append(t.grad_fn)
+    return out
+
+
+def _reaches(starts: list[Any], target: Any, budget: int = 512) -> bool:
+    """Whether `target` is among the autograd ancestors of `starts` (at most `budget` nodes)."""
+    seen: set[int] = set()
+    todo = list(starts)
+    while todo and len(seen) < budget:
+        node = todo.pop()
+        if node is target:
+            return True
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        todo.extend(n for n, _ in getattr(node, "next_functions", ()))
+    return False
+
+
+def _chained(calls: list[list[Any]]) -> bool:
+    """Some call of a module takes, through its inputs, the output of its previous call."""
+    return any(
+        prev[1] is not None and _reaches(cur[0], prev[1]) for prev, cur in itertools.pairwise(calls)
+    )
+
+
 def _is_constant(a: Any) -> bool:
     return isinstance(a, int | float) or (isinstance(a, torch.Tensor) and a.numel() == 1)
 
@@ -129,6 +162,11 @@ class ForwardProbe:
         # recurrent layers and cells
         self._calls: dict[int, int] = defaultdict(int)
         self.loops: set[int] = {id(m) for m in model.modules() if isinstance(m, nn.RNNCellBase)}
+        # modules with parameters of their own, the candidates for a hand-written loop; per
+        # call in one forward: the autograd nodes of its inputs and of its output (`_chained`)
+        self._param_mods = {id(m) for m in model.modules() if next(m.parameters(recurse=False), None) is not None}
+        self._flow: dict[int, list[list[Any]]] = defaultdict(list)
+        self._not_loops: set[int] = set()
         self._seq_profiles: dict[str, temporal.SequenceProfile] = {}
         self._call_profiles: dict[str, temporal.CallProfile] = {}
 
@@ -196,6 +234,8 @@ class ForwardProbe:
                 self._start_mode()
             self._stack.append(module)
             self._calls[id(module)] += 1
+            if id(module) in self._param_mods and id(module) not in self.loops and id(module) not in self._not_loops:
+                self._flow[id(module)].append([_grad_fns(args), None])
             if id(module) in self._leaves:
                 self._last_leaf = module
             if not torch.is_grad_enabled() or not args or not isinstance(args[0], torch.Tensor):
@@ -226,6 +266,10 @@ class ForwardProbe:
         try:
             if self._stack and self._stack[-1] is module:
                 self._stack.pop()
+            calls = self._flow.get(id(module))
+            if calls and calls[-1][1] is None:
+                y = first_tensor(output)
+                calls[-1][1] = y.grad_fn if y is not None else None
             if module is self.model:
                 self._end_of_forward(output)
             elif torch.is_grad_enabled() and args and gates.supported(module, args[0]):
@@ -235,11 +279,19 @@ class ForwardProbe:
 
     def _end_of_forward(self, output: Any) -> None:
         self._outputs.clear()
-        for mod_id, n in self._calls.items():
-            if n >= LOOP_CALLS and mod_id not in self.loops:
-                module = next((m for m in self.model.modules() if id(m) == mod_id), None)
-                if module is not None and any(True for _ in module.parameters(recurse=False)):
-                    self.loops.add(mod_id)  # hooked from the next recording step on
+        candidates = [
+            m for m, n in self._calls.items()
+            if n >= LOOP_CALLS and m in self._param_mods and m not in self.loops and m not in self._not_loops
+        ]  # fmt: skip
+        if candidates:
+            # A recurrence feeds one call's output into the next call of some module (an RNN
+            # cell, or the hidden-to-hidden layer of a hand-written loop); then every module
+            # called once per step is in its body (the input projection too: its per-call
+            # input gradient is the gradient through time). Without one — a siamese or
+            # triplet encoder applied to independent inputs — there is no time.
+            recurrent = bool(self.loops) or any(_chained(self._flow.get(m, [])) for m in candidates)
+            (self.loops if recurrent else self._not_loops).update(candidates)  # hooked from the next record
+        self._flow.clear()
         if not torch.is_grad_enabled():
             return
         y = first_tensor(output)
