@@ -252,3 +252,13 @@ def test_a_saturating_output_multiplied_by_another_tensor_is_a_gate() -> None:
         mlp(torch.randn(5, 3)).sum().backward()
         w.step()
     assert {info["family"] for info in w.timeline.sites.values()} == {"saturating"}
+
+
+def test_a_model_called_from_two_lines_of_the_training_loop_keeps_one_site_per_activation() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    with gw.watch(model, every=1) as w:
+        a = model(torch.randn(5, 3)).sum()  # e.g. a GAN's generator, called for each player
+        b = model(torch.randn(5, 3)).sum()
+        (a + b).backward()
+        w.step()
+    assert list(w.timeline.sites) == ["1"]

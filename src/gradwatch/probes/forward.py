@@ -45,15 +45,19 @@ _CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.G
 LOOP_CALLS = 3
 
 
-def _caller_line() -> str:
-    """`file:line` of the innermost frame outside torch and gradwatch (the user's code)."""
+def _caller_frame() -> Any:
+    """The innermost frame outside torch and gradwatch (the user's code), or None."""
     f = sys._getframe(2)
     while f is not None:
         name = f.f_code.co_filename
         if not (name.startswith(_TORCH_DIR) or name.startswith(_OWN_DIR)):
-            return f"{os.path.basename(name)}:{f.f_lineno}"
+            return f
         f = f.f_back  # type: ignore[assignment]
-    return "?"
+    return None
+
+
+def _line(frame: Any) -> str:
+    return "?" if frame is None else f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
 
 
 def _is_activation_module(module: nn.Module) -> bool:
@@ -327,14 +331,20 @@ class ForwardProbe:
             units = 1 if dim is None else int(out.shape[dim])
             as_module = _is_activation_module(module)
             base = mod_name if as_module else f"{mod_name}:{act.name}"
-            key = (base, _caller_line(), units)
+            frame = _caller_frame()
+            line = _line(frame)
+            # An activation module called by a container (`nn.Sequential`) has no call site
+            # in the model's code: the nearest user frame is the training loop, which may call
+            # the model from several lines (a GAN's generator); that is still one site.
+            where = line if not as_module or self._in_model_code(frame) else ""
+            key = (base, where, units)
             site = self._site_keys.get(key)
             if site is None:
                 k = self._bases[base]
                 self._bases[base] += 1
                 site = base if as_module and k == 0 else f"{base}#{k}"
                 self._site_keys[key] = site
-                self._register(site, {"fn": act.name, "module": mod_name, "family": act.family, "line": key[1]})
+                self._register(site, {"fn": act.name, "module": mod_name, "family": act.family, "line": line})
             st = self._stats.get(site)
             if st is None:
                 st = self._stats[site] = SiteStats(act, units)
@@ -367,6 +377,13 @@ class ForwardProbe:
     def _register_again(self, site: str, info: dict[str, Any]) -> None:
         self.site_info[site] = info
         self._new_sites[site] = info
+
+    def _in_model_code(self, frame: Any) -> bool:
+        """Whether `frame` runs inside the forward of one of this model's modules."""
+        if frame is None:
+            return False
+        owner = frame.f_locals.get("self")
+        return owner is not None and id(owner) in self.names
 
     def _register(self, site: str, info: dict[str, Any]) -> None:
         if site not in self.site_info:
