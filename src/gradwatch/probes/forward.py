@@ -163,6 +163,7 @@ class ForwardProbe:
         # id of a saturating site's output (or of a constant shift/scaling of it) -> the site,
         # during one forward pass: to see whether it is used as a gate (`_follow`)
         self._outputs: dict[int, str] = {}
+        self._model_code: dict[Any, bool] = {}  # code object -> runs in this model's forward
         # recurrent layers and cells
         self._calls: dict[int, int] = defaultdict(int)
         self.loops: set[int] = {id(m) for m in model.modules() if isinstance(m, nn.RNNCellBase)}
@@ -379,11 +380,16 @@ class ForwardProbe:
         self._new_sites[site] = info
 
     def _in_model_code(self, frame: Any) -> bool:
-        """Whether `frame` runs inside the forward of one of this model's modules."""
+        """Whether `frame` runs inside the forward of one of this model's modules (decided
+        once per code object: reading a frame's locals is the costly part)."""
         if frame is None:
             return False
-        owner = frame.f_locals.get("self")
-        return owner is not None and id(owner) in self.names
+        code = frame.f_code
+        known = self._model_code.get(code)
+        if known is None:
+            owner = frame.f_locals.get("self")
+            known = self._model_code[code] = owner is not None and id(owner) in self.names
+        return known
 
     def _register(self, site: str, info: dict[str, Any]) -> None:
         if site not in self.site_info:
