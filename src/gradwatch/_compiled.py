@@ -16,7 +16,3 @@ def unwrap(model: object) -> object:
     if type(model).__name__ == "OptimizedModule" and isinstance(wrapped, nn.Module):
         return wrapped
     return model
-
-
-def is_compiled(model: object) -> bool:
-    return unwrap(model) is not model

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from gradwatch._compiled import is_compiled, unwrap
+from gradwatch._compiled import unwrap
 from gradwatch._errors import GradwatchTypeError, GradwatchValueError, UsageError
 from gradwatch._version import __version__
 from gradwatch.anatomy import Anatomy
@@ -98,8 +98,9 @@ class Watcher:
         # torch.compile(model) wraps it: watch the module it wraps (its names, without the
         # wrapper's `_orig_mod.` prefix). Forward probes would have to run inside the compiled
         # graph, so they are off; the gradient statistics are read outside it, as usual.
-        if is_compiled(model):
-            model = unwrap(model)  # type: ignore[assignment]
+        inner = unwrap(model)
+        if inner is not model:
+            model = inner  # type: ignore[assignment]
             activations = False
         self.model = model
         self.anatomy = Anatomy.from_module(model)

@@ -129,6 +129,12 @@ def depth_chain(timeline: Timeline, anatomy: Anatomy) -> list[int]:
     return cols
 
 
+def tied(timeline: Timeline, anatomy: Anatomy, columns: list[int]) -> np.ndarray:
+    """Which of these layers share their weight with another use (an input embedding tied to
+    the output head): their gradient comes from both ends, so it says nothing of depth."""
+    return np.array([bool(anatomy[timeline.layers[c]].tied) for c in columns], dtype=bool)
+
+
 def depth_log_ratio(timeline: Timeline, anatomy: Anatomy) -> tuple[list[int], np.ndarray]:
     """The depth chain's columns, and ``log10(r_layer / r_last)`` per record for every chain
     layer but the last (the reference): ``[records, len(chain) - 1]``. An empty chain when

@@ -27,6 +27,7 @@ from gradwatch.detect._signals import (
     quiet_numpy,
     recent_rows,
     step_at,
+    tied,
     time_profiles,
 )
 from gradwatch.detect.thresholds import Thresholds
@@ -54,11 +55,8 @@ def exploding_gradient(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
 
     chain, ratio = depth_log_ratio(timeline, anatomy)
     if chain:
-        # A layer whose weight is tied to a later use (an input embedding shared with the
-        # output head) gets the head's gradient too: its share says nothing about growth
-        # through depth.
-        tied = np.array([bool(anatomy[timeline.layers[c]].tied) for c in chain[:-1]], dtype=bool)
-        ratio = np.where(tied, np.nan, ratio)
+        # a layer tied to the output head gets the head's gradient too: no evidence of growth
+        ratio = np.where(tied(timeline, anatomy, chain[:-1]), np.nan, ratio)
         with quiet_numpy():
             top = np.nanmax(ratio, axis=1)
         release = limit - th.release_decades

@@ -22,6 +22,7 @@ from gradwatch.detect._signals import (
     quiet_numpy,
     recent_rows,
     step_at,
+    tied,
 )
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
@@ -42,7 +43,7 @@ def vanishing_gradient(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
     # proportional to the other's small output. A layer whose parameters are tied to a
     # later use (an input embedding shared with the output head) gets gradient from both
     # ends, so it vouches for nothing.
-    vouch = np.array([not anatomy[timeline.layers[c]].tied for c in chain[:-1]], dtype=bool)
+    vouch = ~tied(timeline, anatomy, chain[:-1])
 
     def starved(values: np.ndarray, bar: float) -> np.ndarray:
         with quiet_numpy():

@@ -172,7 +172,7 @@ def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool, bool]:
     value above 1 + tolerance: then the gradient through time can grow (Pascanu et al. 2013).
     """
     small = large = rnn_large = False
-    depth = _init._depth(order)  # the chain length `init` solves a smooth activation's scale for
+    depth = _init.chain_depth(order)  # the chain length `init` solves a smooth activation's scale for
     for op in order.modules():
         m = op.module
         if isinstance(m, nn.RNNBase | nn.RNNCellBase):

@@ -247,7 +247,7 @@ def _recurrent(name: str, m: nn.Module, reason: str) -> Change | None:
     )
 
 
-def _depth(order: Any) -> int:
+def chain_depth(order: Any) -> int:
     """The number of Linear and convolution layers in the forward pass: the chain length a
     smooth activation's critical scale is solved for."""
     n = sum(1 for op in order.modules() if isinstance(op.module, nn.Linear | nn.modules.conv._ConvNd))
@@ -276,7 +276,7 @@ def transform(
     """
     new = copy_model(model, inplace)
     order = order_of(new, example_input)
-    depth = _depth(order)
+    depth = chain_depth(order)
     changes: list[Change] = []
     seen: set[int] = set()
     for op in order.modules():

@@ -32,6 +32,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
+from gradwatch.anatomy._graph import iter_tensors
 from gradwatch.probes import gates, temporal
 from gradwatch.probes.activations import ACTIVATIONS, Activation, SiteStats, unit_dim
 from gradwatch.probes.output import first_tensor, spread
@@ -81,13 +82,8 @@ _AFFINE = frozenset({
 
 
 def _grad_fns(args: Any) -> list[Any]:
-    """The autograd nodes of the tensors among a call's arguments (and inside tuples/lists)."""
-    out = []
-    for a in args:
-        for t in a if isinstance(a, tuple | list) else (a,):
-            if isinstance(t, torch.Tensor) and t.grad_fn is not None:
-                out.append(t.grad_fn)
-    return out
+    """The autograd nodes of the tensors among a call's arguments (nested ones included)."""
+    return [t.grad_fn for t in iter_tensors(args) if t.grad_fn is not None]
 
 
 def _reaches(starts: list[Any], target: Any, budget: int = 512) -> bool:
