@@ -132,3 +132,86 @@ def test_layers_argument_restricts_the_transform() -> None:
     model = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2))
     _, changes = init.transform(model, layers={"2"})
     assert [c.target for c in changes] == ["2"]
+
+
+class _Seq(nn.Module):
+    def __init__(self, cell: type[nn.Module], hidden: int = 32) -> None:
+        super().__init__()
+        self.rnn = cell(3, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+def test_chrono_biases_spread_memory_spans_from_two_steps_to_the_sequence_length() -> None:
+    b = init.chrono_biases(8, 40).double()
+    span = 1 + b.exp()  # a keep gate sigmoid(b) holds the state for 1 / (1 - sigmoid(b)) steps
+    assert torch.allclose(span, 1 / (1 - torch.sigmoid(b)), rtol=1e-9)
+    assert float(span.min()) > 2 and float(span.max()) < 40
+    steps = span.diff()
+    assert torch.allclose(steps, steps[0].expand_as(steps), rtol=1e-9)  # evenly spread
+    assert float(span[0]) - 2 == pytest.approx(float(40 - span[-1]), rel=1e-9)  # half a step in from each end
+
+
+@pytest.mark.parametrize("cell", [nn.GRU, nn.LSTM])
+def test_gated_layers_get_chrono_biases_for_the_sequence_length_seen(cell: type[nn.Module]) -> None:
+    torch.manual_seed(0)
+    model = _Seq(cell)
+    x = torch.randn(4, 40, 3)
+    new, changes = init.transform(model, example_input=x)
+    assert "memory spans of 2..40 steps" in changes[0].description
+    h, keep = 32, init.chrono_biases(32, 40).float()
+    bih, bhh = new.rnn.bias_ih_l0.detach(), new.rnn.bias_hh_l0.detach()
+    assert float(bhh.abs().max()) == 0
+    assert torch.allclose(bih[h : 2 * h], keep)  # GRU r, z, n: z keeps; LSTM i, f, g, o: f keeps
+    if cell is nn.LSTM:
+        assert torch.allclose(bih[:h], -keep)
+        assert float(bih[2 * h :].abs().max()) == 0
+    else:
+        assert float(bih[:h].abs().max()) == 0 and float(bih[2 * h :].abs().max()) == 0
+    assert init.transform(new, example_input=x)[1] == []  # idempotent
+    # a batch-first length is read from dim 1, a sequence-first one from dim 0
+    seq_first = cell(3, 32)
+    _, ch = init.transform(nn.Sequential(seq_first), example_input=torch.randn(25, 4, 3))
+    assert "2..25 steps" in ch[0].description
+    # no example input: the length is unknown, the fixed biases stay
+    _, plain = init.transform(model)
+    assert "log(u)" not in plain[0].description
+
+
+def test_chrono_biases_carry_a_grus_gradient_back_through_forty_steps() -> None:
+    # The mechanism, measured with autograd: ||d h_T / d x_0|| against ||d h_T / d x_T||.
+    # With zero biases the update gate sits at 1/2, so the carried part halves every step.
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = _Seq(nn.GRU)
+        x = torch.randn(16, 40, 3)
+
+        def reach(net: nn.Module, x: torch.Tensor = x) -> float:
+            xx = x.clone().requires_grad_(True)
+            out, _ = net.rnn(xx)
+            out[:, -1].sum().backward()
+            g = xx.grad.norm(dim=(0, 2))
+            return float(g[0] / g[-1])
+
+        zero_bias, chrono = reach(init.transform(model)[0]), reach(init.transform(model, example_input=x)[0])
+        assert zero_bias < 1e-4 and chrono > 1e-2 and chrono > 1e3 * zero_bias
+
+
+def test_a_cell_loop_is_as_long_as_the_cell_is_called() -> None:
+    class Loop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell = nn.GRUCell(3, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.zeros(x.shape[0], 8)
+            for t in range(x.shape[1]):
+                h = self.cell(x[:, t], h)
+            return h
+
+    new, changes = init.transform(Loop(), example_input=torch.randn(2, 12, 3))
+    assert "2..12 steps" in changes[0].description
+    assert torch.allclose(new.cell.bias_ih.detach()[8:16], init.chrono_biases(8, 12).float())

@@ -14,8 +14,18 @@ per layer, where ``sigma_w^2 = fan_in * Var(W)``. The rule per layer:
 - followed by no activation (a head, or a layer feeding another layer): Xavier;
 - recurrent layers: input weights Xavier per gate, recurrent weights orthogonal per gate
   (all singular values 1, so the gradient through time neither grows nor shrinks from
-  the weights), biases 0, and an LSTM's forget-gate bias 1 (so the cell remembers by
-  default, Jozefowicz et al. 2015).
+  the weights), biases 0, and the gate that keeps a gated layer's state (an LSTM's
+  forget gate, a GRU's update gate z in ``h' = (1 - z) n + z h``) biased to remember:
+  when an example input shows the sequence length T, *chrono* biases (Tallec & Ollivier
+  2018), ``b = log(u)`` with ``u`` spread evenly over ``[1, T - 1]`` (`chrono_biases`), so
+  the units' memory spans ``1 + e^b`` run from 2 steps to T, and an LSTM's input-gate
+  biases are ``-b``; otherwise an LSTM's forget-gate bias is 1 (Jozefowicz et al. 2015)
+  and a GRU's stay 0. Why the length matters: a keep gate at ``sigmoid(b)`` passes
+  that share of the state (and of its gradient) on per step, so a GRU with zero biases
+  (z = 1/2) halves its carried gradient every step — 1e-12 over 40 steps; with chrono
+  biases some units carry it across the whole sequence (measured at T = 40: the
+  gradient reaching the first input rises from ~1e-6 to ~1e-1 of the last one's;
+  `tests/fix/test_init.py`).
 
 Biases of re-initialised layers are set to 0; frozen layers are never touched. A layer is left alone when it already
 matches: its ``sigma_w^2`` within 10% of the target (an error that compounds to at most
@@ -54,6 +64,9 @@ SCALE_TOLERANCE = 0.10
 BIAS_RMS_LIMIT = 0.5
 #: Largest entry of W W^T - I for a recurrent weight block to count as orthogonal.
 ORTHO_TOLERANCE = 1e-3
+#: Sequences up to this long keep the fixed gate biases (forget 1 for an LSTM, 0 for a
+#: GRU); longer ones get chrono biases (`chrono_biases`), spans up to the length seen.
+CHRONO_MIN_LENGTH = 3
 
 REASON = (
     "the weight scale sets each layer's gradient gain chi = sigma_w^2 E[phi'^2]; "
@@ -185,7 +198,37 @@ def _recurrent_params(m: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in m.named_parameters(recurse=False)]
 
 
-def _recurrent(name: str, m: nn.Module, reason: str) -> Change | None:
+def chrono_biases(hidden: int, seq_len: int) -> torch.Tensor:
+    """Keep-gate biases ``log(u)`` for `hidden` units, ``u`` spread evenly over ``[1, T - 1]``.
+
+    A gate ``sigmoid(b)`` that keeps the state holds it for about ``1 / (1 - sigmoid(b))
+    = 1 + e^b`` steps, so these biases give the units memory spans from 2 steps up to the
+    sequence length T (Tallec & Ollivier 2018 draw ``u`` at random; evenly spaced
+    quantiles make the result deterministic, so the transform stays idempotent).
+    """
+    top = max(float(seq_len) - 1.0, 1.0)
+    u = 1.0 + (top - 1.0) * (torch.arange(hidden, dtype=torch.float64) + 0.5) / hidden
+    return torch.log(u)
+
+
+def seq_len_of(order: Any, name: str, m: nn.Module) -> int | None:
+    """The sequence length the layer `name` saw in a traced forward pass, or None."""
+    if not getattr(order, "traced", False):
+        return None
+    if isinstance(m, nn.RNNCellBase):
+        n = order.calls.get(name)
+        return int(n) if n and n > 1 else None
+    shape = order.shapes.get(name)
+    if shape is None:
+        return None
+    if len(shape) == 3:
+        return int(shape[1] if getattr(m, "batch_first", False) else shape[0])
+    if len(shape) == 2:
+        return int(shape[0])
+    return None
+
+
+def _recurrent(name: str, m: nn.Module, reason: str, seq_len: int | None = None) -> Change | None:
     kind = "LSTM" if isinstance(m, nn.LSTM | nn.LSTMCell) else type(m).__name__
     for base in ("LSTMCell", "GRUCell", "RNNCell", "LSTM", "GRU", "RNN"):
         if isinstance(m, getattr(nn, base)):
@@ -193,13 +236,26 @@ def _recurrent(name: str, m: nn.Module, reason: str) -> Change | None:
             break
     gates = _GATES.get(kind, 1)
     lstm = kind in ("LSTM", "LSTMCell")
+    gru = kind in ("GRU", "GRUCell")
+    chrono = (lstm or gru) and seq_len is not None and seq_len > CHRONO_MIN_LENGTH
     params = _recurrent_params(m)
 
     def wanted_bias(pname: str, p: torch.Tensor) -> torch.Tensor:
         want = torch.zeros_like(p)
-        if lstm and pname.startswith("bias_ih"):
-            h = p.shape[0] // 4
-            want[h : 2 * h] = 1.0  # gate order i, f, g, o: the forget gate is the second block
+        if not pname.startswith("bias_ih") or not (lstm or gru):
+            return want
+        h = p.shape[0] // gates
+        if not chrono:
+            if lstm:
+                want[h : 2 * h] = 1.0  # gate order i, f, g, o: the forget gate is the second block
+            return want
+        assert seq_len is not None
+        keep = chrono_biases(h, seq_len).to(p.dtype)
+        if lstm:  # i, f, g, o: forget = log(u), input = -forget
+            want[h : 2 * h] = keep
+            want[0:h] = -keep
+        else:  # r, z, n: h' = (1 - z) n + z h, so z is the keep gate
+            want[h : 2 * h] = keep
         return want
 
     def matches() -> bool:
@@ -236,12 +292,22 @@ def _recurrent(name: str, m: nn.Module, reason: str) -> Change | None:
                 p.copy_(wanted_bias(pname, p))
     if isinstance(m, nn.RNNBase):
         m.flatten_parameters()
+    if chrono:
+        assert seq_len is not None
+        gate = "forget" if lstm else "update"
+        biases = (
+            f", {gate}-gate biases log(u) with u spread over [1, {seq_len - 1}] "
+            f"(memory spans of 2..{seq_len} steps for the {seq_len}-step sequences seen)"
+            + (", input-gate biases their negatives" if lstm else "")
+        )
+    else:
+        biases = ", forget-gate bias 1" if lstm else ""
     return Change(
         kind="init",
         target=name,
         description=(
             f"{name}: re-initialised {type(m).__name__}: input weights Xavier, recurrent weights "
-            "orthogonal, biases 0" + (", forget-gate bias 1" if lstm else "")
+            "orthogonal, biases 0" + biases
         ),
         reason=reason,
     )
@@ -289,7 +355,7 @@ def transform(
             continue  # frozen (a pretrained part kept fixed): not ours to re-draw
         change: Change | None = None
         if isinstance(m, nn.RNNBase | nn.RNNCellBase):
-            change = _recurrent(op.name, m, reason)
+            change = _recurrent(op.name, m, reason, seq_len_of(order, op.name, m))
         elif isinstance(m, nn.Linear | nn.modules.conv._ConvNd):
             change = _feedforward(op.name, m, order.next_activation(op.name), reason, depth)
         if change is not None:
