@@ -215,3 +215,11 @@ def test_a_cell_loop_is_as_long_as_the_cell_is_called() -> None:
     new, changes = init.transform(Loop(), example_input=torch.randn(2, 12, 3))
     assert "2..12 steps" in changes[0].description
     assert torch.allclose(new.cell.bias_ih.detach()[8:16], init.chrono_biases(8, 12).float())
+
+
+def test_a_bias_free_gated_layer_is_not_said_to_get_gate_biases() -> None:
+    for cell in (nn.GRU, nn.LSTM):
+        model = nn.Sequential(cell(3, 8, bias=False))
+        new, changes = init.transform(model, example_input=torch.randn(20, 2, 3))
+        assert "bias" not in changes[0].description, changes[0].description
+        assert init.transform(new, example_input=torch.randn(20, 2, 3))[1] == []

@@ -237,8 +237,9 @@ def _recurrent(name: str, m: nn.Module, reason: str, seq_len: int | None = None)
     gates = _GATES.get(kind, 1)
     lstm = kind in ("LSTM", "LSTMCell")
     gru = kind in ("GRU", "GRUCell")
-    chrono = (lstm or gru) and seq_len is not None and seq_len > CHRONO_MIN_LENGTH
     params = _recurrent_params(m)
+    biased = any(pname.startswith("bias_ih") for pname, _ in params)
+    chrono = (lstm or gru) and biased and seq_len is not None and seq_len > CHRONO_MIN_LENGTH
 
     def wanted_bias(pname: str, p: torch.Tensor) -> torch.Tensor:
         want = torch.zeros_like(p)
@@ -301,13 +302,13 @@ def _recurrent(name: str, m: nn.Module, reason: str, seq_len: int | None = None)
             + (", input-gate biases their negatives" if lstm else "")
         )
     else:
-        biases = ", forget-gate bias 1" if lstm else ""
+        biases = ", forget-gate bias 1" if lstm and biased else ""
     return Change(
         kind="init",
         target=name,
         description=(
             f"{name}: re-initialised {type(m).__name__}: input weights Xavier, recurrent weights "
-            "orthogonal, biases 0" + biases
+            "orthogonal" + (", biases 0" if biased else "") + biases
         ),
         reason=reason,
     )
