@@ -151,3 +151,20 @@ def test_a_noisy_loss_that_never_got_below_chance_is_stuck() -> None:
     noisy = lambda s: (c - 0.25 if s < 50 else c + 0.25 if s < 100 else c) + 0.01 * math.sin(1.7 * s)  # noqa: E731
     lv = loss_view(build(an, 16, loss=noisy), an, TH)
     assert lv.status == "stuck" and lv.flat_since == 0 and lv.flat_steps == 151
+
+
+def test_a_slow_steady_descent_near_chance_is_improving_not_stuck() -> None:
+    # 2.30 -> 2.16 over 300 steps with batch noise: every window of the tail sits inside the
+    # flat band (5% of the level) and the level is within 15% of chance, but each window is
+    # lower than the one before by far more than chance moves a median.
+    an = chain_anatomy(2, classes=10)
+    slow = lambda s: 2.30 - 0.00045 * s + 0.02 * math.sin(1.7 * s)  # noqa: E731
+    assert loss_view(build(an, 31, loss=slow), an, TH).status == "improving"
+    assert loss_view(build(an, 31, loss=stuck_loss()), an, TH).status == "stuck"  # no descent: still stuck
+
+
+def test_the_start_of_a_loss_that_blew_up_within_a_few_steps_is_its_first_value() -> None:
+    an = chain_anatomy(2)
+    blown = build(an, 2, loss=lambda s: [7.7e3, 3.4e34][s] if s < 2 else float("nan"))
+    lv = loss_view(blown, an, TH)
+    assert lv.status == "nonfinite" and lv.start == pytest.approx(7.7e3)

@@ -296,7 +296,10 @@ def loss_view(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> LossView:
     v, s = values[finite], steps[finite]
     n = len(v)
     if not finite[-1]:
-        start = float(np.median(v[: th.loss_head])) if n else math.nan
+        # Before a blow-up the last finite losses are the blow-up itself: the start is read
+        # from the first half of them (at most `loss_head`), so two losses 7.7e3, 3.4e34 give
+        # 7.7e3, not their median.
+        start = float(np.median(v[: max(1, min(th.loss_head, n // 2))])) if n else math.nan
         return LossView(
             "nonfinite", start=start, classes=classes, first_nonfinite=first_bad, steps_seen=len(values)
         )
@@ -329,6 +332,11 @@ def loss_view(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> LossView:
         first_nonfinite=first_bad, steps_seen=len(values), best_step=best_step,
     )  # fmt: skip
     gained = start - best
+    # Still falling: the last window's median is below the one before by more than chance
+    # moves a median (3 standard errors of a difference) and by a thousandth of the level.
+    # A loss that keeps falling is not stuck, however slowly: the flat band (5% of the
+    # level) would otherwise call a slow, steady descent flat.
+    falling = previous - recent > max(th.trend_sigmas * se * math.sqrt(2), 1e-3 * abs(previous))
     at_chance = chance is not None and abs(recent - chance) <= th.chance_tolerance * chance
     # Far below chance is a fitted classifier, even if the watch began after it converged.
     fitted = chance is not None and recent <= th.converged_frac * chance
@@ -343,12 +351,13 @@ def loss_view(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> LossView:
     elif (
         flat_steps >= th.flat_min_steps
         and not fitted
+        and not falling
         and (abs(start - recent) <= th.stuck_progress * scale or at_chance)
     ):
         status = "stuck"
     elif fitted or (start > 0 and recent <= th.converged_frac * start):
         status = "converged"
-    elif previous - recent > max(th.trend_sigmas * se * math.sqrt(2), 1e-3 * abs(previous)):
+    elif falling:
         status = "improving"
     elif (
         at_chance
