@@ -40,3 +40,36 @@ def test_unmeasured_updates_are_not_stalls() -> None:
     g["update_ratio"] = [float("nan")] * 3
     assert stalled_weights(build(AN, 31, layers=lambda s: g, loss=stuck_loss()), AN, TH) == []
     assert stalled_weights(build(AN, 2, layers=lambda s: grads(3, [1, 1, 1], update=0.0)), AN, TH) == []
+
+
+def _none(n: int, absent: list[int], rel: float = 1.0) -> dict[str, list[float]]:
+    """Per-layer metrics where the layers in `absent` had no gradient (None: NaN in every column)."""
+    g = grads(n, [rel] * n)
+    for key in ("grad_norm", "grad_rms", "grad_zero_frac", "grad_nonfinite"):
+        for i in absent:
+            g[key][i] = float("nan")
+    return g
+
+
+def test_leading_layers_with_no_gradient_are_cut_off() -> None:
+    tl = build(AN, 31, layers=lambda s: _none(3, [0]), loss=falling_loss(rate=0.01))
+    (f,) = stalled_weights(tl, AN, TH)
+    assert f.severity == Severity.WARNING and f.layers == ["0"] and f.evidence["no_gradient"] == 1.0
+    assert "the first layer to run" in f.message and ".detach()" in f.message
+    (two,) = stalled_weights(build(AN, 31, layers=lambda s: _none(3, [0, 1]), loss=stuck_loss()), AN, TH)
+    assert two.layers == ["0", "2"] and "the first 2 layers to run" in two.message
+    # a converged run: still said, as info
+    conv = build(AN, 31, layers=lambda s: _none(3, [0]), loss=falling_loss(rate=0.1, floor=0.001))
+    assert stalled_weights(conv, AN, TH)[0].severity == Severity.INFO
+
+
+def test_what_is_not_a_cut() -> None:
+    def quiet(g: dict[str, list[float]]) -> bool:
+        return stalled_weights(build(AN, 31, layers=lambda s: g, loss=stuck_loss()), AN, TH) == []
+
+    assert quiet(_none(3, [1]))  # its predecessor gets a gradient: an unused branch
+    assert quiet(grads(3, [0.0, 1.0, 1.0]))  # exactly zero (dead ReLUs above): the dead-unit detector's
+    nan_grad = grads(3, [float("nan"), 1.0, 1.0])
+    nan_grad["grad_nonfinite"][0] = 12.0
+    assert quiet(nan_grad)  # a NaN gradient is there, just not finite: the non-finite detector's
+    assert quiet(_none(3, [0, 1, 2]))  # nothing gets a gradient: nothing to compare with

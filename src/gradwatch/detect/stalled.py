@@ -1,9 +1,20 @@
-"""Stalled weights: the optimizer's steps barely change the model, anywhere.
+"""Stalled weights: the optimizer's steps barely change the model, anywhere — or a part of it gets no gradient at all.
 
-Every layer's update is below `th.stall_update_ratio` of its weights per step (a learning
-rate far too small, an optimizer that holds other tensors than the model's, gradients
-that vanished everywhere at once). If any layer still moves, the optimizer works and a
-weak gradient in some layers is the vanishing detector's finding instead.
+Everywhere: every layer's update is below `th.stall_update_ratio` of its weights per
+step (a learning rate far too small, an optimizer that holds other tensors than the
+model's, gradients that vanished everywhere at once). If any layer still moves, the
+optimizer works and a weak gradient in some layers is the vanishing detector's finding
+instead.
+
+Cut off: the layers that run first have had *no* gradient on any record (autograd left
+their ``.grad`` at None) while a layer that runs after them has one. A small gradient is
+a matter of degree; an absent one is structural: nothing connects those layers' output
+to the loss by autograd — a ``.detach()``, a ``torch.no_grad()`` block, ``.data``, a
+round trip through ``.item()``/NumPy or an integer cast. Only a leading run of layers
+(in execution order) counts: a layer whose predecessors do get a gradient is more
+likely an unused branch (a pooler whose output the loss ignores) than a cut. Exactly
+zero gradients are not counted here: a layer of dead ReLUs zeroes everything below it,
+which is the dead-unit detector's finding.
 """
 
 from __future__ import annotations
@@ -26,9 +37,52 @@ from gradwatch.types import Finding, Kind, Severity
 
 
 def stalled_weights(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Finding]:
-    """Every layer's update ratio below `th.stall_update_ratio`, persistently."""
+    """Every layer's update ratio below `th.stall_update_ratio`, persistently; or leading layers with no gradient."""
     if len(timeline) == 0 or not timeline.layers:
         return []
+    return _everywhere(timeline, anatomy, th) or _cut_off(timeline, anatomy, th)
+
+
+def _cut_off(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Finding]:
+    """The leading layers never had a gradient while a later one has (module docstring)."""
+    if len(timeline) < th.persist:
+        return []
+    g = timeline.layer_metric("grad_norm")
+    # None is recorded as NaN in every gradient column; a NaN *gradient* has a count of
+    # non-finite entries (the non-finite detector's finding), an absent one has none.
+    counted = timeline.layer_metric("grad_nonfinite")
+    absent = np.all(np.isnan(g) & (np.isnan(counted) if counted.shape == g.shape else True), axis=0)
+    received = np.any(np.isfinite(g) & (g > 0), axis=0)
+    lead = 0
+    while lead < len(absent) and absent[lead]:
+        lead += 1
+    if lead == 0 or not received[lead:].any():
+        return []
+    names = list(timeline.layers[:lead])
+    loss = loss_view(timeline, anatomy, th)
+    severity = Severity.INFO if loss.status == "converged" else Severity.WARNING
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    first = "the first layer to run" if lead == 1 else f"the first {lead} layers to run"
+    return [
+        Finding(
+            kind=Kind.STALLED_WEIGHTS,
+            severity=severity,
+            layers=names,
+            step=int(timeline.steps[0]),
+            evidence={"no_gradient": 1.0, "layers_cut_off": float(lead), "records": float(len(timeline)), **loss.evidence()},
+            message=(
+                f"{shown} ({first}) never received a gradient in {len(timeline)} records, while the "
+                "layers after them did: nothing connects their output to the loss by autograd — look "
+                "for a .detach(), a torch.no_grad() block, .data, or a round trip through .item(), "
+                "NumPy or an integer cast between them and the rest. If they are meant to stay "
+                f"fixed, freeze them (requires_grad_(False)); {loss.describe()}"
+            ),
+        )
+    ]
+
+
+def _everywhere(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Finding]:
+    """Every layer's update ratio below `th.stall_update_ratio`, persistently."""
     ratio = timeline.layer_metric("update_ratio")
     with quiet_numpy():
         top = np.nanmax(ratio, axis=1)  # the layer that moves most, per record

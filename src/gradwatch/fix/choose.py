@@ -305,6 +305,10 @@ def choose(
 
     functional = _manual.hidden_functional_activations(model, order)
     for finding in problems:
+        if finding.evidence.get("no_gradient"):
+            # Layers cut off from the loss by the code: no surgery or step size reconnects them.
+            plan.manual.append(f"{finding.kind}: {finding.message}")
+            continue
         ranked = ranked_causes(finding, diagnosis)
         kinds = [c.kind for c in ranked] or infer_causes(model, order, finding.kind, finding.step)
         messages = {c.kind: c.message for c in ranked}
