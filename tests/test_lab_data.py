@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+
+from gradwatch.lab.data import digits
+
+
+def test_digits_are_standardised_on_the_training_split_without_blowing_up_the_test_split() -> None:
+    from sklearn.datasets import load_digits
+
+    raw = torch.tensor(load_digits().data, dtype=torch.float32)
+    split = digits(seed=0)
+    assert split.x_train.shape[1] == 64 and len(split.x_train) + len(split.x_test) == len(raw)
+    varying = split.x_train.std(0) > 1e-3
+    assert torch.allclose(split.x_train.mean(0), torch.zeros(64), atol=1e-4)
+    assert torch.allclose(split.x_train.std(0)[varying], torch.ones(int(varying.sum())), atol=1e-4)
+    # pixels constant in the training split are only centred: a test image that has ink
+    # there gets its raw value (at most 16), not value / 1e-6
+    constant = split.x_train.std(0) == 0
+    assert constant.any()  # seed 0 has such pixels
+    assert float(split.x_test[:, constant].abs().max()) <= 16.0
+    assert 0 < float(split.x_test[:, constant].abs().max())  # and some test image has ink there
