@@ -22,6 +22,7 @@ import inspect
 import linecache
 import sys
 import textwrap
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,10 @@ class Op:
     file: str = ""
     line: int = 0
     code: str = ""
+    #: traced module calls only: the index in `Order.ops` of the module call whose output
+    #: tensor this call took as its first argument, or None (a view, a concatenation, the
+    #: model's input: something computed in between, or nothing traced)
+    input_from: int | None = None
 
     @property
     def is_function(self) -> bool:
@@ -253,6 +258,10 @@ def traced_order(model: nn.Module, example_input: Any) -> Order:
     leaf_ids = {id(m) for _, m in _leaves(model)}
     ops: list[Op] = []
     stack: list[str] = []
+    running: list[int] = []  # indices in `ops` of the leaf calls under way
+    # the latest leaf call to return each tensor, by id; the weak reference tells a live
+    # tensor from a new one that reuses a freed tensor's id
+    produced: dict[int, tuple[int, weakref.ref[torch.Tensor]]] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     calls: dict[str, int] = {}
     handles = []
@@ -260,16 +269,26 @@ def traced_order(model: nn.Module, example_input: Any) -> Order:
     def pre(m: nn.Module, args: Any) -> None:
         name = names[id(m)]
         if id(m) in leaf_ids:
-            ops.append(Op(name, m))
+            source = None
+            if args and isinstance(args[0], torch.Tensor):
+                entry = produced.get(id(args[0]))
+                if entry is not None and entry[1]() is args[0]:
+                    source = entry[0]
+            ops.append(Op(name, m, input_from=source))
+            running.append(len(ops) - 1)
             calls[name] = calls.get(name, 0) + 1
         # Inside a leaf (an activation module, a recurrent layer) nothing is functional.
         stack.append(("\0" + name) if id(m) in leaf_ids else name)
 
     def post(m: nn.Module, args: Any, out: Any) -> None:
         stack.pop()
+        if id(m) not in leaf_ids:
+            return
+        index = running.pop()
         first = out[0] if isinstance(out, tuple) and out else out
-        if isinstance(first, torch.Tensor) and id(m) in leaf_ids:
+        if isinstance(first, torch.Tensor):
             shapes.setdefault(names[id(m)], tuple(first.shape))
+            produced[id(first)] = (index, weakref.ref(first))
 
     was_training = model.training
     try:
