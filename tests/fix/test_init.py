@@ -128,6 +128,20 @@ def test_frozen_layers_are_not_touched() -> None:
     assert torch.equal(new[0].weight, before)
 
 
+@pytest.mark.parametrize("trainable", ["bias", "weight"])
+def test_a_layer_with_a_frozen_parameter_is_not_touched(trainable: str) -> None:
+    # BitFit: pretrained weights frozen, biases trained (and the converse, a fixed bias)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    with torch.no_grad():
+        model[2].bias.fill_(2.0)  # a bias past the limit: re-drawn were the layer trainable
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.endswith(trainable))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    new, changes = init.transform(model)
+    assert changes == []
+    assert all(torch.equal(v, before[k]) for k, v in new.state_dict().items())
+
+
 def test_layers_argument_restricts_the_transform() -> None:
     model = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2))
     _, changes = init.transform(model, layers={"2"})

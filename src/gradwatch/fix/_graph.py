@@ -104,6 +104,16 @@ def owns_parameters(m: nn.Module) -> bool:
     return any(True for _ in m.parameters(recurse=False))
 
 
+def has_frozen_parameter(m: nn.Module) -> bool:
+    """True when a parameter of `m` itself has ``requires_grad=False``.
+
+    Its owner keeps that parameter fixed on purpose (a pretrained part, BitFit's frozen
+    weights), and what surrounds it — its other parameters, the activation it feeds —
+    was trained or chosen together with it.
+    """
+    return any(not p.requires_grad for p in m.parameters(recurse=False))
+
+
 # -- the order ---------------------------------------------------------------------------
 
 

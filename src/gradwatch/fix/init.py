@@ -27,7 +27,14 @@ per layer, where ``sigma_w^2 = fan_in * Var(W)``. The rule per layer:
   gradient reaching the first input rises from ~1e-6 to ~1e-1 of the last one's;
   `tests/fix/test_init.py`).
 
-Biases of re-initialised layers are set to 0; frozen layers are never touched. A layer is left alone when it already
+Biases of re-initialised layers are set to 0. A layer with any frozen parameter
+(``requires_grad=False``) is left alone, its trainable parameters too: its owner keeps
+the frozen part fixed on purpose, and the rest of the layer goes with it. A frozen
+weight with a trainable bias (BitFit) is a pretrained layer whose bias is being tuned to
+that weight, and zeroing the bias would discard the tuning. A fixed bias with a trainable
+weight cannot be reset either, and re-drawing the weight alone would not reach the
+weight-and-bias state a re-initialisation stands for (a bias past the limit below would
+have the weight re-drawn on every pass). A layer is left alone when it already
 matches: its ``sigma_w^2`` within 10% of the target (an error that compounds to at most
 1.1^L — under a decade over 20 layers) and its bias RMS at most 0.5 (a bias half the
 pre-activation's standard deviation already switches a ReLU off for a third of inputs;
@@ -53,6 +60,7 @@ from gradwatch.fix._graph import (
     SELU_FAMILY,
     Op,
     copy_model,
+    has_frozen_parameter,
     is_saturating,
     order_of,
 )
@@ -352,8 +360,8 @@ def transform(
         if id(m) in seen or (layers is not None and op.name not in layers):
             continue
         seen.add(id(m))
-        if not any(p.requires_grad for p in m.parameters(recurse=False)):
-            continue  # frozen (a pretrained part kept fixed): not ours to re-draw
+        if has_frozen_parameter(m):
+            continue
         change: Change | None = None
         if isinstance(m, nn.RNNBase | nn.RNNCellBase):
             change = _recurrent(op.name, m, reason, seq_len_of(order, op.name, m))
