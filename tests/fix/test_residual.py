@@ -98,3 +98,11 @@ def test_the_output_activation_stays_outside_every_skip() -> None:
         with torch.no_grad():
             out = new(torch.randn(256, 8) * 3)
         assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0  # a sigmoid's range, as before
+
+
+def test_blocks_next_to_frozen_layers_are_not_wrapped() -> None:
+    model = _chain(4)
+    model[2:6].requires_grad_(False)  # two blocks of a pretrained part kept fixed
+    new, changes = residual.transform(model)
+    assert len(changes) == 1 and "2 shape-preserving blocks" in changes[0].description
+    assert [type(m).__name__ for m in new] == ["Linear", "Tanh", "Linear", "Tanh", "Linear", "Tanh", "Residual", "Residual", "Linear"]

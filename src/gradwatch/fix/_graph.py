@@ -180,6 +180,28 @@ class Order:
                 last = i
         return last
 
+    def beside_frozen(self) -> set[int]:
+        """Ids of activation modules next to a frozen layer.
+
+        An activation belongs to a frozen part of the model when the nearest module with
+        parameters before it (the layer whose pre-activations it shapes) or after it (the
+        layer that reads its outputs) has a frozen parameter (`has_frozen_parameter`):
+        those weights were trained with this activation and cannot adapt to another.
+        """
+        found: set[int] = set()
+        for ops in (self.ops, self.ops[::-1]):
+            frozen = False
+            for op in ops:
+                m = op.module
+                if m is None:
+                    continue
+                if is_activation(m):
+                    if frozen:
+                        found.add(id(m))
+                elif owns_parameters(m):
+                    frozen = has_frozen_parameter(m)
+        return found
+
     def output_activations(self) -> set[str]:
         """Names of activations after the last parametric layer: the model's output activation.
 

@@ -24,7 +24,9 @@ taking the very tensor the layer returned. Code in between (``h.view(...)``,
 sized for the layer's output would not fit them. A convolution that ran on an unbatched
 input gets no norm: batch, group and layer norm layers all want ``(N, C, ...)``. A layer whose
 activation is functional (``torch.relu(self.fc(x))``) cannot be reached; the output
-activation (after the last parametric layer) is left alone.
+activation (after the last parametric layer) is left alone, and so is an activation next
+to a frozen layer (`Order.beside_frozen`): a norm before it would change what the frozen
+part computes, and its weights cannot adapt.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ def transform(
     order = order_of(new, example_input)
     last = order.last_layer_index()
     output_ids = {id(op.module) for op in order.ops[last + 1 :] if op.module is not None}
+    frozen = order.beside_frozen()
     names = {id(m): n for n, m in new.named_modules()}
     counts = uses(new)
     pairs: list[tuple[nn.Module, nn.Module]] = []  # (layer, activation)
@@ -121,7 +124,7 @@ def transform(
     changes: list[Change] = []
     done: set[int] = set()
     for layer, act in pairs:
-        if id(act) in done or not is_activation(act) or id(act) in output_ids:
+        if id(act) in done or not is_activation(act) or id(act) in output_ids or id(act) in frozen:
             continue
         if counts.get(id(act), 0) != 1 or counts.get(id(layer), 0) != 1:
             continue

@@ -13,7 +13,9 @@ dropout. A *run* is two or more such blocks in a row; each block of a run become
 ``Residual(block)``. A block whose activation is the model's output activation (after
 its last parametric layer, as `gradwatch.fix.activations` finds it) is not wrapped:
 ``x + f(x)`` would take a final sigmoid's output out of ``[0, 1]``, and the output's
-range is what the loss expects (a binary cross-entropy fails outside it). Custom modules whose ``forward`` is code are not rewired (the data
+range is what the loss expects (a binary cross-entropy fails outside it). Nor is a
+block whose activation is next to a frozen layer (`Order.beside_frozen`): a skip around
+frozen weights changes what they compute, and they cannot adapt. Custom modules whose ``forward`` is code are not rewired (the data
 flow is not known); `gradwatch.fix.manual` says where to add the skip by hand.
 
 The branch is scaled down, because each unscaled ``x + f(x)`` adds the branch's
@@ -97,17 +99,18 @@ def _is_norm(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.batchnorm._NormBase | nn.LayerNorm | nn.GroupNorm | nn.RMSNorm)
 
 
-def _block_at(items: list[nn.Module], i: int, outputs: set[int]) -> int:
+def _block_at(items: list[nn.Module], i: int, kept: set[int]) -> int:
     """Length of the block starting at `items[i]`, or 0 if none starts there.
 
-    `outputs`: ids of the model's output activations, which no block may hold.
+    `kept`: ids of activations no block may hold (the model's output activations, those
+    next to a frozen layer).
     """
     if not shape_preserving(items[i]):
         return 0
     j = i + 1
     while j < len(items) and _is_norm(items[j]):
         j += 1
-    if j >= len(items) or not _is_act_slot(items[j]) or id(_activation_of(items[j])) in outputs:
+    if j >= len(items) or not _is_act_slot(items[j]) or id(_activation_of(items[j])) in kept:
         return 0
     j += 1
     if j < len(items) and isinstance(items[j], nn.modules.dropout._DropoutNd):
@@ -143,8 +146,9 @@ def transform(
     Args:
         model: any module; only its `nn.Sequential` chains are rewired.
         example_input: if given, one forward pass decides which activations come after
-            the last parametric layer (the output activation, never wrapped); otherwise
-            the order in which modules were registered decides.
+            the last parametric layer (the output activation, never wrapped) and which
+            are next to a frozen layer (not wrapped either); otherwise the order in which
+            modules were registered decides.
         inplace: change `model` itself instead of a deep copy.
 
     Returns ``(new_model, changes)``: one change per run. Parameter names inside the
@@ -152,7 +156,7 @@ def transform(
     """
     new = copy_model(model, inplace)
     order = order_of(new, example_input)
-    outputs = {
+    kept = order.beside_frozen() | {
         id(op.module)
         for op in order.ops[order.last_layer_index() + 1 :]
         if op.module is not None and is_activation(op.module)
@@ -163,7 +167,7 @@ def transform(
         blocks: list[tuple[int, int]] = []  # (start, length)
         i = 0
         while i < len(items):
-            n = _block_at(items, i, outputs)
+            n = _block_at(items, i, kept)
             if n:
                 blocks.append((i, n))
                 i += n
