@@ -142,6 +142,41 @@ def test_a_layer_with_a_frozen_parameter_is_not_touched(trainable: str) -> None:
     assert all(torch.equal(v, before[k]) for k, v in new.state_dict().items())
 
 
+def test_a_head_tied_to_an_embedding_is_left_alone() -> None:
+    class LM(nn.Module):  # GPT-2's lm_head shares wte's weight
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.head = nn.Embedding(50, 16), nn.Linear(16, 50, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.head(self.emb(t))
+
+    model = LM()
+    for ex in (None, torch.randint(0, 50, (2, 5))):
+        new, changes = init.transform(model, example_input=ex)
+        assert changes == []
+        assert torch.equal(new.emb.weight, model.emb.weight) and new.head.weight is new.emb.weight
+
+
+def test_two_layers_sharing_a_weight_are_left_alone() -> None:
+    class TiedAE(nn.Module):  # one weight, two activations after it: no scale suits both
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc, self.act, self.dec = nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16)
+            self.dec.weight = self.enc.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.dec(self.act(self.enc(x)))
+
+    model = TiedAE()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    new, changes = init.transform(model)
+    assert changes == []
+    assert all(torch.equal(v, before[k]) for k, v in new.state_dict().items())
+    assert new.dec.weight is new.enc.weight
+
+
 def test_layers_argument_restricts_the_transform() -> None:
     model = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2))
     _, changes = init.transform(model, layers={"2"})

@@ -467,6 +467,15 @@ def like(new: nn.Module, ref: nn.Module | torch.Tensor | None) -> nn.Module:
     return new
 
 
+def shared_parameters(model: nn.Module) -> set[int]:
+    """Ids of the parameters held by more than one module: tied weights."""
+    holders: dict[int, int] = {}
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            holders[id(p)] = holders.get(id(p), 0) + 1
+    return {pid for pid, n in holders.items() if n > 1}
+
+
 def uses(model: nn.Module) -> dict[int, int]:
     """How many places (attributes or container entries) hold each module, by id."""
     counts: dict[int, int] = {}

@@ -34,7 +34,11 @@ weight with a trainable bias (BitFit) is a pretrained layer whose bias is being 
 that weight, and zeroing the bias would discard the tuning. A fixed bias with a trainable
 weight cannot be reset either, and re-drawing the weight alone would not reach the
 weight-and-bias state a re-initialisation stands for (a bias past the limit below would
-have the weight re-drawn on every pass). A layer is left alone when it already
+have the weight re-drawn on every pass). A layer that shares a parameter with another
+module (tied weights: a language model's head and its embedding, an autoencoder's encoder
+and decoder) is left alone too: a re-draw for one holder changes the others behind their
+back, and holders followed by different activations want different scales, so each pass
+would undo the last. A layer is left alone when it already
 matches: its ``sigma_w^2`` within 10% of the target (an error that compounds to at most
 1.1^L — under a decade over 20 layers) and its bias RMS at most 0.5 (a bias half the
 pre-activation's standard deviation already switches a ReLU off for a third of inputs;
@@ -63,6 +67,7 @@ from gradwatch.fix._graph import (
     has_frozen_parameter,
     is_saturating,
     order_of,
+    shared_parameters,
 )
 from gradwatch.types import Change
 
@@ -352,6 +357,7 @@ def transform(
     new = copy_model(model, inplace)
     order = order_of(new, example_input)
     depth = chain_depth(order)
+    tied = shared_parameters(new)
     changes: list[Change] = []
     seen: set[int] = set()
     for op in order.modules():
@@ -360,7 +366,7 @@ def transform(
         if id(m) in seen or (layers is not None and op.name not in layers):
             continue
         seen.add(id(m))
-        if has_frozen_parameter(m):
+        if has_frozen_parameter(m) or any(id(p) in tied for p in m.parameters(recurse=False)):
             continue
         change: Change | None = None
         if isinstance(m, nn.RNNBase | nn.RNNCellBase):
