@@ -89,3 +89,19 @@ def test_activations_next_to_a_frozen_layer_are_kept(traced: bool) -> None:
     model[4].requires_grad_(False)
     _, changes = activations.transform(model, example_input=x if traced else None)
     assert [c.target for c in changes] == ["1"]
+
+
+def test_with_an_example_input_only_activations_that_ran_are_swapped() -> None:
+    class Unused(nn.Module):  # registers a Sigmoid but calls torch.sigmoid instead
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.sigmoid, self.fc2 = nn.Linear(6, 8), nn.Sigmoid(), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(torch.sigmoid(self.fc1(x)))
+
+    new, changes = activations.transform(Unused(), example_input=torch.randn(4, 6))
+    assert changes == [] and isinstance(new.sigmoid, nn.Sigmoid)
+    # without one, registration order is all there is: the module looks hidden
+    _, changes = activations.transform(Unused())
+    assert [c.target for c in changes] == ["sigmoid"]

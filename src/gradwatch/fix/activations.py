@@ -11,7 +11,9 @@ frozen layer (the nearest parametric module before or after it has a parameter w
 trained with that activation — those before it to produce pre-activations it shapes,
 those after it to read its outputs — and cannot adapt to another one.
 
-Only activation *modules* are swapped; functional calls (``torch.sigmoid(x)`` inside a
+Only activation *modules* are swapped — with an example input, only those the forward
+pass ran (a module registered but never called changes nothing, and swapping it would
+report a fix that is not one); functional calls (``torch.sigmoid(x)`` inside a
 custom ``forward``) are reported by `gradwatch.fix.manual` instead.
 """
 
@@ -65,8 +67,8 @@ def transform(
         to: the replacement activation.
         example_input: if given, one forward pass decides which activations come after
             the last parametric layer (kept as output activations) and which are next to
-            a frozen layer (kept too); otherwise the order in which modules were
-            registered decides.
+            a frozen layer (kept too), and only activations that ran are swapped;
+            otherwise the order in which modules were registered decides.
         keep: module names to leave alone (for instance a sigmoid used as a gate).
         inplace: change `model` itself instead of a deep copy.
 
@@ -80,11 +82,14 @@ def transform(
     last = order.last_layer_index()
     output_ids = {id(op.module) for op in order.ops[last + 1 :] if op.module is not None}
     frozen = order.beside_frozen()
+    ran = {id(op.module) for op in order.ops if op.module is not None}
     names = {id(m): n for n, m in new.named_modules()}
     changes: list[Change] = []
     for parent_name, parent in list(new.named_modules()):
         for key, child in list(parent._modules.items()):
             if child is None or not is_saturating(child) or id(child) in output_ids or id(child) in frozen:
+                continue
+            if order.traced and id(child) not in ran:
                 continue
             name = f"{parent_name}.{key}" if parent_name else key
             if name in keep or names.get(id(child)) in keep:
