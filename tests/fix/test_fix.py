@@ -253,3 +253,15 @@ def test_a_frozen_encoder_computes_what_it_did(traced: bool) -> None:
         assert str(result.model.encoder) == str(model.encoder)
         with torch.no_grad():
             assert torch.equal(result.model.encoder(x), model.encoder(x))
+
+
+def test_a_lazy_model_is_fixed_given_an_example_input_and_left_lazy() -> None:
+    def lazy() -> nn.Module:
+        return nn.Sequential(nn.LazyLinear(8), nn.Sigmoid(), nn.LazyLinear(8), nn.Sigmoid(), nn.LazyLinear(2))
+
+    with pytest.raises(gw.GradwatchValueError, match="example_input"):
+        gw.fix(lazy(), _diag("vanishing_gradient"))
+    model, x = lazy(), torch.randn(4, 6)
+    result = gw.fix(model, _diag("vanishing_gradient"), example_input=x)
+    assert _kinds(result) == {"activation", "init"} and result.model(x).shape == (4, 2)
+    assert all(isinstance(model[i], nn.LazyLinear) for i in (0, 2, 4))

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from gradwatch import GradwatchValueError
 from gradwatch.fix import init
 from tests.fix.zoo import FunctionalNet, RNNNet
 
@@ -272,3 +273,17 @@ def test_a_bias_free_gated_layer_is_not_said_to_get_gate_biases() -> None:
         new, changes = init.transform(model, example_input=torch.randn(20, 2, 3))
         assert "bias" not in changes[0].description, changes[0].description
         assert init.transform(new, example_input=torch.randn(20, 2, 3))[1] == []
+
+
+def _lazy_mlp() -> nn.Sequential:
+    return nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(2))
+
+
+def test_a_lazy_model_needs_an_example_input() -> None:
+    with pytest.raises(GradwatchValueError, match=r"'0' \(LazyLinear\).*example_input"):
+        init.transform(_lazy_mlp())
+    model, x = _lazy_mlp(), torch.randn(4, 6)
+    new, changes = init.transform(model, example_input=x)
+    assert [c.target for c in changes] == ["0", "2"]
+    assert _sigma2(new[0].weight) == pytest.approx(2.0, rel=1e-6) and new(x).shape == (4, 2)
+    assert isinstance(model[0], nn.LazyLinear)  # the input model is left as it was

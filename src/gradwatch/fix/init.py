@@ -56,6 +56,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradwatch._lazy import lazy_modules, needs_input_error
 from gradwatch.anatomy.activations import module_spec, parse_spec
 from gradwatch.explain.theory import critical_sigma_w2
 from gradwatch.fix._graph import (
@@ -348,12 +349,19 @@ def transform(
         model: any module.
         example_input: if given, one forward pass decides which activation follows each
             layer (functional ones included); otherwise registration order decides.
+            A model with lazy modules that have not run yet needs one (their weights
+            do not exist until a forward pass creates them).
         layers: only these module names (default: every layer).
         inplace: change `model` itself instead of a deep copy.
 
     Returns:
         ``(new_model, changes)``: one change per re-initialised layer.
+
+    Raises:
+        GradwatchValueError: a lazy module has no parameters yet and there is no example input.
     """
+    if example_input is None and lazy_modules(model):
+        raise needs_input_error(model, "init.transform")
     new = copy_model(model, inplace)
     order = order_of(new, example_input)
     depth = chain_depth(order)
