@@ -193,3 +193,11 @@ def test_jacobian_note_and_custom_loss() -> None:
     assert "singular values over 4 samples" in note
     expected = autograd_norms(model, F.cross_entropy(model(x), y))
     assert np.isclose(d.layers[0].measured_grad_norm, expected["0"], rtol=1e-5)
+
+
+def test_a_lazy_model_is_inspected_and_left_lazy() -> None:
+    model = nn.Sequential(nn.LazyLinear(8), nn.Tanh(), nn.LazyLinear(8), nn.Tanh(), nn.LazyLinear(2))
+    d = gw.inspect(model, torch.randn(4, 6))
+    assert [r.name for r in d.layers] == ["0", "2", "4"]
+    assert all(r.measured_grad_norm > 0 for r in d.layers)
+    assert all(isinstance(model[i], nn.LazyLinear) for i in (0, 2, 4))

@@ -64,3 +64,44 @@ def test_relu6_is_not_treated_as_saturating() -> None:
 def test_bad_choice_lists_the_valid_ones() -> None:
     with pytest.raises(GradwatchValueError, match="relu, leaky_relu, gelu"):
         activations.transform(sigmoid_mlp(), to="swish")
+
+
+class _FrozenEncoder(nn.Module):
+    """A pretrained encoder kept frozen, and a trainable head on top."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(6, 8), nn.Sigmoid(), nn.Linear(8, 8), nn.Sigmoid()).requires_grad_(False)
+        self.head = nn.Sequential(nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["static", "traced"])
+def test_activations_next_to_a_frozen_layer_are_kept(traced: bool) -> None:
+    x = torch.randn(4, 6)
+    new, changes = activations.transform(_FrozenEncoder(), example_input=x if traced else None)
+    assert isinstance(new.encoder[1], nn.Sigmoid) and isinstance(new.encoder[3], nn.Sigmoid)
+    assert [c.target for c in changes] == ["head.1"]
+    # the other side: an activation feeding a frozen layer was what that layer was trained on
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+    model[4].requires_grad_(False)
+    _, changes = activations.transform(model, example_input=x if traced else None)
+    assert [c.target for c in changes] == ["1"]
+
+
+def test_with_an_example_input_only_activations_that_ran_are_swapped() -> None:
+    class Unused(nn.Module):  # registers a Sigmoid but calls torch.sigmoid instead
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.sigmoid, self.fc2 = nn.Linear(6, 8), nn.Sigmoid(), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(torch.sigmoid(self.fc1(x)))
+
+    new, changes = activations.transform(Unused(), example_input=torch.randn(4, 6))
+    assert changes == [] and isinstance(new.sigmoid, nn.Sigmoid)
+    # without one, registration order is all there is: the module looks hidden
+    _, changes = activations.transform(Unused())
+    assert [c.target for c in changes] == ["sigmoid"]

@@ -232,3 +232,36 @@ def test_dead_units_from_a_large_step_get_a_smaller_step_and_fresh_weights() -> 
     assert _train(copy.deepcopy(dead), data, {}) < 0.2
     assert _train(copy.deepcopy(dead), data, {"lr_scale": 0.1}) < 0.2
     assert _train(result.model, data, {}) > 0.8
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["static", "traced"])
+def test_a_frozen_encoder_computes_what_it_did(traced: bool) -> None:
+    # every saturating activation sits in the frozen part: no swap, norm or skip goes there
+    class Frozen(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layers = [m for _ in range(3) for m in (nn.Linear(6, 6), nn.Sigmoid())]
+            self.encoder = nn.Sequential(*layers).requires_grad_(False)
+            self.head = nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.encoder(x))
+
+    model, x = Frozen(), torch.randn(4, 6)
+    for kinds in (["vanishing_gradient"], ["saturated_units", "flat_loss"]):
+        result = gw.fix(model, _diag(*kinds), example_input=x if traced else None)
+        assert str(result.model.encoder) == str(model.encoder)
+        with torch.no_grad():
+            assert torch.equal(result.model.encoder(x), model.encoder(x))
+
+
+def test_a_lazy_model_is_fixed_given_an_example_input_and_left_lazy() -> None:
+    def lazy() -> nn.Module:
+        return nn.Sequential(nn.LazyLinear(8), nn.Sigmoid(), nn.LazyLinear(8), nn.Sigmoid(), nn.LazyLinear(2))
+
+    with pytest.raises(gw.GradwatchValueError, match="example_input"):
+        gw.fix(lazy(), _diag("vanishing_gradient"))
+    model, x = lazy(), torch.randn(4, 6)
+    result = gw.fix(model, _diag("vanishing_gradient"), example_input=x)
+    assert _kinds(result) == {"activation", "init"} and result.model(x).shape == (4, 2)
+    assert all(isinstance(model[i], nn.LazyLinear) for i in (0, 2, 4))

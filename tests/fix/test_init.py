@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from gradwatch import GradwatchValueError
 from gradwatch.fix import init
 from tests.fix.zoo import FunctionalNet, RNNNet
 
@@ -128,6 +129,55 @@ def test_frozen_layers_are_not_touched() -> None:
     assert torch.equal(new[0].weight, before)
 
 
+@pytest.mark.parametrize("trainable", ["bias", "weight"])
+def test_a_layer_with_a_frozen_parameter_is_not_touched(trainable: str) -> None:
+    # BitFit: pretrained weights frozen, biases trained (and the converse, a fixed bias)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    with torch.no_grad():
+        model[2].bias.fill_(2.0)  # a bias past the limit: re-drawn were the layer trainable
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.endswith(trainable))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    new, changes = init.transform(model)
+    assert changes == []
+    assert all(torch.equal(v, before[k]) for k, v in new.state_dict().items())
+
+
+def test_a_head_tied_to_an_embedding_is_left_alone() -> None:
+    class LM(nn.Module):  # GPT-2's lm_head shares wte's weight
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.head = nn.Embedding(50, 16), nn.Linear(16, 50, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.head(self.emb(t))
+
+    model = LM()
+    for ex in (None, torch.randint(0, 50, (2, 5))):
+        new, changes = init.transform(model, example_input=ex)
+        assert changes == []
+        assert torch.equal(new.emb.weight, model.emb.weight) and new.head.weight is new.emb.weight
+
+
+def test_two_layers_sharing_a_weight_are_left_alone() -> None:
+    class TiedAE(nn.Module):  # one weight, two activations after it: no scale suits both
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc, self.act, self.dec = nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16)
+            self.dec.weight = self.enc.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.dec(self.act(self.enc(x)))
+
+    model = TiedAE()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    new, changes = init.transform(model)
+    assert changes == []
+    assert all(torch.equal(v, before[k]) for k, v in new.state_dict().items())
+    assert new.dec.weight is new.enc.weight
+
+
 def test_layers_argument_restricts_the_transform() -> None:
     model = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2))
     _, changes = init.transform(model, layers={"2"})
@@ -223,3 +273,17 @@ def test_a_bias_free_gated_layer_is_not_said_to_get_gate_biases() -> None:
         new, changes = init.transform(model, example_input=torch.randn(20, 2, 3))
         assert "bias" not in changes[0].description, changes[0].description
         assert init.transform(new, example_input=torch.randn(20, 2, 3))[1] == []
+
+
+def _lazy_mlp() -> nn.Sequential:
+    return nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(2))
+
+
+def test_a_lazy_model_needs_an_example_input() -> None:
+    with pytest.raises(GradwatchValueError, match=r"'0' \(LazyLinear\).*example_input"):
+        init.transform(_lazy_mlp())
+    model, x = _lazy_mlp(), torch.randn(4, 6)
+    new, changes = init.transform(model, example_input=x)
+    assert [c.target for c in changes] == ["0", "2"]
+    assert _sigma2(new[0].weight) == pytest.approx(2.0, rel=1e-6) and new(x).shape == (4, 2)
+    assert isinstance(model[0], nn.LazyLinear)  # the input model is left as it was

@@ -71,3 +71,47 @@ def test_an_activation_used_twice_is_not_wrapped() -> None:
 def test_bad_kind() -> None:
     with pytest.raises(GradwatchValueError, match="auto, batch, layer"):
         norm.transform(sigmoid_mlp(), kind="instance")
+
+
+class _Reshaped(nn.Module):
+    """A Linear whose output is reshaped, or joined to another tensor, before its activation."""
+
+    def __init__(self, between: str) -> None:
+        super().__init__()
+        self.between = between
+        self.fc, self.act, self.head = nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 2)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if self.between == "view":
+            h = self.conv(self.act(h.view(-1, 4, 2, 2))).flatten(1)
+        elif self.between == "cat":
+            h = self.act(torch.cat([h[:, :8], h[:, 8:] * 2], dim=1))
+        else:
+            h = self.act(h)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("between", ["view", "cat"])
+def test_no_norm_where_the_activation_does_not_take_the_layers_output(between: str) -> None:
+    x = torch.randn(4, 6)
+    new, changes = norm.transform(_Reshaped(between), example_input=x)
+    assert changes == []
+    assert new(x).shape == (4, 2)
+
+
+def test_a_norm_goes_where_the_activation_takes_the_layers_output() -> None:
+    x = torch.randn(4, 6)
+    new, changes = norm.transform(_Reshaped("direct"), example_input=x)
+    assert [c.target for c in changes] == ["act"]
+    assert isinstance(new.act[0], nn.BatchNorm1d) and new.act[0].num_features == 16
+    assert new(x).shape == (4, 2)
+
+
+def test_an_unbatched_convolution_gets_no_norm() -> None:
+    model = nn.Sequential(nn.Conv1d(3, 4, 3, padding=1), nn.Tanh(), nn.Conv1d(4, 4, 3, padding=1), nn.Tanh(), nn.Flatten(0))
+    x = torch.randn(3, 5)  # (channels, length): no batch dimension, which no norm layer accepts
+    new, changes = norm.transform(model, example_input=x)
+    assert changes == []
+    assert new(x).shape == (20,)

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import copy
+import io
+
 import pytest
 import torch
 from torch import nn
@@ -68,3 +71,49 @@ def test_gated_layers_are_left_alone() -> None:
 def test_bad_target() -> None:
     with pytest.raises(GradwatchValueError, match="gru, lstm"):
         recurrent.transform(RNNNet(), to="transformer")
+
+
+def test_a_trained_lstm_cell_model_can_be_copied_and_saved() -> None:
+    torch.manual_seed(0)
+    new, _ = recurrent.transform(CellNet(), to="lstm")
+    x = torch.randn(2, 5, 3)
+    new(x).sum().backward()
+    h = new.cell(x[:, 0])  # a sequence under way: its h and cell state are alive
+    copied = copy.deepcopy(new)
+    buffer = io.BytesIO()
+    torch.save(new, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    # the original still carries its cell state on from the h it returned
+    plain = nn.LSTMCell(3, 8)
+    plain.load_state_dict(new.cell.state_dict())
+    hc = plain(x[:, 0])
+    assert torch.allclose(new.cell(x[:, 1], h), plain(x[:, 1], hc)[0], atol=1e-6)
+    for other in (copied, loaded):
+        assert other.state_dict().keys() == new.state_dict().keys()
+        with torch.no_grad():
+            assert torch.allclose(other(x), new(x))
+
+
+def _tensors_held(cell: nn.Module) -> list[torch.Tensor]:
+    """The tensors other than parameters that the module's attributes hold."""
+    found, todo = [], list(vars(cell).values())
+    while todo:
+        v = todo.pop()
+        if isinstance(v, dict):
+            todo.extend(v.values())
+        elif isinstance(v, tuple | list):
+            todo.extend(v)
+        elif isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter):
+            found.append(v)
+    return found
+
+
+def test_the_cell_state_is_held_only_while_its_h_is() -> None:
+    cell = LSTMCellAsRNNCell(3, 4)
+    h = cell(torch.randn(2, 3))
+    h = cell(torch.randn(2, 3), h)
+    h.sum().backward()
+    assert len(_tensors_held(cell)) == 1  # the cell state that goes with h
+    del h  # the sequence is over: its state and autograd graph go with it
+    assert _tensors_held(cell) == []

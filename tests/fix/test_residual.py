@@ -73,15 +73,36 @@ def test_scale_bounds_forward_growth(act: type[nn.Module], scale: float) -> None
         nn.init.kaiming_normal_(lin.weight, nonlinearity="relu" if act is nn.ReLU else "linear")
         nn.init.zeros_(lin.bias)
         layers += [lin, act()]
-    model = nn.Sequential(*layers)
+    model = nn.Sequential(*layers, nn.Linear(64, 64))  # a head: the last activation is a hidden one
     new, _changes = residual.transform(model)
-    assert all(isinstance(m, Residual) and m.scale == pytest.approx(scale) for m in new)
+    blocks = new[:-1]
+    assert len(blocks) == 32 and all(isinstance(m, Residual) and m.scale == pytest.approx(scale) for m in blocks)
     x = torch.randn(256, 64)
     with torch.no_grad():
-        grown = float(new(x).pow(2).mean() / x.pow(2).mean())
+        grown = float(blocks(x).pow(2).mean() / x.pow(2).mean())
         unscaled = x
-        for block in new:
+        for block in blocks:
             unscaled = unscaled + block.body(unscaled)
         unscaled_growth = float(unscaled.pow(2).mean() / x.pow(2).mean())
     assert 1.0 < grown < 4.0
     assert unscaled_growth > 20.0
+
+
+def test_the_output_activation_stays_outside_every_skip() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.Sigmoid())
+    for ex in (None, torch.rand(4, 8)):
+        new, changes = residual.transform(model, example_input=ex)
+        assert len(changes) == 1 and "2 shape-preserving blocks" in changes[0].description
+        assert [type(m).__name__ for m in new] == ["Residual", "Residual", "Linear", "Sigmoid"]
+        with torch.no_grad():
+            out = new(torch.randn(256, 8) * 3)
+        assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0  # a sigmoid's range, as before
+
+
+def test_blocks_next_to_frozen_layers_are_not_wrapped() -> None:
+    model = _chain(4)
+    model[2:6].requires_grad_(False)  # two blocks of a pretrained part kept fixed
+    new, changes = residual.transform(model)
+    assert len(changes) == 1 and "2 shape-preserving blocks" in changes[0].description
+    assert [type(m).__name__ for m in new] == ["Linear", "Tanh", "Linear", "Tanh", "Linear", "Tanh", "Residual", "Residual", "Linear"]

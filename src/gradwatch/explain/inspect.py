@@ -18,7 +18,9 @@ What happens:
 4. The causes (`explain.causes`) are ranked; a gradient ratio past 1e±6 between the first
    and last weight layer becomes a finding (at most a warning: nothing has trained yet).
 
-The model is left as it was: modes, buffers, parameters' ``.grad``, RNG state, hooks.
+The model is left as it was: modes, buffers, parameters' ``.grad``, RNG state, hooks. A
+model with lazy modules that have not run yet is inspected on a copy that one forward
+pass gives its parameters (`gradwatch._lazy.materialised`), so the model stays lazy.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from torch.utils.hooks import RemovableHandle
 
 from gradwatch._compiled import unwrap
 from gradwatch._errors import GradwatchTypeError, GradwatchValueError, ModelError
+from gradwatch._lazy import lazy_modules, materialised
 from gradwatch.anatomy import Anatomy
 from gradwatch.anatomy._call import call_model, split_input
 from gradwatch.anatomy._graph import iter_tensors
@@ -155,6 +158,9 @@ def inspect(
             f"inspect() expects a torch.nn.Module, got {type(model).__module__}.{type(model).__qualname__}"
         )
     split_input(example_input)  # validates the kind of input before anything runs
+    lazy = bool(lazy_modules(model))
+    if lazy:
+        model = materialised(model, example_input)
     anatomy = Anatomy.from_module(model)
     if not anatomy.trainable:
         raise GradwatchValueError(
@@ -163,6 +169,10 @@ def inspect(
     structure = analyse(model, example_input, anatomy)
     chain, why_not = _chain_for_theory(anatomy, structure)
     notes = [f"structure read by {structure.method}", *structure.notes]
+    if lazy:
+        notes.append(
+            "lazy modules: inspected a copy that one forward pass gave its parameters; the model itself is left lazy"
+        )
     names = [layer.name for layer in anatomy.trainable]
     captured: dict[str, torch.Tensor] = {}
     handles: list[RemovableHandle] = []

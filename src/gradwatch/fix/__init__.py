@@ -12,12 +12,14 @@ See docs/fix.md.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from torch import nn
 
 from gradwatch._compiled import unwrap
 from gradwatch._errors import GradwatchTypeError
+from gradwatch._lazy import lazy_modules, needs_input_error
 from gradwatch.fix import activations, init, norm, recurrent, residual
 from gradwatch.fix.choose import Plan, apply, choose
 from gradwatch.fix.repair import RepairResult, Trial, repair
@@ -63,6 +65,9 @@ def fix(
         timeline: the run's Timeline (``watcher.timeline`` or ``run.timeline``), from
             which the clipping threshold and learning-rate scale are computed; without it
             they come from the diagnosis's per-layer reports.
+            A model with lazy modules that have not run yet needs an example input:
+            the fix is made on a copy that one forward pass gives its parameters, and
+            the model itself stays as it was (unless `inplace`).
 
     Returns:
         A `FixResult`: ``model`` (new unless `inplace`), ``changes`` (one per edit, each
@@ -90,5 +95,10 @@ def fix(
         raise GradwatchTypeError(
             f"timeline must be a gradwatch.Timeline (watcher.timeline or run.timeline), got {type(timeline).__qualname__}"
         )
+    if lazy_modules(model):
+        if example_input is None:
+            raise needs_input_error(model, "fix()")
+        if not inplace:
+            model, inplace = copy.deepcopy(model), True  # the forward pass below creates its parameters
     plan = choose(model, diagnosis, example_input=example_input)
     return apply(model, plan, diagnosis, example_input=example_input, timeline=timeline, inplace=inplace)

@@ -22,6 +22,7 @@ import inspect
 import linecache
 import sys
 import textwrap
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,16 @@ def owns_parameters(m: nn.Module) -> bool:
     return any(True for _ in m.parameters(recurse=False))
 
 
+def has_frozen_parameter(m: nn.Module) -> bool:
+    """True when a parameter of `m` itself has ``requires_grad=False``.
+
+    Its owner keeps that parameter fixed on purpose (a pretrained part, BitFit's frozen
+    weights), and what surrounds it — its other parameters, the activation it feeds —
+    was trained or chosen together with it.
+    """
+    return any(not p.requires_grad for p in m.parameters(recurse=False))
+
+
 # -- the order ---------------------------------------------------------------------------
 
 
@@ -116,6 +127,10 @@ class Op:
     file: str = ""
     line: int = 0
     code: str = ""
+    #: traced module calls only: the index in `Order.ops` of the module call whose output
+    #: tensor this call took as its first argument, or None (a view, a concatenation, the
+    #: model's input: something computed in between, or nothing traced)
+    input_from: int | None = None
 
     @property
     def is_function(self) -> bool:
@@ -164,6 +179,28 @@ class Order:
             if op.module is not None and owns_parameters(op.module) and not isinstance(op.module, PASS_THROUGH):
                 last = i
         return last
+
+    def beside_frozen(self) -> set[int]:
+        """Ids of activation modules next to a frozen layer.
+
+        An activation belongs to a frozen part of the model when the nearest module with
+        parameters before it (the layer whose pre-activations it shapes) or after it (the
+        layer that reads its outputs) has a frozen parameter (`has_frozen_parameter`):
+        those weights were trained with this activation and cannot adapt to another.
+        """
+        found: set[int] = set()
+        for ops in (self.ops, self.ops[::-1]):
+            frozen = False
+            for op in ops:
+                m = op.module
+                if m is None:
+                    continue
+                if is_activation(m):
+                    if frozen:
+                        found.add(id(m))
+                elif owns_parameters(m):
+                    frozen = has_frozen_parameter(m)
+        return found
 
     def output_activations(self) -> set[str]:
         """Names of activations after the last parametric layer: the model's output activation.
@@ -253,6 +290,10 @@ def traced_order(model: nn.Module, example_input: Any) -> Order:
     leaf_ids = {id(m) for _, m in _leaves(model)}
     ops: list[Op] = []
     stack: list[str] = []
+    running: list[int] = []  # indices in `ops` of the leaf calls under way
+    # the latest leaf call to return each tensor, by id; the weak reference tells a live
+    # tensor from a new one that reuses a freed tensor's id
+    produced: dict[int, tuple[int, weakref.ref[torch.Tensor]]] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     calls: dict[str, int] = {}
     handles = []
@@ -260,16 +301,26 @@ def traced_order(model: nn.Module, example_input: Any) -> Order:
     def pre(m: nn.Module, args: Any) -> None:
         name = names[id(m)]
         if id(m) in leaf_ids:
-            ops.append(Op(name, m))
+            source = None
+            if args and isinstance(args[0], torch.Tensor):
+                entry = produced.get(id(args[0]))
+                if entry is not None and entry[1]() is args[0]:
+                    source = entry[0]
+            ops.append(Op(name, m, input_from=source))
+            running.append(len(ops) - 1)
             calls[name] = calls.get(name, 0) + 1
         # Inside a leaf (an activation module, a recurrent layer) nothing is functional.
         stack.append(("\0" + name) if id(m) in leaf_ids else name)
 
     def post(m: nn.Module, args: Any, out: Any) -> None:
         stack.pop()
+        if id(m) not in leaf_ids:
+            return
+        index = running.pop()
         first = out[0] if isinstance(out, tuple) and out else out
-        if isinstance(first, torch.Tensor) and id(m) in leaf_ids:
+        if isinstance(first, torch.Tensor):
             shapes.setdefault(names[id(m)], tuple(first.shape))
+            produced[id(first)] = (index, weakref.ref(first))
 
     was_training = model.training
     try:
@@ -414,6 +465,15 @@ def like(new: nn.Module, ref: nn.Module | torch.Tensor | None) -> nn.Module:
         else:
             new.to(device=t.device)
     return new
+
+
+def shared_parameters(model: nn.Module) -> set[int]:
+    """Ids of the parameters held by more than one module: tied weights."""
+    holders: dict[int, int] = {}
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            holders[id(p)] = holders.get(id(p), 0) + 1
+    return {pid for pid, n in holders.items() if n > 1}
 
 
 def uses(model: nn.Module) -> dict[int, int]:

@@ -5,9 +5,15 @@ to zero once the input is large, so every saturating layer the gradient passes b
 through shrinks it. ReLU-family activations pass a derivative of 1 wherever the unit is
 on. The swap keeps the *output* activation (the activations after the last parametric
 layer, such as a final sigmoid for binary targets): it shapes what the model predicts,
-not how gradients travel through its depth.
+not how gradients travel through its depth. It also keeps every activation next to a
+frozen layer (the nearest parametric module before or after it has a parameter with
+``requires_grad=False``, as in a frozen pretrained encoder): the frozen weights were
+trained with that activation — those before it to produce pre-activations it shapes,
+those after it to read its outputs — and cannot adapt to another one.
 
-Only activation *modules* are swapped; functional calls (``torch.sigmoid(x)`` inside a
+Only activation *modules* are swapped — with an example input, only those the forward
+pass ran (a module registered but never called changes nothing, and swapping it would
+report a fix that is not one); functional calls (``torch.sigmoid(x)`` inside a
 custom ``forward``) are reported by `gradwatch.fix.manual` instead.
 """
 
@@ -60,8 +66,9 @@ def transform(
         model: any module; `nn.Sequential` entries and named attributes are both replaced.
         to: the replacement activation.
         example_input: if given, one forward pass decides which activations come after
-            the last parametric layer (kept as output activations); otherwise the order
-            in which modules were registered decides.
+            the last parametric layer (kept as output activations) and which are next to
+            a frozen layer (kept too), and only activations that ran are swapped;
+            otherwise the order in which modules were registered decides.
         keep: module names to leave alone (for instance a sigmoid used as a gate).
         inplace: change `model` itself instead of a deep copy.
 
@@ -74,11 +81,15 @@ def transform(
     order = order_of(new, example_input)
     last = order.last_layer_index()
     output_ids = {id(op.module) for op in order.ops[last + 1 :] if op.module is not None}
+    frozen = order.beside_frozen()
+    ran = {id(op.module) for op in order.ops if op.module is not None}
     names = {id(m): n for n, m in new.named_modules()}
     changes: list[Change] = []
     for parent_name, parent in list(new.named_modules()):
         for key, child in list(parent._modules.items()):
-            if child is None or not is_saturating(child) or id(child) in output_ids:
+            if child is None or not is_saturating(child) or id(child) in output_ids or id(child) in frozen:
+                continue
+            if order.traced and id(child) not in ran:
                 continue
             name = f"{parent_name}.{key}" if parent_name else key
             if name in keep or names.get(id(child)) in keep:

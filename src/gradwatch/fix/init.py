@@ -27,7 +27,18 @@ per layer, where ``sigma_w^2 = fan_in * Var(W)``. The rule per layer:
   gradient reaching the first input rises from ~1e-6 to ~1e-1 of the last one's;
   `tests/fix/test_init.py`).
 
-Biases of re-initialised layers are set to 0; frozen layers are never touched. A layer is left alone when it already
+Biases of re-initialised layers are set to 0. A layer with any frozen parameter
+(``requires_grad=False``) is left alone, its trainable parameters too: its owner keeps
+the frozen part fixed on purpose, and the rest of the layer goes with it. A frozen
+weight with a trainable bias (BitFit) is a pretrained layer whose bias is being tuned to
+that weight, and zeroing the bias would discard the tuning. A fixed bias with a trainable
+weight cannot be reset either, and re-drawing the weight alone would not reach the
+weight-and-bias state a re-initialisation stands for (a bias past the limit below would
+have the weight re-drawn on every pass). A layer that shares a parameter with another
+module (tied weights: a language model's head and its embedding, an autoencoder's encoder
+and decoder) is left alone too: a re-draw for one holder changes the others behind their
+back, and holders followed by different activations want different scales, so each pass
+would undo the last. A layer is left alone when it already
 matches: its ``sigma_w^2`` within 10% of the target (an error that compounds to at most
 1.1^L — under a decade over 20 layers) and its bias RMS at most 0.5 (a bias half the
 pre-activation's standard deviation already switches a ReLU off for a third of inputs;
@@ -45,6 +56,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradwatch._lazy import lazy_modules, needs_input_error
 from gradwatch.anatomy.activations import module_spec, parse_spec
 from gradwatch.explain.theory import critical_sigma_w2
 from gradwatch.fix._graph import (
@@ -53,8 +65,10 @@ from gradwatch.fix._graph import (
     SELU_FAMILY,
     Op,
     copy_model,
+    has_frozen_parameter,
     is_saturating,
     order_of,
+    shared_parameters,
 )
 from gradwatch.types import Change
 
@@ -335,15 +349,23 @@ def transform(
         model: any module.
         example_input: if given, one forward pass decides which activation follows each
             layer (functional ones included); otherwise registration order decides.
+            A model with lazy modules that have not run yet needs one (their weights
+            do not exist until a forward pass creates them).
         layers: only these module names (default: every layer).
         inplace: change `model` itself instead of a deep copy.
 
     Returns:
         ``(new_model, changes)``: one change per re-initialised layer.
+
+    Raises:
+        GradwatchValueError: a lazy module has no parameters yet and there is no example input.
     """
+    if example_input is None and lazy_modules(model):
+        raise needs_input_error(model, "init.transform")
     new = copy_model(model, inplace)
     order = order_of(new, example_input)
     depth = chain_depth(order)
+    tied = shared_parameters(new)
     changes: list[Change] = []
     seen: set[int] = set()
     for op in order.modules():
@@ -352,8 +374,8 @@ def transform(
         if id(m) in seen or (layers is not None and op.name not in layers):
             continue
         seen.add(id(m))
-        if not any(p.requires_grad for p in m.parameters(recurse=False)):
-            continue  # frozen (a pretrained part kept fixed): not ours to re-draw
+        if has_frozen_parameter(m) or any(id(p) in tied for p in m.parameters(recurse=False)):
+            continue
         change: Change | None = None
         if isinstance(m, nn.RNNBase | nn.RNNCellBase):
             change = _recurrent(op.name, m, reason, seq_len_of(order, op.name, m))

@@ -18,9 +18,15 @@ Which normalisation:
 Where: the activation's slot becomes ``nn.Sequential(norm, activation)``, so parametric
 layers keep their names. Only pairs known to run back to back are changed: neighbours
 in an `nn.Sequential`, or — with an example input — a layer and an activation module
-that the forward pass ran one right after the other, each used once. A layer whose
+that the forward pass ran one right after the other, each used once, the activation
+taking the very tensor the layer returned. Code in between (``h.view(...)``,
+``torch.cat([h, z])``) changes the shape or the features the activation sees, and a norm
+sized for the layer's output would not fit them. A convolution that ran on an unbatched
+input gets no norm: batch, group and layer norm layers all want ``(N, C, ...)``. A layer whose
 activation is functional (``torch.relu(self.fc(x))``) cannot be reached; the output
-activation (after the last parametric layer) is left alone.
+activation (after the last parametric layer) is left alone, and so is an activation next
+to a frozen layer (`Order.beside_frozen`): a norm before it would change what the frozen
+part computes, and its weights cannot adapt.
 """
 
 from __future__ import annotations
@@ -60,10 +66,12 @@ def _norm_for(layer: nn.Module, kind: str, out_shape: tuple[int, ...] | None) ->
         return nn.BatchNorm1d(n)
     if isinstance(layer, nn.modules.conv._ConvNd):
         c = layer.out_channels
+        dims = len(layer.kernel_size)
+        if out_shape is not None and len(out_shape) != dims + 2:
+            return None  # an unbatched (C, *spatial) output: every norm layer wants (N, C, *spatial)
         single = out_shape is not None and len(out_shape) >= 1 and out_shape[0] == 1
         if kind == "layer" or (kind == "auto" and single):
             return nn.GroupNorm(1, c)
-        dims = len(layer.kernel_size)
         return {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims](c)
     return None
 
@@ -95,6 +103,7 @@ def transform(
     order = order_of(new, example_input)
     last = order.last_layer_index()
     output_ids = {id(op.module) for op in order.ops[last + 1 :] if op.module is not None}
+    frozen = order.beside_frozen()
     names = {id(m): n for n, m in new.named_modules()}
     counts = uses(new)
     pairs: list[tuple[nn.Module, nn.Module]] = []  # (layer, activation)
@@ -103,17 +112,19 @@ def transform(
         for a, b in itertools.pairwise(items):
             pairs.append((a, b))
     if order.traced:
-        for a_op, b_op in itertools.pairwise(order.ops):
+        for i, (a_op, b_op) in enumerate(itertools.pairwise(order.ops)):
             if a_op.module is None or b_op.module is None:
                 continue
             if order.calls.get(a_op.name, 0) != 1 or order.calls.get(b_op.name, 0) != 1:
                 continue  # a module run twice may see different inputs each time
+            if b_op.input_from != i:
+                continue  # a view, a concatenation or other code sits between them
             pairs.append((a_op.module, b_op.module))
     holders = {id(child): (parent, key) for parent in new.modules() for key, child in parent._modules.items() if child is not None}
     changes: list[Change] = []
     done: set[int] = set()
     for layer, act in pairs:
-        if id(act) in done or not is_activation(act) or id(act) in output_ids:
+        if id(act) in done or not is_activation(act) or id(act) in output_ids or id(act) in frozen:
             continue
         if counts.get(id(act), 0) != 1 or counts.get(id(layer), 0) != 1:
             continue

@@ -18,6 +18,7 @@ RNN do not map onto gates), so apply `gradwatch.fix.init` after it, as `gw.fix` 
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -51,19 +52,37 @@ class LSTMCellAsRNNCell(nn.LSTMCell):
     The cell state is kept on the module between the steps of one sequence: it carries
     on when the ``h`` passed in is the very tensor this cell last returned (the usual
     ``h = cell(x_t, h)`` loop), and starts from zero otherwise (a new sequence).
+
+    That state is transient. It is held only as long as the ``h`` it goes with is alive
+    (through a weak reference to ``h``), so a finished sequence's cell state and autograd
+    graph are freed with its last ``h``; and copies and pickles leave it out
+    (`__getstate__`): a non-leaf tensor cannot be deep-copied, and a copy or a reloaded
+    model starts a new sequence on its first call.
     """
 
+    _carry: tuple[weakref.ref[torch.Tensor], torch.Tensor]
+
     def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        last_h = getattr(self, "_h", None)
-        c = getattr(self, "_c", None)
-        if hx is None or hx is not last_h or c is None:
+        carry = self.__dict__.get("_carry")
+        c = carry[1] if carry is not None and hx is not None and carry[0]() is hx else None
+        if c is None:
             c = torch.zeros((*input.shape[:-1], self.hidden_size), device=input.device, dtype=input.dtype)
             if hx is None:
                 hx = torch.zeros_like(c)
         assert hx is not None
         h, c = super().forward(input, (hx, c))
-        self._h, self._c = h, c
+        self._carry = (weakref.ref(h, self._forget), c)
         return h
+
+    def _forget(self, ref: weakref.ref[torch.Tensor]) -> None:
+        carry = self.__dict__.get("_carry")
+        if carry is not None and carry[0] is ref:
+            del self.__dict__["_carry"]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state: dict[str, Any] = super().__getstate__()
+        state.pop("_carry", None)
+        return state
 
 
 def _replace(m: nn.Module, to: str) -> nn.Module:

@@ -10,7 +10,12 @@ convolution with equal in/out channels, stride 1 and size-keeping padding, then
 optionally normalisation layers, then an activation module (or the
 ``Sequential(norm, activation)`` that `gradwatch.fix.norm` leaves), then optionally a
 dropout. A *run* is two or more such blocks in a row; each block of a run becomes
-``Residual(block)``. Custom modules whose ``forward`` is code are not rewired (the data
+``Residual(block)``. A block whose activation is the model's output activation (after
+its last parametric layer, as `gradwatch.fix.activations` finds it) is not wrapped:
+``x + f(x)`` would take a final sigmoid's output out of ``[0, 1]``, and the output's
+range is what the loss expects (a binary cross-entropy fails outside it). Nor is a
+block whose activation is next to a frozen layer (`Order.beside_frozen`): a skip around
+frozen weights changes what they compute, and they cannot adapt. Custom modules whose ``forward`` is code are not rewired (the data
 flow is not known); `gradwatch.fix.manual` says where to add the skip by hand.
 
 The branch is scaled down, because each unscaled ``x + f(x)`` adds the branch's
@@ -34,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradwatch.fix._graph import PASS_THROUGH, copy_model, is_activation, sequentials
+from gradwatch.fix._graph import PASS_THROUGH, copy_model, is_activation, order_of, sequentials
 from gradwatch.types import Change
 
 REASON = (
@@ -86,18 +91,26 @@ def _is_act_slot(m: nn.Module) -> bool:
     return False
 
 
+def _activation_of(act_slot: nn.Module) -> nn.Module:
+    return list(act_slot)[-1] if type(act_slot) is nn.Sequential else act_slot
+
+
 def _is_norm(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.batchnorm._NormBase | nn.LayerNorm | nn.GroupNorm | nn.RMSNorm)
 
 
-def _block_at(items: list[nn.Module], i: int) -> int:
-    """Length of the block starting at `items[i]`, or 0 if none starts there."""
+def _block_at(items: list[nn.Module], i: int, kept: set[int]) -> int:
+    """Length of the block starting at `items[i]`, or 0 if none starts there.
+
+    `kept`: ids of activations no block may hold (the model's output activations, those
+    next to a frozen layer).
+    """
     if not shape_preserving(items[i]):
         return 0
     j = i + 1
     while j < len(items) and _is_norm(items[j]):
         j += 1
-    if j >= len(items) or not _is_act_slot(items[j]):
+    if j >= len(items) or not _is_act_slot(items[j]) or id(_activation_of(items[j])) in kept:
         return 0
     j += 1
     if j < len(items) and isinstance(items[j], nn.modules.dropout._DropoutNd):
@@ -106,7 +119,7 @@ def _block_at(items: list[nn.Module], i: int) -> int:
 
 
 def _zero_mean(act_slot: nn.Module) -> bool:
-    act = list(act_slot)[-1] if type(act_slot) is nn.Sequential else act_slot
+    act = _activation_of(act_slot)
     if isinstance(act, nn.Hardtanh) and not isinstance(act, nn.ReLU6):
         return act.min_val == -act.max_val
     return isinstance(act, nn.Tanh | nn.Softsign)
@@ -121,21 +134,40 @@ def _scale(items: list[nn.Module], run: list[tuple[int, int]]) -> float:
 
 
 def transform(
-    model: nn.Module, *, reason: str = REASON, inplace: bool = False, **_: Any
+    model: nn.Module,
+    *,
+    example_input: Any = None,
+    reason: str = REASON,
+    inplace: bool = False,
+    **_: Any,
 ) -> tuple[nn.Module, list[Change]]:
     """Wrap every run of >= 2 shape-preserving blocks in `nn.Sequential`s in `Residual`.
+
+    Args:
+        model: any module; only its `nn.Sequential` chains are rewired.
+        example_input: if given, one forward pass decides which activations come after
+            the last parametric layer (the output activation, never wrapped) and which
+            are next to a frozen layer (not wrapped either); otherwise the order in which
+            modules were registered decides.
+        inplace: change `model` itself instead of a deep copy.
 
     Returns ``(new_model, changes)``: one change per run. Parameter names inside the
     changed Sequential change (a wrapped Linear ``"3"`` becomes ``"2.body.0"``).
     """
     new = copy_model(model, inplace)
+    order = order_of(new, example_input)
+    kept = order.beside_frozen() | {
+        id(op.module)
+        for op in order.ops[order.last_layer_index() + 1 :]
+        if op.module is not None and is_activation(op.module)
+    }
     changes: list[Change] = []
     for name, seq in sequentials(new):
         items = list(seq)
         blocks: list[tuple[int, int]] = []  # (start, length)
         i = 0
         while i < len(items):
-            n = _block_at(items, i)
+            n = _block_at(items, i, kept)
             if n:
                 blocks.append((i, n))
                 i += n
