@@ -17,9 +17,11 @@ def test_digits_are_standardised_on_the_training_split_without_blowing_up_the_te
     varying = split.x_train.std(0) > 1e-3
     assert torch.allclose(split.x_train.mean(0), torch.zeros(64), atol=1e-4)
     assert torch.allclose(split.x_train.std(0)[varying], torch.ones(int(varying.sum())), atol=1e-4)
-    # pixels constant in the training split are only centred: a test image that has ink
-    # there gets its raw value (at most 16), not value / 1e-6
+    # pixels constant in the training split are only centred; every test feature lies in
+    # the range the training split spans (before, a test image inked where one training
+    # image in a hundred is sat 54 standard deviations out, and where none is, 1e6)
     constant = split.x_train.std(0) == 0
     assert constant.any()  # seed 0 has such pixels
-    assert float(split.x_test[:, constant].abs().max()) <= 16.0
-    assert 0 < float(split.x_test[:, constant].abs().max())  # and some test image has ink there
+    assert float(split.x_train[:, constant].abs().max()) == 0
+    lo, hi = split.x_train.min(0).values, split.x_train.max(0).values
+    assert bool(((split.x_test >= lo) & (split.x_test <= hi)).all())
