@@ -105,3 +105,64 @@ def test_with_an_example_input_only_activations_that_ran_are_swapped() -> None:
     # without one, registration order is all there is: the module looks hidden
     _, changes = activations.transform(Unused())
     assert [c.target for c in changes] == ["sigmoid"]
+
+
+class _SqueezeExcite(nn.Module):
+    """Tanh convolutions with a squeeze-and-excitation gate, and a SiLU written by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.act1 = nn.Conv2d(3, 8, 3, padding=1), nn.Tanh()
+        self.conv2, self.act2 = nn.Conv2d(8, 8, 3, padding=1), nn.Tanh()
+        self.squeeze, self.relu = nn.Linear(8, 2), nn.ReLU()
+        self.excite, self.gate = nn.Linear(2, 8), nn.Sigmoid()
+        self.mix = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act2(self.conv2(self.act1(self.conv1(x))))
+        w = self.gate(self.excite(self.relu(self.squeeze(h.mean((2, 3))))))
+        h = h * w[:, :, None, None]  # the gate scales each channel
+        z = self.mix(h.mean((2, 3)))
+        return self.head(z * torch.sigmoid(z))  # SiLU by hand: a gate too
+
+
+def test_gates_are_kept_with_an_example_input() -> None:
+    from gradwatch.fix import manual, norm
+    from gradwatch.fix._graph import traced_order
+
+    torch.manual_seed(0)
+    model, x = _SqueezeExcite(), torch.randn(2, 3, 6, 6)
+    order = traced_order(model, x)
+    assert order.gates() == {id(model.gate)}
+    assert [op.fn for op in order.functions if op.gate] == ["sigmoid"]
+    new, changes = activations.transform(model, example_input=x)
+    assert sorted(c.target for c in changes) == ["act1", "act2"]  # the channel activations, not the gate
+    assert isinstance(new.gate, nn.Sigmoid)
+    assert manual.hidden_functional_activations(model, order) == []  # z * sigmoid(z) needs no swap
+    _, norms = norm.transform(model, example_input=x)
+    assert "gate" not in {c.target for c in norms}
+    # without an example input the data flow is unknown: registration order decides (keep= exists for this)
+    _, blind = activations.transform(model)
+    assert "gate" in {c.target for c in blind}
+    assert "gate" not in {c.target for c in activations.transform(model, keep={"gate"})[1]}
+
+
+def test_a_shifted_tanh_gate_is_a_gate_and_a_tanh_times_a_gate_is_not() -> None:
+    from gradwatch.fix._graph import traced_order
+
+    class Cell(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+            self.shifted, self.content, self.open = nn.Tanh(), nn.Tanh(), nn.Sigmoid()
+            self.head = nn.Linear(4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            g = 0.5 * (1 + self.shifted(self.a(x)))  # GELU's tanh form: a gate in [0, 1]
+            h = self.open(self.c(x)) * self.content(self.b(x))  # an LSTM's o * tanh(c)
+            return self.head(x * g + h)
+
+    m = Cell()
+    order = traced_order(m, torch.randn(3, 4))
+    assert order.gates() == {id(m.shifted), id(m.open)}

@@ -34,6 +34,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from gradwatch._errors import GradwatchTypeError, ModelError
+from gradwatch.probes.forward import AFFINE, PRODUCTS, is_constant
 
 # -- activation families -----------------------------------------------------------------
 
@@ -131,6 +132,11 @@ class Op:
     #: tensor this call took as its first argument, or None (a view, a concatenation, the
     #: model's input: something computed in between, or nothing traced)
     input_from: int | None = None
+    #: traced saturating activations only: its output met another tensor in an elementwise
+    #: product (``x * sigmoid(s)``, a squeeze-and-excitation gate, SiLU written by hand, a
+    #: hand-written LSTM's gates), directly or after a constant shift or scale (``1 - z``):
+    #: its open and closed states are its purpose, so no transform swaps, normalises or wraps it
+    gate: bool = False
 
     @property
     def is_function(self) -> bool:
@@ -179,6 +185,10 @@ class Order:
             if op.module is not None and owns_parameters(op.module) and not isinstance(op.module, PASS_THROUGH):
                 last = i
         return last
+
+    def gates(self) -> set[int]:
+        """Ids of activation modules used as gates on some call (`Op.gate`)."""
+        return {id(op.module) for op in self.ops if op.gate and op.module is not None}
 
     def beside_frozen(self) -> set[int]:
         """Ids of activation modules next to a frozen layer.
@@ -239,19 +249,66 @@ class _FunctionRecorder(TorchFunctionMode):
         super().__init__()
         self.stack = stack
         self.sink = sink
+        # saturating outputs followed through the pass, by tensor id: (op, whether its values
+        # are gate-like, the tensor — kept alive so that its id is not reused within the pass)
+        self.saturating: dict[int, tuple[Op, bool, torch.Tensor]] = {}
         if not _FunctionRecorder._WATCHED:
             _FunctionRecorder._WATCHED.update(_watched_functions())
+
+    def track(self, op: Op, out: Any, gate_like: bool) -> None:
+        """Follow a saturating activation's output, to see whether it is used as a gate."""
+        if isinstance(out, torch.Tensor):
+            self.saturating[id(out)] = (op, gate_like, out)
 
     def __torch_function__(
         self, func: Any, types: Any, args: Any = (), kwargs: Any = None
     ) -> Any:
         fn = self._WATCHED.get(func)
+        out = func(*args, **(kwargs or {}))
         # A call made by an activation *module* (nn.Sigmoid calls torch.sigmoid) is that
         # module's op, already recorded; only calls from other code count as functional.
         if fn is not None and self.stack and not self.stack[-1].startswith("\0"):
             file, line, code = _caller()
-            self.sink.append(Op(self.stack[-1], None, fn=fn, file=file, line=line, code=code))
-        return func(*args, **(kwargs or {}))
+            op = Op(self.stack[-1], None, fn=fn, file=file, line=line, code=code)
+            self.sink.append(op)
+            if fn in SATURATING_FUNCTIONS:
+                self.track(op, out, fn in GATE_FUNCTIONS)
+        elif self.saturating and (func in AFFINE or func in _VIEWS):
+            self._follow(func, args, out)
+        return out
+
+    def _follow(self, func: Any, args: Any, out: Any) -> None:
+        """A gate-like output (a sigmoid's, or any saturating output shifted by a constant:
+        ``1 + tanh(u)``, ``1 - z``) in an elementwise product with another tensor is a gate;
+        a view, a constant shift or scale of a followed output is still that output."""
+        at = [(i, self.saturating[id(a)]) for i, a in enumerate(args) if isinstance(a, torch.Tensor) and id(a) in self.saturating]
+        if not at:
+            return
+        i, (op, gate_like, _) = at[0]
+        rest = [a for j, a in enumerate(args) if j != i]
+        if func in PRODUCTS:
+            for k, (other, like, _) in at:
+                if like and any(not is_constant(b) for j, b in enumerate(args) if j != k):
+                    other.gate = True
+            if any(not is_constant(b) for b in rest):
+                return
+        if func in _VIEWS:
+            self.track(op, out, gate_like)
+        elif all(is_constant(b) for b in rest):
+            self.track(op, out, gate_like or func in _SHIFTS)
+
+
+#: Sigmoid-like functions: their outputs lie in [0, 1], the range of a gate.
+GATE_FUNCTIONS = frozenset({"sigmoid", "hardsigmoid"})
+_T = torch.Tensor
+#: Shifts by a constant (1 + tanh(u), 1 - z): a saturating output moved to a gate's range.
+_SHIFTS = frozenset({torch.add, torch.sub, torch.rsub, _T.add, _T.sub, _T.__add__, _T.__radd__, _T.__sub__, _T.__rsub__})
+#: Views and reshapes of one tensor: ``w[:, :, None, None]`` is still the gate ``w``.
+_VIEWS = frozenset({
+    _T.__getitem__, _T.view, _T.view_as, _T.reshape, _T.reshape_as, torch.reshape, _T.unsqueeze,
+    torch.unsqueeze, _T.squeeze, torch.squeeze, _T.expand, _T.expand_as, _T.flatten, torch.flatten,
+    _T.permute, torch.permute, _T.transpose, torch.transpose, _T.contiguous,
+})  # fmt: skip
 
 
 def _watched_functions() -> dict[Callable[..., Any], str]:
@@ -297,6 +354,7 @@ def traced_order(model: nn.Module, example_input: Any) -> Order:
     shapes: dict[str, tuple[int, ...]] = {}
     calls: dict[str, int] = {}
     handles = []
+    recorder = _FunctionRecorder(stack, ops)
 
     def pre(m: nn.Module, args: Any) -> None:
         name = names[id(m)]
@@ -321,6 +379,8 @@ def traced_order(model: nn.Module, example_input: Any) -> Order:
         if isinstance(first, torch.Tensor):
             shapes.setdefault(names[id(m)], tuple(first.shape))
             produced[id(first)] = (index, weakref.ref(first))
+            if is_saturating(m):
+                recorder.track(ops[index], first, isinstance(m, nn.Sigmoid | nn.Hardsigmoid))
 
     was_training = model.training
     try:
@@ -329,7 +389,7 @@ def traced_order(model: nn.Module, example_input: Any) -> Order:
             handles.append(m.register_forward_hook(post))
         model.eval()  # no batch-statistics updates, no dropout draws
         # Module calls and functional calls go to the same list, so their order is kept.
-        with torch.no_grad(), _FunctionRecorder(stack, ops):
+        with torch.no_grad(), recorder:
             _call(model, example_input)
     finally:
         for h in handles:

@@ -9,7 +9,12 @@ not how gradients travel through its depth. It also keeps every activation next 
 frozen layer (the nearest parametric module before or after it has a parameter with
 ``requires_grad=False``, as in a frozen pretrained encoder): the frozen weights were
 trained with that activation — those before it to produce pre-activations it shapes,
-those after it to read its outputs — and cannot adapt to another one.
+those after it to read its outputs — and cannot adapt to another one. With an example
+input it keeps *gates* too (`Op.gate`): a sigmoid whose output multiplies another tensor
+(a squeeze-and-excitation block's ``x * sigmoid(...)``, SiLU written as ``x *
+sigmoid(x)``, a hand-written LSTM's gates), or a saturating output shifted into a gate's
+range first (``1 - z``, ``1 + tanh(u)``): a ReLU there would turn a gate that opens and
+closes into an unbounded amplifier.
 
 Only activation *modules* are swapped — with an example input, only those the forward
 pass ran (a module registered but never called changes nothing, and swapping it would
@@ -69,7 +74,7 @@ def transform(
             the last parametric layer (kept as output activations) and which are next to
             a frozen layer (kept too), and only activations that ran are swapped;
             otherwise the order in which modules were registered decides.
-        keep: module names to leave alone (for instance a sigmoid used as a gate).
+        keep: module names to leave alone (a gate the forward pass cannot show, say).
         inplace: change `model` itself instead of a deep copy.
 
     Returns:
@@ -81,7 +86,7 @@ def transform(
     order = order_of(new, example_input)
     last = order.last_layer_index()
     output_ids = {id(op.module) for op in order.ops[last + 1 :] if op.module is not None}
-    frozen = order.beside_frozen()
+    frozen = order.beside_frozen() | order.gates()
     ran = {id(op.module) for op in order.ops if op.module is not None}
     names = {id(m): n for n, m in new.named_modules()}
     changes: list[Change] = []

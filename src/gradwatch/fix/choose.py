@@ -124,7 +124,7 @@ def infer_causes(model: nn.Module, order: Order, kind: Kind, step: int | None = 
     them, so the step size comes first even if the biases they left behind now look dead.
     """
     has_rnn = any(type(m) in (nn.RNN, nn.RNNCell) for m in model.modules())
-    saturating = any(is_saturating(op.module) for op in order.modules() if op.module is not None) or bool(
+    saturating = any(is_saturating(op.module) and not op.gate for op in order.modules() if op.module is not None) or bool(
         _manual.hidden_functional_activations(model, order)
     )
     small, large, rnn_large = _scale_mismatch(model, order)
@@ -234,7 +234,11 @@ def remedies_for(cause: CauseKind, order: Order) -> tuple[str, ...]:
         hidden = order.ops[: order.last_layer_index() + 1]  # the output activation does not count
         if not order.traced:  # functions read from source have no place in the order
             hidden = hidden + [f for f in order.functions if not f.fn.endswith("@output")]
-        sat = [op for op in hidden if (op.module is not None and is_saturating(op.module)) or op.fn in SATURATING_FUNCTIONS]
+        sat = [
+            op
+            for op in hidden
+            if not op.gate and ((op.module is not None and is_saturating(op.module)) or op.fn in SATURATING_FUNCTIONS)
+        ]
         sigmoid_like = any(
             isinstance(op.module, nn.Sigmoid | nn.Hardsigmoid) or op.fn in ("sigmoid", "hardsigmoid") for op in sat
         )

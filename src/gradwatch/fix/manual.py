@@ -27,8 +27,8 @@ def hidden_functional_activations(model: nn.Module, order: Order) -> list[Op]:
     output = order.output_activations() if order.traced else set()
     seen: set[tuple[str, str, int]] = set()
     for op in order.functions:
-        if op.fn.endswith("@output") or op.fn not in SATURATING_FUNCTIONS:
-            continue
+        if op.fn.endswith("@output") or op.fn not in SATURATING_FUNCTIONS or op.gate:
+            continue  # a gate (x * sigmoid(s)) is meant to saturate
         if order.traced and f"{op.name}:{op.fn}" in output and _after_last_layer(order, op):
             continue
         key = (op.name, op.file, op.line)

@@ -103,7 +103,7 @@ def transform(
     order = order_of(new, example_input)
     last = order.last_layer_index()
     output_ids = {id(op.module) for op in order.ops[last + 1 :] if op.module is not None}
-    frozen = order.beside_frozen()
+    frozen = order.beside_frozen() | order.gates()  # a gate's input is left as it is
     names = {id(m): n for n, m in new.named_modules()}
     counts = uses(new)
     pairs: list[tuple[nn.Module, nn.Module]] = []  # (layer, activation)

@@ -15,7 +15,8 @@ its last parametric layer, as `gradwatch.fix.activations` finds it) is not wrapp
 ``x + f(x)`` would take a final sigmoid's output out of ``[0, 1]``, and the output's
 range is what the loss expects (a binary cross-entropy fails outside it). Nor is a
 block whose activation is next to a frozen layer (`Order.beside_frozen`): a skip around
-frozen weights changes what they compute, and they cannot adapt. Custom modules whose ``forward`` is code are not rewired (the data
+frozen weights changes what they compute, and they cannot adapt. Nor one whose activation
+is a gate (`Order.gates`): ``x + gate`` is no gate. Custom modules whose ``forward`` is code are not rewired (the data
 flow is not known); `gradwatch.fix.manual` says where to add the skip by hand.
 
 The branch is scaled down, because each unscaled ``x + f(x)`` adds the branch's
@@ -156,7 +157,7 @@ def transform(
     """
     new = copy_model(model, inplace)
     order = order_of(new, example_input)
-    kept = order.beside_frozen() | {
+    kept = order.beside_frozen() | order.gates() | {
         id(op.module)
         for op in order.ops[order.last_layer_index() + 1 :]
         if op.module is not None and is_activation(op.module)

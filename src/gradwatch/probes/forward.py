@@ -73,12 +73,12 @@ T = torch.Tensor
 #: Elementwise products: a saturating output that meets another tensor here is a *gate*
 #: (a multiplicative interaction: x * sigmoid(x), an LSTM written by hand, GELU's tanh form),
 #: whose open and closed states are its purpose, not a fault.
-_PRODUCTS = frozenset({torch.mul, torch.multiply, T.mul, T.mul_, T.__mul__, T.__rmul__, T.__imul__})
+PRODUCTS = frozenset({torch.mul, torch.multiply, T.mul, T.mul_, T.__mul__, T.__rmul__, T.__imul__})
 #: Shifts and scalings by a constant keep an output what it was (1 + tanh(u), 1 - z, 0.5 * s).
-_AFFINE = frozenset({
+AFFINE = frozenset({
     torch.add, torch.sub, torch.rsub, T.add, T.sub, T.__add__, T.__radd__, T.__sub__, T.__rsub__,
     T.__neg__, torch.neg, T.neg,
-}) | _PRODUCTS  # fmt: skip
+}) | PRODUCTS  # fmt: skip
 
 
 def _grad_fns(args: Any) -> list[Any]:
@@ -108,7 +108,7 @@ def _chained(calls: list[list[Any]]) -> bool:
     )
 
 
-def _is_constant(a: Any) -> bool:
+def is_constant(a: Any) -> bool:
     return isinstance(a, int | float) or (isinstance(a, torch.Tensor) and a.numel() == 1)
 
 
@@ -124,7 +124,7 @@ class _Mode(TorchFunctionMode):
             return out
         try:
             act = ACTIVATIONS.get(func)
-            affine = act is None and bool(self.probe._outputs) and func in _AFFINE
+            affine = act is None and bool(self.probe._outputs) and func in AFFINE
         except TypeError:  # an unhashable callable: not an activation
             act, affine = None, False
         if act is not None:
@@ -358,15 +358,15 @@ class ForwardProbe:
             at = [(i, self._outputs[id(a)]) for i, a in enumerate(args) if isinstance(a, torch.Tensor) and id(a) in self._outputs]
             if not at:
                 return
-            if func in _PRODUCTS:
-                gated = {site for i, site in at if any(not _is_constant(b) for j, b in enumerate(args) if j != i)}
+            if func in PRODUCTS:
+                gated = {site for i, site in at if any(not is_constant(b) for j, b in enumerate(args) if j != i)}
                 for site in gated:
                     self._register_again(site, {**self.site_info[site], "family": "gate"})
                 if gated:
                     self._outputs = {k: v for k, v in self._outputs.items() if v not in gated}
                     return
             tracked = {i for i, _ in at}
-            if all(_is_constant(a) for j, a in enumerate(args) if j not in tracked) and isinstance(out, torch.Tensor):
+            if all(is_constant(a) for j, a in enumerate(args) if j not in tracked) and isinstance(out, torch.Tensor):
                 self._outputs[id(out)] = at[0][1]
         except Exception as e:
             self._fail(e)
