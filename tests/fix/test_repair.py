@@ -389,3 +389,18 @@ def test_a_best_rate_next_to_a_worse_larger_one_is_at_the_edge_and_backs_off() -
     s = result.trials[0].steps
     reached = {f: mse_after(copy.deepcopy(result.fix.model), {"lr_scale": f}, s, lr=0.01) < 1.5 for f in (1.0, 3.0, 10.0)}
     assert reached == {1.0: False, 3.0: True, 10.0: False}
+
+
+def test_a_larger_rate_behind_the_best_by_less_than_the_margin_is_not_an_edge() -> None:
+    from gradwatch.fix.repair import Trial, _rate
+
+    def trials(*scores: float) -> list[Trial]:
+        return [Trial("gru", [], {}, 15, sc, 0.0, lr_factor=f) for sc, f in zip(scores, (1.0, 3.0, 10.0), strict=True)]
+
+    # the tanh RNN made a GRU on the adding problem: x10 0.03 behind x3, chance moved the original by 0.1
+    assert _rate(trials(-0.87, -0.16, -0.19), [0, 1, 2], 0.02, margin=0.2) == (1, "")
+    # the same scores where chance moves a score by less than 0.03: x3 is at the edge, x1 stands
+    chosen, why = _rate(trials(-0.87, -0.16, -0.19), [0, 1, 2], 0.02, margin=0.02)
+    assert chosen == 0 and "edge" in why
+    # the custom 14-layer sigmoid net made ReLU (margin 0.02): x3 diverged in a full run
+    assert _rate(trials(0.14, 0.24, 0.19), [0, 1, 2], 0.02, margin=0.02)[0] == 0
