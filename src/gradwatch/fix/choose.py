@@ -48,8 +48,10 @@ from gradwatch.fix._graph import (
     SATURATING_FUNCTIONS,
     Order,
     copy_model,
+    has_frozen_parameter,
     is_saturating,
     order_of,
+    shared_parameters,
 )
 from gradwatch.fix.advice import clip_grad_norm, lr_scale
 from gradwatch.record import Timeline
@@ -124,7 +126,12 @@ def infer_causes(model: nn.Module, order: Order, kind: Kind, step: int | None = 
     them, so the step size comes first even if the biases they left behind now look dead.
     """
     has_rnn = any(type(m) in (nn.RNN, nn.RNNCell) for m in model.modules())
-    saturating = any(is_saturating(op.module) and not op.gate for op in order.modules() if op.module is not None) or bool(
+    frozen = order.beside_frozen()
+    saturating = any(
+        is_saturating(op.module) and not op.gate and id(op.module) not in frozen
+        for op in order.modules()
+        if op.module is not None
+    ) or bool(
         _manual.hidden_functional_activations(model, order)
     )
     small, large, rnn_large = _scale_mismatch(model, order)
@@ -173,8 +180,11 @@ def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool, bool]:
     """
     small = large = rnn_large = False
     depth = _init.chain_depth(order)  # the chain length `init` solves a smooth activation's scale for
+    tied = shared_parameters(model)
     for op in order.modules():
         m = op.module
+        if m is None or has_frozen_parameter(m) or any(id(p) in tied for p in m.parameters(recurse=False)):
+            continue  # what `init` would not re-draw cannot be the reason to re-draw anything
         if isinstance(m, nn.RNNBase | nn.RNNCellBase):
             # Only a vanilla cell's gradient through time is W_hh^T diag(phi') alone; a
             # gated cell's passes through its gates (sigmoid' <= 1/4), so its W_hh norm
