@@ -166,3 +166,36 @@ def test_a_shifted_tanh_gate_is_a_gate_and_a_tanh_times_a_gate_is_not() -> None:
     m = Cell()
     order = traced_order(m, torch.randn(3, 4))
     assert order.gates() == {id(m.shifted), id(m.open)}
+
+
+def test_an_output_activation_returned_before_the_last_head_is_kept() -> None:
+    from gradwatch.fix import manual
+    from gradwatch.fix._graph import traced_order
+
+    class TwoHeads(nn.Module):
+        """A trunk, an objectness head with a sigmoid, then a class head (a detector's layout)."""
+
+        def __init__(self, functional: bool) -> None:
+            super().__init__()
+            self.trunk, self.hidden = nn.Linear(6, 8), nn.Sigmoid()
+            self.obj, self.obj_act = nn.Linear(8, 1), nn.Sigmoid()
+            self.cls = nn.Linear(8, 3)
+            self.functional = functional
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            f = self.hidden(self.trunk(x))
+            p = torch.sigmoid(self.obj(f)) if self.functional else self.obj_act(self.obj(f))
+            return self.cls(f), p.squeeze(-1)  # returned through a view
+
+    x = torch.randn(4, 6)
+    model = TwoHeads(functional=False)
+    new, changes = activations.transform(model, example_input=x)
+    assert [c.target for c in changes] == ["hidden"]  # the objectness sigmoid stays: it is an output
+    with torch.no_grad():
+        p = new(x)[1]
+    assert float(p.min()) >= 0 and float(p.max()) <= 1
+    # without an example input only registration order is known: the sigmoid before the last head looks hidden
+    assert "obj_act" in {c.target for c in activations.transform(model)[1]}
+    functional = TwoHeads(functional=True)
+    sites = manual.hidden_functional_activations(functional, traced_order(functional, x))
+    assert sites == []  # the returned torch.sigmoid is an output, not a hidden activation to swap

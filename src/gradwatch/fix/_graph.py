@@ -34,6 +34,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from gradwatch._errors import GradwatchTypeError, ModelError
+from gradwatch.anatomy._graph import iter_tensors
 from gradwatch.probes.forward import AFFINE, PRODUCTS, is_constant
 
 # -- activation families -----------------------------------------------------------------
@@ -137,6 +138,10 @@ class Op:
     #: hand-written LSTM's gates), directly or after a constant shift or scale (``1 - z``):
     #: its open and closed states are its purpose, so no transform swaps, normalises or wraps it
     gate: bool = False
+    #: traced saturating activations only: its output, as it is or through a view or a
+    #: constant shift or scale, is among what the model returns — an output activation
+    #: even when a parametric layer runs after it (a second head: ``return cls(f), sigmoid(obj(f))``)
+    returned: bool = False
 
     @property
     def is_function(self) -> bool:
@@ -186,6 +191,13 @@ class Order:
                 last = i
         return last
 
+    def output_modules(self) -> set[int]:
+        """Ids of the model's output activation modules: those after the last parametric
+        layer, and (traced) those whose output the model returns (`Op.returned`)."""
+        last = self.last_layer_index()
+        after = {id(op.module) for op in self.ops[last + 1 :] if op.module is not None}
+        return after | {id(op.module) for op in self.ops if op.returned and op.module is not None}
+
     def gates(self) -> set[int]:
         """Ids of activation modules used as gates on some call (`Op.gate`)."""
         return {id(op.module) for op in self.ops if op.gate and op.module is not None}
@@ -219,7 +231,9 @@ class Order:
         """
         last = self.last_layer_index()
         out: set[str] = set()
-        for op in self.ops[last + 1 :]:
+        for i, op in enumerate(self.ops):
+            if i <= last and not op.returned:
+                continue
             if op.is_function:
                 out.add(f"{op.name}:{op.fn}")
             elif op.module is not None and is_activation(op.module):
@@ -390,7 +404,11 @@ def traced_order(model: nn.Module, example_input: Any) -> Order:
         model.eval()  # no batch-statistics updates, no dropout draws
         # Module calls and functional calls go to the same list, so their order is kept.
         with torch.no_grad(), recorder:
-            _call(model, example_input)
+            out = _call(model, example_input)
+        for t in iter_tensors(out):
+            followed = recorder.saturating.get(id(t))
+            if followed is not None:
+                followed[0].returned = True
     finally:
         for h in handles:
             h.remove()

@@ -4,8 +4,9 @@ Why: the derivative of sigmoid is at most 0.25 and that of tanh at most 1, and b
 to zero once the input is large, so every saturating layer the gradient passes back
 through shrinks it. ReLU-family activations pass a derivative of 1 wherever the unit is
 on. The swap keeps the *output* activation (the activations after the last parametric
-layer, such as a final sigmoid for binary targets): it shapes what the model predicts,
-not how gradients travel through its depth. It also keeps every activation next to a
+layer, such as a final sigmoid for binary targets, and — with an example input — any
+whose output the model returns, even before another head): it shapes what the model
+predicts, not how gradients travel through its depth. It also keeps every activation next to a
 frozen layer (the nearest parametric module before or after it has a parameter with
 ``requires_grad=False``, as in a frozen pretrained encoder): the frozen weights were
 trained with that activation — those before it to produce pre-activations it shapes,
@@ -84,8 +85,7 @@ def transform(
     make = replacement(to)
     new = copy_model(model, inplace)
     order = order_of(new, example_input)
-    last = order.last_layer_index()
-    output_ids = {id(op.module) for op in order.ops[last + 1 :] if op.module is not None}
+    output_ids = order.output_modules()
     frozen = order.beside_frozen() | order.gates()
     ran = {id(op.module) for op in order.ops if op.module is not None}
     names = {id(m): n for n, m in new.named_modules()}

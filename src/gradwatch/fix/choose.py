@@ -241,7 +241,8 @@ def remedies_for(cause: CauseKind, order: Order) -> tuple[str, ...]:
     """
     remedies = CAUSE_REMEDIES.get(cause, ())
     if cause == CauseKind.SATURATING_ACTIVATIONS:
-        hidden = order.ops[: order.last_layer_index() + 1]  # the output activation does not count
+        # the output activation does not count: after the last layer, or returned by the model
+        hidden = [op for op in order.ops[: order.last_layer_index() + 1] if not op.returned]
         if not order.traced:  # functions read from source have no place in the order
             hidden = hidden + [f for f in order.functions if not f.fn.endswith("@output")]
         sat = [

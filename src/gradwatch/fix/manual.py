@@ -29,7 +29,7 @@ def hidden_functional_activations(model: nn.Module, order: Order) -> list[Op]:
     for op in order.functions:
         if op.fn.endswith("@output") or op.fn not in SATURATING_FUNCTIONS or op.gate:
             continue  # a gate (x * sigmoid(s)) is meant to saturate
-        if order.traced and f"{op.name}:{op.fn}" in output and _after_last_layer(order, op):
+        if order.traced and f"{op.name}:{op.fn}" in output and (op.returned or _after_last_layer(order, op)):
             continue
         key = (op.name, op.file, op.line)
         if key in seen:

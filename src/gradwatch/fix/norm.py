@@ -101,8 +101,7 @@ def transform(
         raise GradwatchValueError(f"kind={kind!r} is not a normalisation choice; choose one of: {', '.join(KINDS)}")
     new = copy_model(model, inplace)
     order = order_of(new, example_input)
-    last = order.last_layer_index()
-    output_ids = {id(op.module) for op in order.ops[last + 1 :] if op.module is not None}
+    output_ids = order.output_modules()
     frozen = order.beside_frozen() | order.gates()  # a gate's input is left as it is
     names = {id(m): n for n, m in new.named_modules()}
     counts = uses(new)

@@ -157,11 +157,7 @@ def transform(
     """
     new = copy_model(model, inplace)
     order = order_of(new, example_input)
-    kept = order.beside_frozen() | order.gates() | {
-        id(op.module)
-        for op in order.ops[order.last_layer_index() + 1 :]
-        if op.module is not None and is_activation(op.module)
-    }
+    kept = order.beside_frozen() | order.gates() | order.output_modules()
     changes: list[Change] = []
     for name, seq in sequentials(new):
         items = list(seq)
