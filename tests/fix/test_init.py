@@ -287,3 +287,23 @@ def test_a_lazy_model_needs_an_example_input() -> None:
     assert [c.target for c in changes] == ["0", "2"]
     assert _sigma2(new[0].weight) == pytest.approx(2.0, rel=1e-6) and new(x).shape == (4, 2)
     assert isinstance(model[0], nn.LazyLinear)  # the input model is left as it was
+
+
+def test_the_older_weight_norm_is_named_not_crashed_on_and_its_computed_weight_is_not_drawn_into() -> None:
+    import warnings
+
+    from gradwatch import GradwatchValueError
+
+    def model() -> nn.Module:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch deprecates this weight_norm
+            wn = nn.utils.weight_norm(nn.Linear(8, 8))
+        return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), wn, nn.ReLU(), nn.Linear(8, 2))
+
+    with pytest.raises(GradwatchValueError, match="parametrizations.weight_norm"):
+        init.transform(model())  # torch cannot deep-copy it
+    m = model()
+    before = (m[2].weight_g.clone(), m[2].weight_v.clone())
+    _, changes = init.transform(m, inplace=True)
+    assert [c.target for c in changes] == ["0", "4"]  # its weight is computed from g and v on every forward
+    assert torch.equal(m[2].weight_g, before[0]) and torch.equal(m[2].weight_v, before[1])

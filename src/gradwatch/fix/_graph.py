@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from gradwatch._errors import GradwatchTypeError, ModelError
+from gradwatch._errors import GradwatchTypeError, GradwatchValueError, ModelError
 from gradwatch.anatomy._graph import iter_tensors
 from gradwatch.probes.forward import AFFINE, PRODUCTS, is_constant
 
@@ -581,4 +581,14 @@ def copy_model(model: nn.Module, inplace: bool) -> nn.Module:
         return model
     import copy
 
-    return copy.deepcopy(model)
+    try:
+        return copy.deepcopy(model)
+    except RuntimeError as e:
+        if "deepcopy protocol" not in str(e):
+            raise
+        raise GradwatchValueError(
+            f"{type(model).__name__} cannot be copied: it holds a tensor computed from others as an "
+            "attribute (torch.nn.utils.weight_norm keeps `weight` that way, or it was kept from a forward "
+            "pass). Use torch.nn.utils.parametrizations.weight_norm instead, or run on a copy made after "
+            "removing it (torch.nn.utils.remove_weight_norm)"
+        ) from e

@@ -379,7 +379,9 @@ def transform(
         change: Change | None = None
         if isinstance(m, nn.RNNBase | nn.RNNCellBase):
             change = _recurrent(op.name, m, reason, seq_len_of(order, op.name, m))
-        elif isinstance(m, nn.Linear | nn.modules.conv._ConvNd):
+        elif isinstance(m, nn.Linear | nn.modules.conv._ConvNd) and isinstance(m.weight, nn.Parameter):
+            # (a `weight` that is not a parameter is computed from others on every forward —
+            # the older weight_norm — so drawing into it would change nothing)
             change = _feedforward(op.name, m, order.next_activation(op.name), reason, depth)
         if change is not None:
             changes.append(change)
