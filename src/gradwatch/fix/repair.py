@@ -74,7 +74,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from gradwatch._compiled import unwrap
 from gradwatch._errors import GradwatchTypeError, GradwatchValueError
-from gradwatch.fix._graph import order_of
+from gradwatch.fix._graph import copy_model, order_of
 from gradwatch.fix.choose import (
     BRINGS_INIT,
     PREFERENCE,
@@ -613,7 +613,7 @@ def repair(
         return spent + extra + finish_cost <= budget_steps
 
     with torch.random.fork_rng(devices=[]):
-        original = copy.deepcopy(model)
+        original = copy_model(model, inplace=False)  # a model torch cannot copy is named here
         watching = _Watching(original, diagnose=diagnosis is None, every=max(1, min(10, s // 3)))
         with watching:
             first = run("original", original, {}, seed, [], s)
