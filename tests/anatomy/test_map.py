@@ -119,7 +119,8 @@ def test_frozen_layers_are_marked_and_not_measured() -> None:
         (nn.Conv2d(4, 8, kernel_size=3), 4 * 9),
         (nn.Conv2d(4, 8, kernel_size=(3, 5), groups=2), 2 * 15),
         (nn.Conv1d(6, 2, kernel_size=4), 24),
-        (nn.ConvTranspose2d(4, 6, kernel_size=3), 6 * 9),
+        (nn.ConvTranspose2d(4, 6, kernel_size=3), 4 * 9),
+        (nn.ConvTranspose2d(4, 6, kernel_size=4, stride=2), 4 * 4),  # (4 / 2)^2 positions per channel
         (nn.LSTM(5, 9), 5),
         (nn.Embedding(100, 16), 1),
         (nn.LayerNorm(8), None),

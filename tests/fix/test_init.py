@@ -307,3 +307,17 @@ def test_the_older_weight_norm_is_named_not_crashed_on_and_its_computed_weight_i
     _, changes = init.transform(m, inplace=True)
     assert [c.target for c in changes] == ["0", "4"]  # its weight is computed from g and v on every forward
     assert torch.equal(m[2].weight_g, before[0]) and torch.equal(m[2].weight_v, before[1])
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [(4, 2, 1), (2, 2, 0), (3, 1, 1)])
+def test_he_on_a_transposed_convolution_doubles_the_signal_as_it_should(kernel: int, stride: int, padding: int) -> None:
+    # He means sigma_w^2 = 2: a ReLU then halves the second moment, so the layer must double it.
+    # Measured on the output's interior (the borders see fewer inputs), independently of fan-in formulas.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ConvTranspose2d(64, 32, kernel, stride, padding), nn.ReLU(), nn.Conv2d(32, 1, 1))
+    new, changes = init.transform(model)
+    assert "He for ReLU" in changes[0].description
+    x = torch.randn(16, 64, 24, 24)
+    with torch.no_grad():
+        z = new[0](x)[..., 6:-6, 6:-6]
+    assert float(z.pow(2).mean() / x.pow(2).mean()) == pytest.approx(2.0, rel=0.1)

@@ -76,7 +76,7 @@ def fan_in_of(module: nn.Module) -> int | None:
     if isinstance(module, nn.modules.conv._ConvNd):
         k = math.prod(module.kernel_size)
         if module.transposed:
-            return int(module.out_channels // module.groups * k)
+            return transposed_fan_in(module)
         return int(module.in_channels // module.groups * k)
     if isinstance(module, nn.RNNBase):
         return int(module.input_size)
@@ -88,6 +88,19 @@ def fan_in_of(module: nn.Module) -> int | None:
     if isinstance(w, torch.Tensor) and w.dim() >= 2:
         return int(math.prod(w.shape[1:]))
     return None
+
+
+def transposed_fan_in(module: nn.modules.conv._ConvNd) -> int:
+    """Inputs summed into one output of a transposed convolution, on average.
+
+    Each input position scatters its kernel over the output, whose positions are `stride`
+    apart: an output receives ``prod(kernel / stride)`` positions of each of the
+    ``in_channels / groups`` input channels. (PyTorch's own initialisers use
+    ``out_channels * prod(kernel)``, the count for the adjoint convolution; with it, He's
+    gain of 2 comes out at 1 for a kernel 4, stride 2 up-sampling layer.)
+    """
+    per_channel = math.prod(k / s for k, s in zip(module.kernel_size, module.stride, strict=True))
+    return max(1, round(module.in_channels // module.groups * per_channel))
 
 
 def _is_hf_conv1d(module: nn.Module) -> bool:

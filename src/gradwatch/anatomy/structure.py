@@ -50,7 +50,7 @@ from gradwatch.anatomy._graph import (
     is_transparent,
 )
 from gradwatch.anatomy._guard import Preserved
-from gradwatch.anatomy.map import Anatomy
+from gradwatch.anatomy.map import Anatomy, transposed_fan_in
 
 __all__ = ["Structure", "analyse", "bias_dead_share"]
 
@@ -168,7 +168,7 @@ def _weight_facts(module: nn.Module) -> dict[str, Any]:
                 rows = wf.reshape(wf.shape[0], -1)
             fan_in = 1 if isinstance(module, nn.Embedding | nn.EmbeddingBag) else rows.shape[1]
             if isinstance(module, nn.modules.conv._ConvNd) and module.transposed:
-                fan_in = int(module.out_channels // module.groups * math.prod(module.kernel_size))
+                fan_in = transposed_fan_in(module)
             facts["sigma_w2"] = float(fan_in * rows.pow(2).mean())
             if isinstance(b, torch.Tensor) and b.dim() == 1 and b.numel() == rows.shape[0]:
                 bf = b.detach().float()

@@ -201,7 +201,7 @@ def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool, bool]:
         if act is None:
             continue  # a head or a layer feeding another: its scale is not a gain through depth
         w = m.weight
-        fan_in, fan_out = _init._fans(w)
+        fan_in, fan_out = _init.layer_fans(m)
         scheme, _, sigma_w2 = _init.scheme_for(act, depth)
         target = _init.target_variance(scheme, fan_in, fan_out, sigma_w2)
         ratio = float(w.detach().double().pow(2).mean()) / target

@@ -58,6 +58,7 @@ from torch import nn
 
 from gradwatch._lazy import lazy_modules, needs_input_error
 from gradwatch.anatomy.activations import module_spec, parse_spec
+from gradwatch.anatomy.map import transposed_fan_in
 from gradwatch.explain.theory import critical_sigma_w2
 from gradwatch.fix._graph import (
     RELU_FUNCTIONS,
@@ -171,20 +172,30 @@ def _draw(w: torch.Tensor, var: float) -> None:
         w.mul_(torch.sqrt(var / ms).to(w.dtype))
 
 
-def _sigma2(w: torch.Tensor) -> float:
-    return float(w.detach().double().pow(2).mean()) * _fans(w)[0]
+def layer_fans(m: nn.Module) -> tuple[int, int]:
+    """(fan_in, fan_out) of a Linear or convolution; a transposed convolution's fan-in is
+    the inputs summed into one output (`anatomy.map.transposed_fan_in`)."""
+    w = m.weight
+    assert isinstance(w, torch.Tensor)
+    if isinstance(m, nn.modules.conv._ConvNd) and m.transposed:
+        return transposed_fan_in(m), int(m.out_channels // m.groups * math.prod(m.kernel_size))
+    return _fans(w)
+
+
+def _sigma2(w: torch.Tensor, fan_in: int | None = None) -> float:
+    return float(w.detach().double().pow(2).mean()) * (fan_in if fan_in is not None else _fans(w)[0])
 
 
 def _feedforward(name: str, m: nn.Module, act: Op | None, reason: str, depth: int = DEFAULT_DEPTH) -> Change | None:
     w = m.weight
     assert isinstance(w, torch.Tensor)
     b = getattr(m, "bias", None)
-    fan_in, fan_out = _fans(w)
+    fan_in, fan_out = layer_fans(m)
     scheme, label, sigma_w2 = scheme_for(act, depth)
     var = target_variance(scheme, fan_in, fan_out, sigma_w2)
     if _matches_scale(w, var) and _bias_ok(b):
         return None
-    was = _sigma2(w)
+    was = _sigma2(w, fan_in)
     _draw(w, var)
     if b is not None:
         with torch.no_grad():
