@@ -466,3 +466,26 @@ def test_inspect_and_fix_take_a_compiled_model_and_work_on_the_module_it_wraps()
     r = gw.fix(compiled, d, example_input=x)
     assert isinstance(r.model, nn.Sequential) and r.changes and r.model(x).shape == (8, 3)
     assert isinstance(model[1], nn.Sigmoid)  # the compiled model's module is left untouched
+
+
+def test_each_transform_edits_the_module_a_compiled_model_wraps_without_compiling_it() -> None:
+    from gradwatch.fix import activations, init, norm, recurrent, residual
+
+    graphs: list[object] = []
+
+    def counting(gm: torch.fx.GraphModule, example_inputs: object) -> object:
+        graphs.append(gm)
+        return gm.forward
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[m for _ in range(4) for m in (nn.Linear(16, 16), nn.Sigmoid())], nn.Linear(16, 3))
+    compiled = torch.compile(model, backend=counting)
+    x = torch.randn(8, 16)
+    compiled(x)
+    before = len(graphs)
+    for transform in (activations, init, norm, residual, recurrent):
+        new, changes = transform.transform(compiled, example_input=x)
+        assert type(new).__name__ != "OptimizedModule" and new(x).shape == (8, 3)
+        assert all(not c.target.startswith("_orig_mod") for c in changes)
+    assert len(graphs) == before  # tracing went through the eager module, not dynamo
+    assert isinstance(model[1], nn.Sigmoid)  # and the user's model is left as it was

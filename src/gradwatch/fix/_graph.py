@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from gradwatch._compiled import unwrap
 from gradwatch._errors import GradwatchTypeError, GradwatchValueError, ModelError
 from gradwatch.anatomy._graph import iter_tensors
 from gradwatch.probes.forward import AFFINE, PRODUCTS, is_constant
@@ -573,10 +574,20 @@ def child_name(parent: str, key: str) -> str:
 
 
 def copy_model(model: nn.Module, inplace: bool) -> nn.Module:
+    """The module a transform edits: `model` itself with `inplace`, else a deep copy.
+
+    A `torch.compile` wrapper is unwrapped first (`gradwatch._compiled.unwrap`): the
+    transforms trace and edit the eager module — tracing through the wrapper would
+    recompile it at every call and use up dynamo's recompile limit for the user's own
+    model — and return an eager module (compile it again to train it compiled).
+    """
     if not isinstance(model, nn.Module):
         raise GradwatchTypeError(
             f"expected a torch.nn.Module, got {type(model).__module__}.{type(model).__qualname__}"
         )
+    unwrapped = unwrap(model)
+    assert isinstance(unwrapped, nn.Module)
+    model = unwrapped
     if inplace:
         return model
     import copy
