@@ -115,3 +115,24 @@ def test_an_unbatched_convolution_gets_no_norm() -> None:
     new, changes = norm.transform(model, example_input=x)
     assert changes == []
     assert new(x).shape == (20,)
+
+
+def test_a_block_reused_across_depth_gets_a_per_sample_norm() -> None:
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = nn.Sequential(nn.Linear(8, 8), nn.Tanh())
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for _ in range(4):
+                x = self.block(x)  # one set of weights at four depths
+            return self.head(x)
+
+    x = torch.randn(16, 8)
+    new, changes = norm.transform(Shared(), example_input=x)
+    assert new(x).shape == (16, 2)
+    assert [c.description for c in changes] == ["block.1: inserted LayerNorm(8) between block.0 and its Tanh"]
+    # used once, the same block gets BatchNorm
+    once, _ = norm.transform(nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2)), example_input=x)
+    assert isinstance(once[1][0], nn.BatchNorm1d)

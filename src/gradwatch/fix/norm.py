@@ -11,7 +11,9 @@ Which normalisation:
 - ``LayerNorm`` (for a Linear) or ``GroupNorm(1, C)`` (for a convolution: a LayerNorm
   over channels and positions) where batch statistics do not suit: when the example
   input shows a batch of one, or a Linear applied to a sequence (an output with more
-  than two dimensions, where BatchNorm1d would normalise over the wrong axis), and
+  than two dimensions, where BatchNorm1d would normalise over the wrong axis), or a
+  layer the forward pass runs more than once (a block reused across depth: one
+  BatchNorm's running statistics would mix the distributions of every depth), and
   for a Linear when there is no example input: its input shape is then unknown, and
   LayerNorm fits every ``(..., features)`` shape where BatchNorm1d fits only one.
 
@@ -127,7 +129,11 @@ def transform(
             continue
         if counts.get(id(act), 0) != 1 or counts.get(id(layer), 0) != 1:
             continue
-        norm = _norm_for(layer, kind, order.shapes.get(names.get(id(layer), "")))
+        # A layer run more than once per forward (a block reused across depth) would share
+        # one BatchNorm's running statistics among the distributions of every depth it
+        # runs at; a per-sample norm keeps none.
+        repeated = order.calls.get(names.get(id(layer), ""), 1) > 1
+        norm = _norm_for(layer, "layer" if repeated and kind == "auto" else kind, order.shapes.get(names.get(id(layer), "")))
         if norm is None:
             continue
         like(norm, layer)
