@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from gradwatch import Kind, Severity
@@ -30,7 +31,7 @@ def test_a_tanh_rnn_that_cannot_reach_back_is_an_error() -> None:
     assert f.kind == Kind.TEMPORAL_VANISHING and f.severity == Severity.ERROR
     assert f.layers == ["rnn"] and f.step == 0
     assert f.evidence["time_reach"] == pytest.approx(1e-6)
-    assert "1e-6 of the gradient at the last" in f.message
+    assert "(the first, for a sequence read out at its end) is 1e-6 of the gradient there" in f.message
 
 
 def test_a_gated_layer_on_a_plateau_is_a_warning() -> None:
@@ -54,3 +55,19 @@ def test_info_while_the_loss_improves_and_quiet_without_profiles() -> None:
     assert temporal_vanishing(build(an, 31, loss=stuck_loss()), an, TH) == []
     short = build(an, 31, loss=stuck_loss(), profiles=lambda s: {"grad_t/rnn": [0.0, 1.0]})
     assert temporal_vanishing(short, an, TH) == []
+
+
+def test_a_sequence_read_out_in_the_middle_is_judged_from_the_middle() -> None:
+    from gradwatch.detect._signals import reach_from_peak
+
+    T = 60
+    mid = np.exp(-np.abs(np.arange(T) - 30) * np.log(10) / 5)  # a decade every 5 steps away from step 30
+    assert reach_from_peak(mid, 0.1) == pytest.approx(-5.4, abs=0.3)  # both ends ~5.6 decades down (windows of 6)
+    # read out at the end: the first steps over the last, as before
+    end = np.geomspace(1e-6, 1.0, T)
+    assert reach_from_peak(end, 0.1) == pytest.approx(np.log10(end[:6].mean() / end[-6:].mean()))
+    # a gradient that grows back through time peaks at the first steps: nothing has vanished
+    assert reach_from_peak(end[::-1], 0.1) > 0
+    # a one-way layer read out in the middle: the steps after it have no gradient at all, and do not count
+    one_way = np.where(np.arange(T) <= 30, np.geomspace(1e-2, 1.0, T), 0.0)
+    assert reach_from_peak(one_way, 0.1) == pytest.approx(np.log10(one_way[:6].mean() / one_way[25:31].mean()), abs=1e-9)

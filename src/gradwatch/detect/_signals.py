@@ -168,6 +168,51 @@ def time_profiles(timeline: Timeline, th: Thresholds) -> dict[str, tuple[np.ndar
     return out
 
 
+def time_reach(timeline: Timeline, th: Thresholds) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per recurrent module: the recording steps and how far its gradient gets through time
+    (`reach_from_peak`, log10) — what the vanishing-through-time rule reads."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for key in timeline.profiles.names():
+        if key.startswith("grad_t/"):
+            rows = timeline.profiles.get(key)
+            steps = np.asarray([step for step, _ in rows], dtype=np.int64)
+            out[key.split("/", 1)[1]] = (steps, np.asarray([reach_from_peak(vec, th.time_edge_frac) for _, vec in rows]))
+    return out
+
+
+def reach_from_peak(vec: np.ndarray, edge: float) -> float:
+    """log10 of how much of the gradient gets from where the loss enters to the far end.
+
+    The loss enters where the profile peaks (its mean over windows of `edge` of the
+    steps): at the last step for a sequence read out at its end — where this is the
+    early/late ratio of `time_profiles` — and in the middle for one read out there. The
+    reach is the weaker of the two ends' windows over that peak: the end the gradient
+    must travel farthest to, in either direction of a bidirectional layer. Steps whose
+    gradient is exactly zero at an end do not depend on the loss at all (those after a
+    mid-sequence readout of a one-way layer): the end is taken at the first window with
+    a gradient, so a gradient that fades to nothing is still seen fading. A profile that
+    peaks at the first steps is read as growth back from the end (its reach is then the
+    early/late ratio, above 1).
+    """
+    v = np.asarray(vec, dtype=np.float64)
+    if v.size < 4 or not np.all(np.isfinite(v)) or np.any(v < 0):
+        return math.nan
+    k = max(1, round(v.size * edge))
+    windows = np.convolve(v, np.ones(k) / k, mode="valid")
+    peak = float(windows.max())
+    if peak <= 0:
+        return math.nan
+    at = int(np.argmax(windows))
+    live = np.flatnonzero(windows > 0)
+    if at == 0 and live[-1] > 0:
+        # Peaking at the first steps: a gradient that grows on its way back from a
+        # readout at the end (the exploding detector's finding) looks the same as one
+        # read out first that fades forwards; the first is what recurrent nets do, so
+        # nothing has vanished here.
+        return math.log10(float(windows[0]) / float(windows[live[-1]]))
+    return math.log10(min(float(windows[live[0]]), float(windows[live[-1]])) / peak)
+
+
 def _reach(vec: np.ndarray, edge: float) -> float:
     v = np.asarray(vec, dtype=np.float64)
     if v.size < 4 or not np.all(np.isfinite(v)):

@@ -1,8 +1,10 @@
 """Vanishing gradients through time: a recurrent layer cannot learn from early inputs.
 
 From the ``grad_t/<module>`` profiles (the gradient of the loss with respect to the
-layer's input at each time step). The reach is the gradient at the first time steps over
-the gradient at the last. The loss decides the severity: an LSTM whose reach starts tiny
+layer's input at each time step). The reach is the gradient at the time steps farthest
+from where the loss enters over the gradient there (`_signals.reach_from_peak`): the
+first steps over the last for a sequence read out at its end; the weaker end over the
+middle for one read out in the middle (a bidirectional layer must carry both ways). The loss decides the severity: an LSTM whose reach starts tiny
 but which learns (its reach then jumps to ~1 and the finding goes away) is told from a
 tanh RNN whose reach stays tiny while the loss stays put (`error`). While the loss is on
 a plateau the two look alike; for gated layers (LSTM, GRU), which can still learn to
@@ -23,7 +25,7 @@ from gradwatch.detect._signals import (
     nanmedian,
     num,
     recent_rows,
-    time_profiles,
+    time_reach,
 )
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
@@ -34,10 +36,10 @@ GATED = frozenset({"LSTM", "GRU", "LSTMCell", "GRUCell"})
 
 
 def temporal_vanishing(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Finding]:
-    """Profiles whose early/late gradient ratio stays below `th.time_reach`."""
+    """Profiles whose reach (far end over where the loss enters) stays below `th.time_reach`."""
     limit = math.log10(th.time_reach)
     findings = []
-    for module, (steps, reach) in time_profiles(timeline, th).items():
+    for module, (steps, reach) in time_reach(timeline, th).items():
         with np.errstate(invalid="ignore"):
             start = episode(reach < limit, th.persist)
         if start is None:
@@ -66,8 +68,9 @@ def temporal_vanishing(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
                 step=int(steps[start]),
                 evidence={"time_reach": float(10**now), "reach_change_decades": float(rise), **loss.evidence()},
                 message=(
-                    f"`{module}`: the gradient reaching the first time steps is {num(10**now)} of the "
-                    f"gradient at the last{trend}; {loss.describe()}{hint}"
+                    f"`{module}`: the gradient reaching the time steps farthest from where the loss "
+                    f"enters (the first, for a sequence read out at its end) is {num(10**now)} of the "
+                    f"gradient there{trend}; {loss.describe()}{hint}"
                 ),
             )
         )
