@@ -69,8 +69,9 @@ class Thresholds:
     # -- gradients through time (recurrent layers) ----------------------------------------
     #: The share of a sequence, at each end, averaged to compare early and late time steps.
     time_edge_frac: float = 0.1
-    #: Temporal vanishing: the gradient reaching the earliest steps is below this fraction
-    #: of the gradient at the latest steps (the same bar as `vanish_ratio`, across time).
+    #: Temporal vanishing: the gradient reaching the steps farthest from where the loss
+    #: enters is below this fraction of the gradient there (the earliest steps against the
+    #: latest for an end readout; the same bar as `vanish_ratio`, across time).
     time_reach: float = 1e-3
 
     # -- updates ----------------------------------------------------------------------------
