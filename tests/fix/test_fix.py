@@ -268,3 +268,59 @@ def test_a_lazy_model_is_fixed_given_an_example_input_and_left_lazy() -> None:
     result = gw.fix(model, _diag("vanishing_gradient"), example_input=x)
     assert _kinds(result) == {"activation", "init"} and result.model(x).shape == (4, 2)
     assert all(isinstance(model[i], nn.LazyLinear) for i in (0, 2, 4))
+
+
+def test_a_bidirectional_lstm_read_out_mid_sequence_is_found_and_trained_by_its_fix() -> None:
+    # The class is the first of 40 tokens and the model reads its middle position: the
+    # forward direction must carry the token 20 steps. At PyTorch's default init it stays
+    # at chance; the gradient through time peaks at the readout (the middle) and fades
+    # towards both ends, which the temporal rule must measure from there, not from the end.
+    class Mid(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(12, 8)
+            self.lstm = nn.LSTM(8, 16, bidirectional=True, batch_first=True)
+            self.head = nn.Linear(32, 4)
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            out, _ = self.lstm(self.emb(t))
+            return self.head(out[:, t.shape[1] // 2])
+
+    def task(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        t, y = torch.randint(4, 12, (n, 40), generator=g), torch.randint(0, 4, (n,), generator=g)
+        t[:, 0] = y
+        return t, y
+
+    x, y = task(2048, 0)
+    x_test, y_test = task(400, 1)
+
+    def train(model: nn.Module, watch: bool) -> tuple[float, gw.Watcher | None]:
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        g = torch.Generator().manual_seed(1)
+        w = gw.watch(model, every=10) if watch else None
+        for _ in range(200):
+            j = torch.randint(0, len(x), (32,), generator=g)
+            loss = nn.functional.cross_entropy(model(x[j]), y[j])
+            opt.zero_grad()
+            loss.backward()
+            if w is not None:
+                w.step(loss=loss)
+            opt.step()
+        if w is not None:
+            w.close()
+        with torch.no_grad():
+            return float((model(x_test).argmax(1) == y_test).float().mean()), w
+
+    torch.manual_seed(0)
+    before, w = train(Mid(), watch=True)
+    assert w is not None and before < 0.35  # chance is 0.25
+    _, profile = w.timeline.profiles.get("grad_t/lstm")[-1]
+    assert 5 < int(profile.argmax()) < 35  # the loss enters in the middle
+    d = w.diagnose()
+    (f,) = [f for f in d.findings if f.kind == gw.Kind.TEMPORAL_VANISHING]
+    assert f.severity == gw.Severity.WARNING and f.evidence["time_reach"] < 1e-3
+    torch.manual_seed(0)
+    result = gw.fix(Mid(), d, example_input=x[:32])
+    assert any("forget-gate biases log(u)" in c.description for c in result.changes)
+    assert train(result.model, watch=False)[0] > 0.8
