@@ -321,3 +321,20 @@ def test_he_on_a_transposed_convolution_doubles_the_signal_as_it_should(kernel: 
     with torch.no_grad():
         z = new[0](x)[..., 6:-6, 6:-6]
     assert float(z.pow(2).mean() / x.pow(2).mean()) == pytest.approx(2.0, rel=0.1)
+
+
+def test_hugging_face_conv1d_is_re_initialised_with_its_fans_read_from_an_in_out_weight() -> None:
+    pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv1D(256, 64), nn.ReLU(), Conv1D(10, 256))  # weights (64, 256) and (256, 10)
+    with torch.no_grad():
+        model[0].weight.normal_(0, 1.0)  # GPT-2 built with initializer_range=1.0
+    new, changes = init.transform(model)
+    assert [c.target for c in changes] == ["0", "2"] and "He for ReLU" in changes[0].description
+    x = torch.randn(512, 64)
+    with torch.no_grad():
+        gain = float(new[0](x).pow(2).mean() / x.pow(2).mean())
+    assert gain == pytest.approx(2.0, rel=0.1)  # He: fan_in 64 (the weight's first dimension), not 256
+    assert init.transform(new)[1] == []

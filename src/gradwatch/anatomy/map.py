@@ -83,7 +83,7 @@ def fan_in_of(module: nn.Module) -> int | None:
     if isinstance(module, nn.Embedding | nn.EmbeddingBag):
         return 1
     w = getattr(module, "weight", None)
-    if _is_hf_conv1d(module) and isinstance(w, torch.Tensor):
+    if is_hf_conv1d(module) and isinstance(w, torch.Tensor):
         return int(w.shape[0])
     if isinstance(w, torch.Tensor) and w.dim() >= 2:
         return int(math.prod(w.shape[1:]))
@@ -103,7 +103,7 @@ def transposed_fan_in(module: nn.modules.conv._ConvNd) -> int:
     return max(1, round(module.in_channels // module.groups * per_channel))
 
 
-def _is_hf_conv1d(module: nn.Module) -> bool:
+def is_hf_conv1d(module: nn.Module) -> bool:
     """Hugging Face's `Conv1D` (GPT-2): a linear layer that stores its weight as (in, out)."""
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
@@ -117,7 +117,7 @@ def _fan_out_of(module: nn.Module) -> int | None:
         return int(module.hidden_size)
     if isinstance(module, nn.Embedding | nn.EmbeddingBag):
         return int(module.embedding_dim)
-    if _is_hf_conv1d(module):
+    if is_hf_conv1d(module):
         return int(getattr(module, "nf"))  # noqa: B009 - nf is not in nn.Module's type
     w = getattr(module, "weight", None)
     if isinstance(w, torch.Tensor) and w.dim() >= 1:

@@ -36,6 +36,7 @@ from torch.overrides import TorchFunctionMode
 from gradwatch._compiled import unwrap
 from gradwatch._errors import GradwatchTypeError, GradwatchValueError, ModelError
 from gradwatch.anatomy._graph import iter_tensors
+from gradwatch.anatomy.map import is_hf_conv1d
 from gradwatch.probes.forward import AFFINE, PRODUCTS, is_constant
 
 # -- activation families -----------------------------------------------------------------
@@ -105,6 +106,12 @@ def is_layer(m: nn.Module) -> bool:
 
 def owns_parameters(m: nn.Module) -> bool:
     return any(True for _ in m.parameters(recurse=False))
+
+
+def is_dense(m: nn.Module | None) -> bool:
+    """A Linear, a convolution, or Hugging Face's `Conv1D` (GPT-2's linear layers, which
+    store their weight as (in, out)): the layers `init` re-draws."""
+    return isinstance(m, nn.Linear | nn.modules.conv._ConvNd) or (m is not None and is_hf_conv1d(m))
 
 
 def has_frozen_parameter(m: nn.Module) -> bool:

@@ -49,6 +49,7 @@ from gradwatch.fix._graph import (
     Order,
     copy_model,
     has_frozen_parameter,
+    is_dense,
     is_saturating,
     order_of,
     shared_parameters,
@@ -195,12 +196,13 @@ def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool, bool]:
                         sigma = float(torch.linalg.matrix_norm(p.detach().double(), ord=2))
                         rnn_large |= sigma > 1 + _init.SCALE_TOLERANCE
             continue
-        if not isinstance(m, nn.Linear | nn.modules.conv._ConvNd):
+        if m is None or not is_dense(m):
             continue
         act = order.next_activation(op.name)
         if act is None:
             continue  # a head or a layer feeding another: its scale is not a gain through depth
         w = m.weight
+        assert isinstance(w, torch.Tensor)
         fan_in, fan_out = _init.layer_fans(m)
         scheme, _, sigma_w2 = _init.scheme_for(act, depth)
         target = _init.target_variance(scheme, fan_in, fan_out, sigma_w2)
@@ -219,10 +221,11 @@ def _relu_like(act: Any) -> bool:
 def _dead_biases(model: nn.Module, order: Order) -> bool:
     for op in order.modules():
         m = op.module
-        if not isinstance(m, nn.Linear | nn.modules.conv._ConvNd) or m.bias is None:
+        b = getattr(m, "bias", None) if is_dense(m) else None
+        if not isinstance(b, torch.Tensor):
             continue
         relu_like = _relu_like(order.next_activation(op.name))
-        b = m.bias.detach().double()
+        b = b.detach().double()
         if relu_like and float(b.mean()) < -_init.BIAS_RMS_LIMIT:
             return True
     return False
@@ -375,7 +378,7 @@ def _revive(plan: Plan, finding: Finding, model: nn.Module, order: Order, exampl
     feeding = [
         op.name
         for op in order.modules()
-        if isinstance(op.module, nn.Linear | nn.modules.conv._ConvNd) and _relu_like(order.next_activation(op.name))
+        if is_dense(op.module) and _relu_like(order.next_activation(op.name))
     ]
     if not feeding:
         return

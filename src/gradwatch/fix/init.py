@@ -58,7 +58,7 @@ from torch import nn
 
 from gradwatch._lazy import lazy_modules, needs_input_error
 from gradwatch.anatomy.activations import module_spec, parse_spec
-from gradwatch.anatomy.map import transposed_fan_in
+from gradwatch.anatomy.map import is_hf_conv1d, transposed_fan_in
 from gradwatch.explain.theory import critical_sigma_w2
 from gradwatch.fix._graph import (
     RELU_FUNCTIONS,
@@ -67,6 +67,7 @@ from gradwatch.fix._graph import (
     Op,
     copy_model,
     has_frozen_parameter,
+    is_dense,
     is_saturating,
     order_of,
     shared_parameters,
@@ -179,6 +180,8 @@ def layer_fans(m: nn.Module) -> tuple[int, int]:
     assert isinstance(w, torch.Tensor)
     if isinstance(m, nn.modules.conv._ConvNd) and m.transposed:
         return transposed_fan_in(m), int(m.out_channels // m.groups * math.prod(m.kernel_size))
+    if is_hf_conv1d(m):
+        return int(w.shape[0]), int(w.shape[1])  # stored (in, out)
     return _fans(w)
 
 
@@ -342,7 +345,7 @@ def _recurrent(name: str, m: nn.Module, reason: str, seq_len: int | None = None)
 def chain_depth(order: Any) -> int:
     """The number of Linear and convolution layers in the forward pass: the chain length a
     smooth activation's critical scale is solved for."""
-    n = sum(1 for op in order.modules() if isinstance(op.module, nn.Linear | nn.modules.conv._ConvNd))
+    n = sum(1 for op in order.modules() if is_dense(op.module))
     return max(n, 2)
 
 
@@ -390,7 +393,7 @@ def transform(
         change: Change | None = None
         if isinstance(m, nn.RNNBase | nn.RNNCellBase):
             change = _recurrent(op.name, m, reason, seq_len_of(order, op.name, m))
-        elif isinstance(m, nn.Linear | nn.modules.conv._ConvNd) and isinstance(m.weight, nn.Parameter):
+        elif is_dense(m) and isinstance(m.weight, nn.Parameter):
             # (a `weight` that is not a parameter is computed from others on every forward —
             # the older weight_norm — so drawing into it would change nothing)
             change = _feedforward(op.name, m, order.next_activation(op.name), reason, depth)
