@@ -324,3 +324,22 @@ def test_a_bidirectional_lstm_read_out_mid_sequence_is_found_and_trained_by_its_
     result = gw.fix(Mid(), d, example_input=x[:32])
     assert any("forget-gate biases log(u)" in c.description for c in result.changes)
     assert train(result.model, watch=False)[0] > 0.8
+
+
+def test_an_output_sigmoid_is_not_a_saturating_cause() -> None:
+    from gradwatch.fix._graph import order_of
+    from gradwatch.fix.choose import infer_causes
+    from gradwatch.types import CauseKind
+
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for _ in range(6):
+        lin = nn.Linear(16, 16)
+        nn.init.normal_(lin.weight, std=0.05)  # far below He: the gradient shrinks per layer
+        layers += [lin, nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(16, 1), nn.Sigmoid())  # a binary classifier's output
+    x = torch.randn(8, 16)
+    causes = infer_causes(model, order_of(model, x), gw.Kind.VANISHING_GRADIENT)
+    assert CauseKind.SATURATING_ACTIVATIONS not in causes and CauseKind.INIT_MISMATCH in causes
+    result = gw.fix(model, _diag("vanishing_gradient"), example_input=x)
+    assert _kinds(result) == {"init"} and isinstance(result.model[-1], nn.Sigmoid)

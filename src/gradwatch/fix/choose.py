@@ -127,9 +127,9 @@ def infer_causes(model: nn.Module, order: Order, kind: Kind, step: int | None = 
     them, so the step size comes first even if the biases they left behind now look dead.
     """
     has_rnn = any(type(m) in (nn.RNN, nn.RNNCell) for m in model.modules())
-    frozen = order.beside_frozen()
+    kept = order.beside_frozen() | order.output_modules()  # what `activations` leaves alone
     saturating = any(
-        is_saturating(op.module) and not op.gate and id(op.module) not in frozen
+        is_saturating(op.module) and not op.gate and id(op.module) not in kept
         for op in order.modules()
         if op.module is not None
     ) or bool(
