@@ -489,3 +489,29 @@ def test_each_transform_edits_the_module_a_compiled_model_wraps_without_compilin
         assert all(not c.target.startswith("_orig_mod") for c in changes)
     assert len(graphs) == before  # tracing went through the eager module, not dynamo
     assert isinstance(model[1], nn.Sigmoid)  # and the user's model is left as it was
+
+
+def test_optimizer_mode_reads_a_closure_steps_own_gradients() -> None:
+    # step(closure) (L-BFGS, Lightning's automatic optimisation) runs backward inside the
+    # step, after the pre-step hook: the record must hold this step's gradients, not the last's.
+    torch.manual_seed(0)
+    model = tiny_mlp(depth=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    names = ["0", "2"]
+    expected: list[list[float]] = []
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(4)]
+    with gw.watch(model, every=1, optimizer=opt) as w:
+        for x, y in data:
+
+            def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                expected.append(layer_norms(model, names))
+                w.step(loss=loss)
+                return loss
+
+            opt.step(closure)
+    assert list(w.timeline.steps) == [0, 1, 2, 3]
+    np.testing.assert_allclose(w.timeline.layer_metric("grad_norm"), expected, rtol=1e-5)
+    assert np.all(w.timeline.layer_metric("update_ratio") > 0)

@@ -29,6 +29,7 @@ from torch.utils.hooks import RemovableHandle
 
 from gradwatch._compiled import unwrap
 from gradwatch._errors import GradwatchTypeError, GradwatchValueError, UsageError
+from gradwatch._optim import has_closure
 from gradwatch._version import __version__
 from gradwatch.anatomy import Anatomy
 from gradwatch.probes import GradientProbe, Transfer
@@ -118,6 +119,8 @@ class Watcher:
         self._probe: GradientProbe | None = None
         self._pending: GradSnapshot | None = None
         self._pending_transfer = Transfer()
+        self._pending_armed = False  # optimizer mode: a record was begun before this step
+        self._grads_after = False  # ... whose gradients are read after it (a closure computes them)
         self._losses: list[tuple[int, torch.Tensor | float]] = []
         self._handles: list[RemovableHandle] = []
         self._order: list[str] = []
@@ -200,18 +203,26 @@ class Watcher:
             return
         transfer = Transfer()
         probe = self._start()
-        self._pending = probe.measure_grads(transfer)
+        # `step(closure)` (L-BFGS, Lightning's automatic optimisation) computes this step's
+        # gradients inside the step, after this hook: read them after it instead, or the
+        # record would hold the previous step's.
+        self._grads_after = has_closure(args, kwargs)
+        self._pending = None if self._grads_after else probe.measure_grads(transfer)
         self._pending_transfer = transfer
+        self._pending_armed = True
         probe.snapshot()
 
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         n = self.step_count
         self.step_count = n + 1
-        if self._pending is not None:
+        if self._pending_armed:
             probe = self._start()
             transfer = self._pending_transfer
+            if self._grads_after:
+                self._pending = probe.measure_grads(transfer)
             probe.measure_update(transfer)
-            snap, self._pending = self._pending, None
+            snap, self._pending, self._pending_armed = self._pending, None, False
+            assert snap is not None
             self._finish_record(n, transfer, snap)
         self._arm_for(n + 1)
 

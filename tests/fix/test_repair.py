@@ -5,6 +5,7 @@ import math
 import re
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -404,3 +405,26 @@ def test_a_larger_rate_behind_the_best_by_less_than_the_margin_is_not_an_edge() 
     assert chosen == 0 and "edge" in why
     # the custom 14-layer sigmoid net made ReLU (margin 0.02): x3 diverged in a full run
     assert _rate(trials(0.14, 0.24, 0.19), [0, 1, 2], 0.02, margin=0.02)[0] == 0
+
+
+def test_repairs_watch_reads_a_closure_steps_own_gradients() -> None:
+    from gradwatch.fix.repair import _Watching
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(4)]
+    expected: list[float] = []
+    with _Watching(model, diagnose=True, every=1) as watching:
+        for x, y in data:
+
+            def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                expected.append(float(model[0].weight.grad.norm() ** 2 + model[0].bias.grad.norm() ** 2) ** 0.5)
+                return loss
+
+            opt.step(closure)
+    assert watching.timeline is not None
+    np.testing.assert_allclose(watching.timeline.layer_metric("grad_norm")[:, 0], expected, rtol=1e-5)

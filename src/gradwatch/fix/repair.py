@@ -70,10 +70,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 
 from gradwatch._compiled import unwrap
 from gradwatch._errors import GradwatchTypeError, GradwatchValueError
+from gradwatch._optim import has_closure
 from gradwatch.fix._graph import copy_model, order_of
 from gradwatch.fix.choose import (
     BRINGS_INIT,
@@ -244,8 +248,9 @@ class _Watching:
     """Watches the original while `train_fn` trains it, over one or several calls.
 
     Gradients are read in a global optimizer-step pre-hook (the optimizer is the user's
-    own, built inside `train_fn`), the loss where ``loss.backward()`` is called, and the
-    first forward's input is kept as the example input for `gw.fix`.
+    own, built inside `train_fn`) — in the post-hook for a step given a closure, which
+    computes its gradients inside the step — the loss where ``loss.backward()`` is
+    called, and the first forward's input is kept as the example input for `gw.fix`.
     """
 
     def __init__(self, model: nn.Module, diagnose: bool, every: int) -> None:
@@ -269,7 +274,7 @@ class _Watching:
             self.timeline = self._watcher.timeline
             own = {id(p) for p in self.model.parameters()}
 
-            def on_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            def record(opt: torch.optim.Optimizer) -> None:
                 if self._broken or not any(id(p) in own for g in opt.param_groups for p in g["params"]):
                     return
                 loss = torch.stack(self._tap.pending).mean() if self._tap.pending else None
@@ -279,7 +284,16 @@ class _Watching:
                 except Exception as e:  # watching is best-effort: it must never break the user's run
                     self._broken.append(f"{type(e).__name__}: {e}")
 
-            self._handles.append(register_optimizer_step_pre_hook(on_step))
+            def before(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+                if not has_closure(args, kwargs):
+                    record(opt)
+
+            def after(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+                if has_closure(args, kwargs):  # its gradients were computed inside the step
+                    record(opt)
+
+            self._handles.append(register_optimizer_step_pre_hook(before))
+            self._handles.append(register_optimizer_step_post_hook(after))
             self._tap.__enter__()
         return self
 
