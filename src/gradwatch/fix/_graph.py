@@ -309,9 +309,9 @@ class _FunctionRecorder(TorchFunctionMode):
         i, (op, gate_like, _) = at[0]
         rest = [a for j, a in enumerate(args) if j != i]
         if func in PRODUCTS:
-            for k, (other, like, _) in at:
-                if like and any(not is_constant(b) for j, b in enumerate(args) if j != k):
-                    other.gate = True
+            for k, (candidate, candidate_gate_like, _) in at:
+                if candidate_gate_like and any(not is_constant(b) for j, b in enumerate(args) if j != k):
+                    candidate.gate = True
             if any(not is_constant(b) for b in rest):
                 return
         if func in _VIEWS:
