@@ -37,3 +37,41 @@ def test_quiet_below_the_share_and_without_activation_metrics() -> None:
     assert dead_units(build(AN, 31, loss=stuck_loss(), values=lambda s: _values({"1": 0.3})), AN, TH) == []
     assert dead_units(build(AN, 31, loss=stuck_loss()), AN, TH) == []
     assert dead_units(build(AN, 0), AN, TH) == []
+
+
+def test_a_relu_on_a_classifiers_outputs_is_found_from_one_dead_unit() -> None:
+    # A real run on the digits: ReLU after the logits. A tenth of the outputs never switch
+    # on (a class the model cannot predict) — far under the hidden-site bar of one half.
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    import gradwatch as gw
+    from gradwatch.lab.data import accuracy, batches, digits
+
+    split = digits(seed=0)
+
+    def run(final_relu: bool) -> tuple[gw.Diagnosis, float, nn.Module]:
+        torch.manual_seed(0)
+        layers = [nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)]
+        model = nn.Sequential(*layers, *([nn.ReLU()] if final_relu else []))
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        with gw.watch(model, every=10) as w:
+            for x, y in batches(split.x_train, split.y_train, 64, 200, seed=0):
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                w.step(loss=loss)
+                opt.step()
+        assert w.timeline.sites["1"].get("output") is None  # a hidden ReLU is not the output
+        return w.diagnose(), accuracy(model, split.x_test, split.y_test), model
+
+    d, acc, model = run(final_relu=True)
+    (f,) = [f for f in d.findings if f.kind == Kind.DEAD_UNITS]
+    assert f.severity >= Severity.WARNING and f.layers == ["5"] and f.evidence["output_site"] == 1.0
+    assert 0 < f.evidence["dead_frac_max"] < TH.dead_frac
+    assert "Remove the activation after the last layer" in f.message and f.causes == []
+    result = gw.fix(model, d)
+    assert result.changes == [] and any("Remove the activation" in m for m in result.advice["manual"])
+    healthy, acc_without, _ = run(final_relu=False)
+    assert not [f for f in healthy.findings if f.kind == Kind.DEAD_UNITS] and acc_without > acc

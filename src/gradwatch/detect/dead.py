@@ -4,6 +4,11 @@ Read from the activations (`act_dead_frac`: the share of a site's units that are
 positive over a batch), not from zero gradients: a large embedding's untouched rows have
 zero gradients too and are perfectly alive. An error when the loss is not improving;
 a net that learns with part of its units dead gets an `info`.
+
+At the model's *output* (a site whose output the model returns, marked by the probes:
+a ReLU after the logits) a single dead unit is a fault: it is an output held at 0 for
+every input and no gradient can move it — a class the model can never predict. There
+the bar is any unit, and the finding is at least a `warning` whatever the loss does.
 """
 
 from __future__ import annotations
@@ -34,10 +39,14 @@ def dead_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Fin
         return []
     names = [names[j] for j in keep]
     frac = frac[:, keep]
+    output = [bool(site_info(timeline, n).get("output")) for n in names]
+    hidden = [j for j, o in enumerate(output) if not o]
+    findings = _dead_outputs(timeline, anatomy, th, [names[j] for j, o in enumerate(output) if o], frac[:, output])
+    names, frac = [names[j] for j in hidden], frac[:, hidden]
     with np.errstate(invalid="ignore"):
         hits = per_site_episodes(timeline, names, frac, frac >= th.dead_frac, th.persist)
     if not hits:
-        return []
+        return findings
     hits.sort(key=lambda h: -h[2])
     site, _, worst = hits[0]
     first = min(h[1] for h in hits)
@@ -56,6 +65,7 @@ def dead_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Fin
     )
     layers = list(dict.fromkeys(site_module(timeline, h[0]) for h in hits))
     return [
+        *findings,
         Finding(
             kind=Kind.DEAD_UNITS,
             severity=severity,
@@ -63,5 +73,36 @@ def dead_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Fin
             step=step_at(timeline, first),
             evidence={"dead_frac_max": worst, "sites": float(len(hits)), **loss.evidence()},
             message=message,
+        ),
+    ]
+
+
+def _dead_outputs(
+    timeline: Timeline, anatomy: Anatomy, th: Thresholds, names: list[str], frac: np.ndarray
+) -> list[Finding]:
+    """Output sites with any unit that never switches on, persistently (module docstring)."""
+    if not names:
+        return []
+    with np.errstate(invalid="ignore"):
+        hits = per_site_episodes(timeline, names, frac, frac > 0, th.persist)
+    if not hits:
+        return []
+    site, first, worst = max(hits, key=lambda h: h[2])
+    loss = loss_view(timeline, anatomy, th)
+    severity = Severity.ERROR if loss.status in ("stuck", "plateau") else Severity.WARNING
+    fn = site_info(timeline, site).get("fn", "relu")
+    return [
+        Finding(
+            kind=Kind.DEAD_UNITS,
+            severity=severity,
+            layers=[site_module(timeline, site)],
+            step=step_at(timeline, first),
+            evidence={"dead_frac_max": worst, "output_site": 1.0, **loss.evidence()},
+            message=(
+                f"`{site}` ({fn}) is applied to the model's output, and {pct(worst)} of its units never "
+                "switch on over a batch: those outputs are 0 for every input and no gradient can move "
+                "them (for a classifier, classes it can never predict). Remove the activation after the "
+                f"last layer — CrossEntropyLoss and BCEWithLogitsLoss take raw logits; {loss.describe()}"
+            ),
         )
     ]

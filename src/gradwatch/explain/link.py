@@ -47,8 +47,8 @@ def causes_of(finding: Finding, causes: list[Cause], layer_names: set[str] | Non
     after layer ``"0"``), which cannot be compared with weight layers; for those
     (`layer_names` given and none of the finding's names among them) the check is skipped.
     """
-    if finding.evidence.get("no_gradient"):
-        return []  # layers cut off from the loss: a code fault, not a property of the model
+    if finding.evidence.get("no_gradient") or finding.evidence.get("output_site"):
+        return []  # layers cut off from the loss, an activation on the outputs: code, not the model's make-up
     related = RELATED.get(finding.kind, ())
     comparable = layer_names is None or bool(set(finding.layers) & layer_names)
     out: list[str] = []

@@ -159,6 +159,9 @@ class ForwardProbe:
         # id of a saturating site's output (or of a constant shift/scaling of it) -> the site,
         # during one forward pass: to see whether it is used as a gate (`_follow`)
         self._outputs: dict[int, str] = {}
+        # id of every activation site's output in one forward pass -> (site, the tensor): to
+        # see which site the model returns as it is (its output activation)
+        self._act_out: dict[int, tuple[str, torch.Tensor]] = {}
         self._model_code: dict[Any, bool] = {}  # code object -> runs in this model's forward
         # recurrent layers and cells
         self._calls: dict[int, int] = defaultdict(int)
@@ -280,6 +283,13 @@ class ForwardProbe:
 
     def _end_of_forward(self, output: Any) -> None:
         self._outputs.clear()
+        for t in iter_tensors(output):
+            entry = self._act_out.get(id(t))
+            if entry is not None and entry[1] is t and not self.site_info[entry[0]].get("output"):
+                # the model returns this activation's output: a unit that never switches on
+                # there is an output stuck at 0, not one hidden unit among many
+                self._register_again(entry[0], {**self.site_info[entry[0]], "output": True})
+        self._act_out.clear()
         candidates = [
             m for m, n in self._calls.items()
             if n >= LOOP_CALLS and m in self._param_mods and m not in self.loops and m not in self._not_loops
@@ -348,6 +358,7 @@ class ForwardProbe:
             st.add(out, dim, args, kwargs)
             if act.family == "saturating" and self.site_info[site].get("family") != "gate":
                 self._outputs[id(out)] = site
+            self._act_out[id(out)] = (site, out)
         except Exception as e:
             self._fail(e)
 
