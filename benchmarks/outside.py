@@ -28,6 +28,7 @@ import argparse
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -114,37 +115,54 @@ def _accuracy(model: nn.Module, data: Any) -> float:
     return float(ok.float().mean()) if torch.isfinite(out).all() else 0.0
 
 
+@dataclass
+class Outcome:
+    """One faulty run through the protocol: watched, diagnosed, fixed, repaired."""
+
+    diagnosis: gw.Diagnosis
+    fix: gw.FixResult
+    before: float  # test accuracy of the original run
+    after: float  # ... of the fixed model, trained the same way with the fix's advice
+    repaired: float  # ... of what `gw.repair` kept, trained to one run's length
+    kept: str  # the name of repair's kept trial
+
+
+def _fix_and_repair(make: Factory, recipe: Recipe, data: Any, steps: int) -> Outcome:
+    """Train `make()` under gw.watch, fix it from the diagnosis and train the fix, then repair."""
+    torch.manual_seed(0)
+    model = make()
+    w = _train(model, recipe, data, steps, {}, watch=True)
+    diagnosis = w.diagnose()
+    before = _accuracy(model, data)
+    torch.manual_seed(0)
+    result = gw.fix(make(), diagnosis, timeline=w.timeline, example_input=data[0][:64])
+    _train(result.model, recipe, data, steps, dict(result.advice), watch=False)
+    after = _accuracy(result.model, data)
+
+    def train_fn(model: nn.Module, advice: dict[str, Any], n: int) -> float:
+        _train(model, recipe, data, n, dict(advice), watch=False)
+        return _accuracy(model, data)
+
+    torch.manual_seed(0)
+    rep = gw.repair(make(), train_fn, steps=steps, progress=False)
+    repaired = rep.final_score if rep.final_score is not None else math.nan
+    kept = next((t.name for t in rep.trials if t.kept), "the original")
+    return Outcome(diagnosis, result, before, after, repaired, kept)
+
+
 def digits_part(steps: int = 300) -> int:
     split = digits()
-    x_tr = split.x_train
     data = (split.x_train, split.y_train, split.x_test, split.y_test)
     print(f"{'run':<36} {'before':>7} {'fix':>7} {'repair':>7}  fix's changes / repair kept")
     healthy = 0
     repaired = 0
     for name, make, recipe in DIGITS:
-        torch.manual_seed(0)
-        model = make()
-        w = _train(model, recipe, data, steps, {}, watch=True)
-        diagnosis = w.diagnose()
-        before = _accuracy(model, data)
-        torch.manual_seed(0)
-        result = gw.fix(make(), diagnosis, timeline=w.timeline, example_input=x_tr[:64])
-        _train(result.model, recipe, data, steps, dict(result.advice), watch=False)
-        after = _accuracy(result.model, data)
-        healthy += after >= 0.5
-
-        def train_fn(model: nn.Module, advice: dict[str, Any], n: int, recipe: Recipe = recipe) -> float:
-            _train(model, recipe, data, n, dict(advice), watch=False)
-            return _accuracy(model, data)
-
-        torch.manual_seed(0)
-        rep = gw.repair(make(), train_fn, steps=steps, progress=False)
-        fixed = rep.final_score if rep.final_score is not None else math.nan
-        repaired += fixed >= 0.5
-        kept = next((t.name for t in rep.trials if t.kept), "the original")
-        kinds = sorted({c.kind for c in result.changes})
-        advice = {k: round(float(v), 3) for k, v in result.advice.items() if k in ("lr_scale", "clip_grad_norm")}
-        print(f"{name:<36} {before:>7.3f} {after:>7.3f} {fixed:>7.3f}  {', '.join(kinds) or '-'} {advice or ''} / {kept}")
+        o = _fix_and_repair(make, recipe, data, steps)
+        healthy += o.after >= 0.5
+        repaired += o.repaired >= 0.5
+        kinds = sorted({c.kind for c in o.fix.changes})
+        advice = {k: round(float(v), 3) for k, v in o.fix.advice.items() if k in ("lr_scale", "clip_grad_norm")}
+        print(f"{name:<36} {o.before:>7.3f} {o.after:>7.3f} {o.repaired:>7.3f}  {', '.join(kinds) or '-'} {advice or ''} / {o.kept}")
     print(f"healthy (accuracy >= 0.5): after fix {healthy}/{len(DIGITS)}, after repair {repaired}/{len(DIGITS)}\n")
     return healthy
 
@@ -175,32 +193,13 @@ def _first_token_task(n: int, seed: int, length: int = 60) -> tuple[torch.Tensor
 def sequence_part(steps: int = 300) -> int:
     x_tr, y_tr = _first_token_task(4096, 0)
     x_te, y_te = _first_token_task(400, 1)
-    data = (x_tr, y_tr, x_te, y_te)
-    recipe = _adam(1e-3)
-    torch.manual_seed(0)
-    model = MidReadout()
-    w = _train(model, recipe, data, steps, {}, watch=True)
-    diagnosis = w.diagnose()
-    before = _accuracy(model, data)
-    torch.manual_seed(0)
-    result = gw.fix(MidReadout(), diagnosis, timeline=w.timeline, example_input=x_tr[:64])
-    _train(result.model, recipe, data, steps, dict(result.advice), watch=False)
-    after = _accuracy(result.model, data)
-
-    def train_fn(model: nn.Module, advice: dict[str, Any], n: int) -> float:
-        _train(model, recipe, data, n, dict(advice), watch=False)
-        return _accuracy(model, data)
-
-    torch.manual_seed(0)
-    rep = gw.repair(MidReadout(), train_fn, steps=steps, progress=False)
-    fixed = rep.final_score if rep.final_score is not None else math.nan
-    kept = next((t.name for t in rep.trials if t.kept), "the original")
-    found = ", ".join(f"{f.kind}:{f.severity}" for f in diagnosis.findings if f.severity > gw.Severity.INFO)
+    o = _fix_and_repair(MidReadout, _adam(1e-3), (x_tr, y_tr, x_te, y_te), steps)
+    found = ", ".join(f"{f.kind}:{f.severity}" for f in o.diagnosis.findings if f.severity > gw.Severity.INFO)
     print(f"{'run':<36} {'before':>7} {'fix':>7} {'repair':>7}  findings / fix's changes / repair kept")
-    print(f"{'BiLSTM x2, mid readout, T=60':<36} {before:>7.3f} {after:>7.3f} {fixed:>7.3f}  "
-          f"{found or '-'} / {', '.join(sorted({c.kind for c in result.changes})) or '-'} / {kept}")
-    print(f"healthy (accuracy >= 0.5, chance 0.25): after fix {int(after >= 0.5)}/1, after repair {int(fixed >= 0.5)}/1\n")
-    return int(after >= 0.5)
+    print(f"{'BiLSTM x2, mid readout, T=60':<36} {o.before:>7.3f} {o.after:>7.3f} {o.repaired:>7.3f}  "
+          f"{found or '-'} / {', '.join(sorted({c.kind for c in o.fix.changes})) or '-'} / {o.kept}")
+    print(f"healthy (accuracy >= 0.5, chance 0.25): after fix {int(o.after >= 0.5)}/1, after repair {int(o.repaired >= 0.5)}/1\n")
+    return int(o.after >= 0.5)
 
 
 def _hf_zoo() -> dict[str, Callable[[], tuple[nn.Module, dict[str, torch.Tensor]]]]:

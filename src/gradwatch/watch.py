@@ -119,8 +119,7 @@ class Watcher:
         self._probe: GradientProbe | None = None
         self._pending: GradSnapshot | None = None
         self._pending_transfer = Transfer()
-        self._pending_armed = False  # optimizer mode: a record was begun before this step
-        self._grads_after = False  # ... whose gradients are read after it (a closure computes them)
+        self._grads_after = False  # optimizer mode: this step's gradients are read after it (a closure computes them)
         self._losses: list[tuple[int, torch.Tensor | float]] = []
         self._handles: list[RemovableHandle] = []
         self._order: list[str] = []
@@ -209,20 +208,18 @@ class Watcher:
         self._grads_after = has_closure(args, kwargs)
         self._pending = None if self._grads_after else probe.measure_grads(transfer)
         self._pending_transfer = transfer
-        self._pending_armed = True
         probe.snapshot()
 
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         n = self.step_count
         self.step_count = n + 1
-        if self._pending_armed:
+        if self._pending is not None or self._grads_after:  # a record was begun before this step
             probe = self._start()
             transfer = self._pending_transfer
-            if self._grads_after:
-                self._pending = probe.measure_grads(transfer)
-            probe.measure_update(transfer)
-            snap, self._pending, self._pending_armed = self._pending, None, False
+            snap = probe.measure_grads(transfer) if self._grads_after else self._pending
             assert snap is not None
+            probe.measure_update(transfer)
+            self._pending, self._grads_after = None, False
             self._finish_record(n, transfer, snap)
         self._arm_for(n + 1)
 

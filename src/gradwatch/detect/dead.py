@@ -39,10 +39,9 @@ def dead_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Fin
         return []
     names = [names[j] for j in keep]
     frac = frac[:, keep]
-    output = [bool(site_info(timeline, n).get("output")) for n in names]
-    hidden = [j for j, o in enumerate(output) if not o]
-    findings = _dead_outputs(timeline, anatomy, th, [names[j] for j, o in enumerate(output) if o], frac[:, output])
-    names, frac = [names[j] for j in hidden], frac[:, hidden]
+    at_output = np.array([bool(site_info(timeline, n).get("output")) for n in names], dtype=bool)
+    findings = _dead_outputs(timeline, anatomy, th, [n for n, o in zip(names, at_output, strict=True) if o], frac[:, at_output])
+    names, frac = [n for n, o in zip(names, at_output, strict=True) if not o], frac[:, ~at_output]
     with np.errstate(invalid="ignore"):
         hits = per_site_episodes(timeline, names, frac, frac >= th.dead_frac, th.persist)
     if not hits:

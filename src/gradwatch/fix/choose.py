@@ -48,7 +48,6 @@ from gradwatch.fix._graph import (
     SATURATING_FUNCTIONS,
     Order,
     copy_model,
-    has_frozen_parameter,
     is_dense,
     is_saturating,
     order_of,
@@ -184,7 +183,7 @@ def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool, bool]:
     tied = shared_parameters(model)
     for op in order.modules():
         m = op.module
-        if m is None or has_frozen_parameter(m) or any(id(p) in tied for p in m.parameters(recurse=False)):
+        if m is None or not _init.redrawable(m, tied):
             continue  # what `init` would not re-draw cannot be the reason to re-draw anything
         if isinstance(m, nn.RNNBase | nn.RNNCellBase):
             # Only a vanilla cell's gradient through time is W_hh^T diag(phi') alone; a
@@ -196,16 +195,14 @@ def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool, bool]:
                         sigma = float(torch.linalg.matrix_norm(p.detach().double(), ord=2))
                         rnn_large |= sigma > 1 + _init.SCALE_TOLERANCE
             continue
-        if m is None or not is_dense(m):
+        if not is_dense(m):
             continue
         act = order.next_activation(op.name)
         if act is None:
             continue  # a head or a layer feeding another: its scale is not a gain through depth
         w = m.weight
         assert isinstance(w, torch.Tensor)
-        fan_in, fan_out = _init.layer_fans(m)
-        scheme, _, sigma_w2 = _init.scheme_for(act, depth)
-        target = _init.target_variance(scheme, fan_in, fan_out, sigma_w2)
+        _, _, target, _ = _init.feedforward_target(m, act, depth)
         ratio = float(w.detach().double().pow(2).mean()) / target
         small |= ratio < 1 - _init.SCALE_TOLERANCE
         large |= ratio > 1 + _init.SCALE_TOLERANCE

@@ -189,13 +189,24 @@ def _sigma2(w: torch.Tensor, fan_in: int | None = None) -> float:
     return float(w.detach().double().pow(2).mean()) * (fan_in if fan_in is not None else _fans(w)[0])
 
 
+def redrawable(m: nn.Module, tied: Collection[int]) -> bool:
+    """Whether `init` may re-draw `m`: no frozen parameter, none tied to another module
+    (`tied`: `fix._graph.shared_parameters(model)`); see the module docstring."""
+    return not has_frozen_parameter(m) and not any(id(p) in tied for p in m.parameters(recurse=False))
+
+
+def feedforward_target(m: nn.Module, act: Op | None, depth: int = DEFAULT_DEPTH) -> tuple[str, str, float, int]:
+    """``(scheme, activation label, target Var(W), fan_in)`` for a dense layer followed by `act`."""
+    fan_in, fan_out = layer_fans(m)
+    scheme, label, sigma_w2 = scheme_for(act, depth)
+    return scheme, label, target_variance(scheme, fan_in, fan_out, sigma_w2), fan_in
+
+
 def _feedforward(name: str, m: nn.Module, act: Op | None, reason: str, depth: int = DEFAULT_DEPTH) -> Change | None:
     w = m.weight
     assert isinstance(w, torch.Tensor)
     b = getattr(m, "bias", None)
-    fan_in, fan_out = layer_fans(m)
-    scheme, label, sigma_w2 = scheme_for(act, depth)
-    var = target_variance(scheme, fan_in, fan_out, sigma_w2)
+    scheme, label, var, fan_in = feedforward_target(m, act, depth)
     if _matches_scale(w, var) and _bias_ok(b):
         return None
     was = _sigma2(w, fan_in)
@@ -388,7 +399,7 @@ def transform(
         if id(m) in seen or (layers is not None and op.name not in layers):
             continue
         seen.add(id(m))
-        if has_frozen_parameter(m) or any(id(p) in tied for p in m.parameters(recurse=False)):
+        if not redrawable(m, tied):
             continue
         change: Change | None = None
         if isinstance(m, nn.RNNBase | nn.RNNCellBase):
