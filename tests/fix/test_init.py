@@ -262,17 +262,22 @@ def test_a_cell_loop_is_as_long_as_the_cell_is_called() -> None:
                 h = self.cell(x[:, t], h)
             return h
 
-    new, changes = init.transform(Loop(), example_input=torch.randn(2, 12, 3))
+    x = torch.randn(2, 12, 3)
+    new, changes = init.transform(Loop(), example_input=x)
     assert "2..12 steps" in changes[0].description
     assert torch.allclose(new.cell.bias_ih.detach()[8:16], init.chrono_biases(8, 12).float())
+    # every call's input counts toward the input weights' scale
+    power = float(x.double().pow(2).sum(-1).mean())
+    assert float(new.cell.weight_ih.detach().double().pow(2).mean()) == pytest.approx(1 / power, rel=1e-6)
 
 
 def test_a_bias_free_gated_layer_is_not_said_to_get_gate_biases() -> None:
     for cell in (nn.GRU, nn.LSTM):
         model = nn.Sequential(cell(3, 8, bias=False))
-        new, changes = init.transform(model, example_input=torch.randn(20, 2, 3))
+        x = torch.randn(20, 2, 3)
+        new, changes = init.transform(model, example_input=x)
         assert "bias" not in changes[0].description, changes[0].description
-        assert init.transform(new, example_input=torch.randn(20, 2, 3))[1] == []
+        assert init.transform(new, example_input=x)[1] == []
 
 
 def _lazy_mlp() -> nn.Sequential:
@@ -338,3 +343,97 @@ def test_hugging_face_conv1d_is_re_initialised_with_its_fans_read_from_an_in_out
         gain = float(new[0](x).pow(2).mean() / x.pow(2).mean())
     assert gain == pytest.approx(2.0, rel=0.1)  # He: fan_in 64 (the weight's first dimension), not 256
     assert init.transform(new)[1] == []
+
+
+def _one_hot_sequences(g: torch.Generator, n: int, length: int, k: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recall task: see a flagged symbol at t = 0, then `length - 1` others; name the first."""
+    first = torch.randint(0, k, (n,), generator=g)
+    tokens = torch.cat([first[:, None], torch.randint(0, k, (n, length - 1), generator=g)], dim=1)
+    x = nn.functional.one_hot(tokens, k + 1).float()
+    x[:, 0, k] = 1.0
+    return x, first
+
+
+@pytest.mark.parametrize("cell", [nn.RNN, nn.GRU, nn.LSTM])
+def test_recurrent_input_weights_give_unit_variance_gate_inputs_on_the_data_seen(cell: type[nn.Module]) -> None:
+    torch.manual_seed(0)
+    x, _ = _one_hot_sequences(torch.Generator().manual_seed(0), 64, 30)
+    model = nn.Sequential(cell(7, 64, batch_first=True))
+    new, changes = init.transform(model, example_input=x)
+    power = float(x.pow(2).sum(-1).mean())  # independent: one-hot rows of norm 1, the first 2
+    assert f"1/{power:.3g}" in changes[0].description
+    gates = {nn.RNN: 1, nn.GRU: 3, nn.LSTM: 4}[cell]
+    w = new[0].weight_ih_l0.detach()
+    for block in w.chunk(gates, 0):
+        assert float(block.double().pow(2).mean()) == pytest.approx(1 / power, rel=1e-6)
+        pre = x.reshape(-1, 7) @ block.T  # each gate's pre-activation from the input
+        assert float(pre.double().pow(2).mean()) == pytest.approx(1.0, rel=0.2)
+    # Xavier would have given each gate input a variance of about 2 / (7 + 64) ~ 0.03
+    assert init.transform(new, example_input=x)[1] == []  # idempotent on the same data
+
+
+def test_padding_does_not_count_and_a_stacked_layer_keeps_xavier_and_no_input_means_xavier() -> None:
+    x, _ = _one_hot_sequences(torch.Generator().manual_seed(1), 16, 12)
+    padded = torch.cat([x, torch.zeros(16, 8, 7)], dim=1)  # zero vectors: padding, not data
+    model = nn.Sequential(nn.GRU(7, 16, num_layers=2, batch_first=True))
+    a, _ = init.transform(model, example_input=x)
+    b, _ = init.transform(model, example_input=padded)
+    power = float(x.pow(2).sum(-1).mean())
+    for new in (a, b):
+        assert float(new[0].weight_ih_l0.detach().double().pow(2).mean()) == pytest.approx(1 / power, rel=1e-6)
+        # the second layer reads the first one's state, not the data: Xavier per gate
+        assert float(new[0].weight_ih_l1.detach().double().pow(2).mean()) == pytest.approx(2 / 32, rel=1e-6)
+    plain, changes = init.transform(model)
+    assert "input weights Xavier" in changes[0].description
+    assert float(plain[0].weight_ih_l0.detach().double().pow(2).mean()) == pytest.approx(2 / (7 + 16), rel=1e-6)
+
+
+def test_the_input_is_measured_after_the_layers_below_are_re_drawn() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.LSTM(12, 8, batch_first=True))
+    with torch.no_grad():
+        model[0].weight.mul_(20.0)  # saturates the tanh: |x|^2 near 12 before, smaller after
+    x = torch.randn(8, 10, 5)
+    new, changes = init.transform(model, example_input=x)
+    assert [c.target for c in changes] == ["0", "2"]
+    with torch.no_grad():
+        below = new[1](new[0](x))  # independent: the re-drawn layers below, run by hand
+    power = float(below.double().pow(2).sum(-1).mean())
+    assert float(new[2].weight_ih_l0.detach().double().pow(2).mean()) == pytest.approx(1 / power, rel=1e-6)
+
+
+def test_a_gru_scaled_to_its_one_hot_inputs_learns_to_recall_where_xavier_inputs_do_not() -> None:
+    # One-hot inputs of 7 symbols into 3 x 16 gate units: Xavier's 2 / (7 + 16) leaves each
+    # gate's input at variance ~0.09, so the symbol barely enters the state; the data's own
+    # scale gives it variance 1. Same GRU otherwise (chrono biases, orthogonal recurrence).
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn, self.head = nn.GRU(7, 16, batch_first=True), nn.Linear(16, 6)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.rnn(x)[0][:, -1])
+
+    scores: dict[bool, list[float]] = {True: [], False: []}
+    for seed in range(3):
+        for measured in (True, False):
+            torch.manual_seed(seed)
+            g = torch.Generator().manual_seed(seed)
+            model, _ = init.transform(Net(), example_input=_one_hot_sequences(g, 32, 20)[0])
+            if not measured:
+                with torch.no_grad():
+                    for block in model.rnn.weight_ih_l0.chunk(3, 0):
+                        init._draw(block, init.target_variance("xavier", 7, 16))
+            opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+            for _ in range(300):
+                x, y = _one_hot_sequences(g, 32, 20)
+                loss = nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            xt, yt = _one_hot_sequences(torch.Generator().manual_seed(99), 512, 20)
+            with torch.no_grad():
+                scores[measured].append(float((model(xt).argmax(1) == yt).float().mean()))
+    # chance is 1/6; measured on seeds 0-2: ~0.95 mean against ~0.35
+    assert sum(scores[True]) / 3 >= 0.8 and min(scores[True]) >= 0.6, scores
+    assert sum(scores[False]) / 3 <= 0.55, scores

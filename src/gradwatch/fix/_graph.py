@@ -425,6 +425,41 @@ def traced_order(model: nn.Module, example_input: Any) -> Order:
     return Order(ops=ops, traced=True, functions=functions, shapes=shapes, calls=calls)
 
 
+def input_power(model: nn.Module, module: nn.Module, example_input: Any) -> float | None:
+    """Mean squared norm ``E|x|^2`` of the input vectors `module` receives when `model`
+    runs on `example_input` (one forward pass, no gradient, eval mode), or None when it
+    receives none.
+
+    An input vector is the last dimension of the module's first argument (a
+    ``PackedSequence``'s data); all-zero vectors — padding — are left out, since they
+    carry nothing a weight could scale. Every call counts (a cell run once per step).
+    """
+    total, count = 0.0, 0
+
+    def pre(m: nn.Module, args: Any) -> None:
+        nonlocal total, count
+        x = args[0] if args else None
+        if isinstance(x, nn.utils.rnn.PackedSequence):
+            x = x.data
+        if not isinstance(x, torch.Tensor) or x.dim() == 0 or not x.is_floating_point():
+            return
+        sq = x.detach().double().reshape(-1, x.shape[-1]).pow(2).sum(-1)
+        sq = sq[sq > 0]
+        total += float(sq.sum())
+        count += int(sq.numel())
+
+    handle = module.register_forward_pre_hook(pre)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            _call(model, example_input)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return total / count if count else None
+
+
 def _call(model: nn.Module, example_input: Any) -> Any:
     try:
         if isinstance(example_input, dict):

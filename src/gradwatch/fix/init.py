@@ -12,9 +12,9 @@ per layer, where ``sigma_w^2 = fan_in * Var(W)``. The rule per layer:
   reach 1 at any scale: its derivative is at most 0.25);
 - followed by SELU: LeCun, ``sigma_w^2 = 1`` (what SELU's fixed point assumes);
 - followed by no activation (a head, or a layer feeding another layer): Xavier;
-- recurrent layers: input weights Xavier per gate, recurrent weights orthogonal per gate
-  (all singular values 1, so the gradient through time neither grows nor shrinks from
-  the weights), biases 0, and the gate that keeps a gated layer's state (an LSTM's
+- recurrent layers: input weights scaled to the data (below), recurrent weights
+  orthogonal per gate (all singular values 1, so the gradient through time neither grows
+  nor shrinks from the weights), biases 0, and the gate that keeps a gated layer's state (an LSTM's
   forget gate, a GRU's update gate z in ``h' = (1 - z) n + z h``) biased to remember:
   when an example input shows the sequence length T, *chrono* biases (Tallec & Ollivier
   2018), ``b = log(u)`` with ``u`` spread evenly over ``[1, T - 1]`` (`chrono_biases`), so
@@ -25,7 +25,16 @@ per layer, where ``sigma_w^2 = fan_in * Var(W)``. The rule per layer:
   (z = 1/2) halves its carried gradient every step — 1e-12 over 40 steps; with chrono
   biases some units carry it across the whole sequence (measured at T = 40: the
   gradient reaching the first input rises from ~1e-6 to ~1e-1 of the last one's;
-  `tests/fix/test_init.py`).
+  `tests/fix/test_init.py`). The input weights of the layer that reads the data (the
+  first layer of an ``nn.RNN``/``GRU``/``LSTM``, or a cell) get ``Var(W) = 1 / E|x|^2``
+  when an example input shows what the layer receives (`input_target`): each gate's
+  pre-activation from the input then has variance 1 on that data. Xavier's
+  ``2 / (fan_in + fan_out)`` assumes standardised features; a sequence's (one-hot
+  symbols, a binary marker) rarely are, and with a small fan-in into many gate units it
+  left the symbol too faint in the state for a swapped-in GRU to leave the recall and
+  adding tasks' plateau at the rate the original trained at. A stacked layer's input
+  weights (reading the state below) and any layer without an example input get Xavier
+  per gate.
 
 Biases of re-initialised layers are set to 0. A layer with any frozen parameter
 (``requires_grad=False``) is left alone, its trainable parameters too: its owner keeps
@@ -67,6 +76,7 @@ from gradwatch.fix._graph import (
     Op,
     copy_model,
     has_frozen_parameter,
+    input_power,
     is_dense,
     is_saturating,
     order_of,
@@ -267,7 +277,29 @@ def seq_len_of(order: Any, name: str, m: nn.Module) -> int | None:
     return None
 
 
-def _recurrent(name: str, m: nn.Module, reason: str, seq_len: int | None = None) -> Change | None:
+def _takes_model_side_input(pname: str) -> bool:
+    """Whether a recurrent layer's input-weight parameter reads the layer's own input (a
+    cell's ``weight_ih``, the first layer's ``weight_ih_l0[_reverse]``), not the hidden
+    state of the layer below it in a stacked ``nn.RNN`` / ``GRU`` / ``LSTM``."""
+    return pname == "weight_ih" or pname.startswith("weight_ih_l0")
+
+
+def input_target(power: float | None, fan_in: int, fan_out: int) -> float:
+    """``Var(W)`` for a recurrent layer's input weights (one gate's block).
+
+    With the inputs' mean squared norm ``power = E|x|^2`` known, ``Var(W) = 1 / power``:
+    each gate's pre-activation from the input then has variance ``Var(W) E|x|^2 = 1`` on
+    the data seen — LeCun's rule, with the data's own second moment in place of one per
+    feature. Without it, Xavier.
+    """
+    if power is not None and math.isfinite(power) and power > 0:
+        return 1.0 / power
+    return target_variance("xavier", fan_in, fan_out)
+
+
+def _recurrent(
+    name: str, m: nn.Module, reason: str, seq_len: int | None = None, power: float | None = None
+) -> Change | None:
     kind = "LSTM" if isinstance(m, nn.LSTM | nn.LSTMCell) else type(m).__name__
     for base in ("LSTMCell", "GRUCell", "RNNCell", "LSTM", "GRU", "RNN"):
         if isinstance(m, getattr(nn, base)):
@@ -298,6 +330,14 @@ def _recurrent(name: str, m: nn.Module, reason: str, seq_len: int | None = None)
             want[h : 2 * h] = keep
         return want
 
+    if power is not None and not (math.isfinite(power) and power > 0):
+        power = None
+    measured = power is not None and any(_takes_model_side_input(pn) for pn, _ in params)
+
+    def input_var(pname: str, block: torch.Tensor) -> float:
+        fi, fo = _fans(block)
+        return input_target(power if _takes_model_side_input(pname) else None, fi, fo)
+
     def matches() -> bool:
         for pname, p in params:
             if pname.startswith("weight_hh"):
@@ -305,8 +345,7 @@ def _recurrent(name: str, m: nn.Module, reason: str, seq_len: int | None = None)
                     return False
             elif pname.startswith("weight_ih"):
                 for c in p.chunk(gates, 0):
-                    fi, fo = _fans(c)
-                    if not _matches_scale(c, target_variance("xavier", fi, fo)):
+                    if not _matches_scale(c, input_var(pname, c)):
                         return False
             elif pname.startswith("weight_hr"):
                 fi, fo = _fans(p)
@@ -324,10 +363,12 @@ def _recurrent(name: str, m: nn.Module, reason: str, seq_len: int | None = None)
             if pname.startswith("weight_hh"):
                 for c in p.chunk(gates, 0):
                     nn.init.orthogonal_(c)
-            elif pname.startswith(("weight_ih", "weight_hr")):
-                for c in p.chunk(gates if pname.startswith("weight_ih") else 1, 0):
-                    fi, fo = _fans(c)
-                    _draw(c, target_variance("xavier", fi, fo))
+            elif pname.startswith("weight_ih"):
+                for c in p.chunk(gates, 0):
+                    _draw(c, input_var(pname, c))
+            elif pname.startswith("weight_hr"):
+                fi, fo = _fans(p)
+                _draw(p, target_variance("xavier", fi, fo))
             elif pname.startswith("bias"):
                 p.copy_(wanted_bias(pname, p))
     if isinstance(m, nn.RNNBase):
@@ -342,11 +383,18 @@ def _recurrent(name: str, m: nn.Module, reason: str, seq_len: int | None = None)
         )
     else:
         biases = ", forget-gate bias 1" if lstm and biased else ""
+    if measured:
+        assert power is not None
+        inputs = (
+            f"input weights Var 1/E|x|^2 = 1/{power:.3g} (unit-variance gate inputs on the data seen)"
+        )
+    else:
+        inputs = "input weights Xavier"
     return Change(
         kind="init",
         target=name,
         description=(
-            f"{name}: re-initialised {type(m).__name__}: input weights Xavier, recurrent weights "
+            f"{name}: re-initialised {type(m).__name__}: {inputs}, recurrent weights "
             "orthogonal" + (", biases 0" if biased else "") + biases
         ),
         reason=reason,
@@ -403,7 +451,9 @@ def transform(
             continue
         change: Change | None = None
         if isinstance(m, nn.RNNBase | nn.RNNCellBase):
-            change = _recurrent(op.name, m, reason, seq_len_of(order, op.name, m))
+            # measured now, on the layers below as already re-drawn
+            power = input_power(new, m, example_input) if example_input is not None else None
+            change = _recurrent(op.name, m, reason, seq_len_of(order, op.name, m), power)
         elif is_dense(m) and isinstance(m.weight, nn.Parameter):
             # (a `weight` that is not a parameter is computed from others on every forward —
             # the older weight_norm — so drawing into it would change nothing)
