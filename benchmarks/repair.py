@@ -20,10 +20,11 @@ For each faulty run:
 A run is *healthy* when it meets the suite's own "trained" criterion (digits: test
 accuracy >= 0.5; recall: >= 0.6; adding problem: test MSE < 0.05).
 
-    PYTHONPATH=src python benchmarks/repair.py [--quick] [--own] [--only NAME ...] [--grid]
+    PYTHONPATH=src python benchmarks/repair.py [--quick] [--own] [--only NAME ...] [--grid | --final]
 
 `--grid` asks instead whether a run is in reach at all: fix's model and each remedy alone,
-trained at learning-rate scales 1e-3 .. 30.
+trained at learning-rate scales 1e-3 .. 30. `--final` applies `fix` to the model each
+diverged run left behind (inf/NaN weights), as its user would, beside a fresh copy.
 """
 
 from __future__ import annotations
@@ -433,11 +434,17 @@ def main(argv: list[str] | None = None) -> int:
         "--grid", action="store_true",
         help="instead: is a run in reach at all? fix's model, and each remedy alone, at learning-rate scales 1e-3..30",
     )
+    ap.add_argument(
+        "--final", action="store_true",
+        help="instead: fix applied to the model as each run left it, for the runs that ended non-finite",
+    )
     args = ap.parse_args(argv)
     todo = cases(args.quick) if args.own else suite_cases(args.quick)
     todo = [c for c in todo if not args.only or any(s in c.name for s in args.only)]
     if args.grid:
         return grid(todo)
+    if args.final:
+        return from_final(todo)
     _warm_up()
     if args.own:
         print("faulty runs: this file's own set; diagnoses from each run's label\n")
@@ -574,6 +581,43 @@ def grid(todo: list[Case]) -> int:
             print(f"{case.name:<28} {label:<12} {cells}", flush=True)
         print(f"{case.name:<28} {'in reach' if reached else 'OUT OF REACH under its recipe'}\n", flush=True)
     print("  * healthy; each cell one full run of the recipe with the learning rate scaled (and fix's clip, if any)")
+    return 0
+
+
+def from_final(todo: list[Case]) -> int:
+    """`fix` on the model a diverged run left behind, as its user would call it.
+
+    The main table gives `fix` a fresh copy of each model (training restarts from the
+    same initial state for every column). A user whose run diverged holds a model with
+    inf/NaN parameters instead; `fix` re-draws those (docs/fix.md). This trains each
+    suite run that ends non-finite, applies `fix` to what it left, and trains that for
+    one full run with fix's advice, beside fix on a fresh copy.
+    """
+    print(f"{'faulty run':<28} {'fix on a fresh copy':>20} {'fix on the run as left':>24}   left non-finite")
+    for case in todo:
+        if case.recorded is None:
+            continue
+        _, diag, timeline = case.recorded()
+        torch.manual_seed(0)
+        final = case.make()
+        case.train(final, {}, case.steps)
+        broken = [n for n, t in (*final.named_parameters(), *final.named_buffers())
+                  if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if not broken:
+            continue
+        scores = []
+        for start in (case.make(), final):
+            result = gw.fix(start, diag, timeline=timeline, example_input=case.example)
+            advice = {k: v for k, v in result.advice.items() if k in ("lr_scale", "clip_grad_norm")}
+            still = [n for n, t in result.model.named_parameters() if not bool(torch.isfinite(t).all())]
+            scores.append(full_run(case, result.model, advice)[0])
+        def ok(score: float, target: float = case.healthy) -> bool:
+            return score >= target
+
+        print(f"{case.name:<28} {_mark(scores[0], ok):>20} {_mark(scores[1], ok):>24}   "
+              + (", ".join(still) if still else "-"))
+    print("\n  ok/no = healthy or not (the suite's criterion); 'left non-finite': parameters fix could not "
+          "re-draw (named in its manual advice)")
     return 0
 
 

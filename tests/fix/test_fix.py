@@ -343,3 +343,80 @@ def test_an_output_sigmoid_is_not_a_saturating_cause() -> None:
     assert CauseKind.SATURATING_ACTIVATIONS not in causes and CauseKind.INIT_MISMATCH in causes
     result = gw.fix(model, _diag("vanishing_gradient"), example_input=x)
     assert _kinds(result) == {"init"} and isinstance(result.model[-1], nn.Sigmoid)
+
+
+def _diverge(model: nn.Module, data: object, lr: float = 200.0, steps: int = 30) -> gw.Diagnosis:
+    """SGD far past the edge of stability, watched: the run a user brings to `fix`."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    with gw.watch(model) as w:
+        for x, y in batches(data.x_train, data.y_train, 64, steps, seed=0):  # type: ignore[attr-defined]
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            w.step(loss=loss)
+            opt.step()
+    return w.diagnose()
+
+
+def _nonfinite_names(model: nn.Module) -> list[str]:
+    return [n for n, t in (*model.named_parameters(), *model.named_buffers())
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def test_a_model_a_divergence_left_non_finite_is_given_fresh_weights_and_trains_again() -> None:
+    data = digits()
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 64), nn.LayerNorm(64), nn.ReLU(),
+        nn.Linear(64, 10),
+    )
+    diag = _diverge(model, data)
+    assert {"diverging_loss", "nonfinite_gradient"} & {f.kind for f in diag.findings}
+    broken = _nonfinite_names(model)
+    assert "0.weight" in broken and "1.running_mean" in broken and "4.weight" in broken
+    result = gw.fix(model, diag, example_input=data.x_train[:64])
+    assert _nonfinite_names(result.model) == []
+    assert _nonfinite_names(model) == broken  # the input is untouched
+    redrawn = {c.target for c in result.changes if "inf/NaN" in c.reason}
+    assert redrawn == {"0", "1", "3", "4", "6"}
+    assert any("build a new optimizer" in m for m in result.advice["manual"])
+    # every layer is at its initial scale again: He for the ReLUs, the norms at 1 and 0
+    w = result.model[0].weight.detach().double()
+    assert float(w.pow(2).mean()) * 64 == pytest.approx(2.0, rel=1e-6)
+    assert torch.equal(result.model[4].weight.detach(), torch.ones(64))
+    assert torch.equal(result.model[1].running_var, torch.ones(64))
+    # trained with the advice on a new optimizer, it learns; the model as left computes NaN
+    torch.manual_seed(0)
+    assert _train(result.model, data, result.advice) > 0.8
+    with torch.no_grad():
+        assert not bool(torch.isfinite(model(data.x_test[:8])).any())
+
+
+def test_what_cannot_be_re_drawn_is_named_and_a_healthy_diagnosis_still_changes_nothing() -> None:
+    class WithCustom(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(8))  # a custom parameter: no initialiser known
+            self.body = nn.Linear(4, 8)
+            self.frozen = nn.Linear(8, 2)
+            self.frozen.weight.requires_grad_(False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.frozen(torch.relu(self.body(x)) * self.scale)
+
+    model = WithCustom()
+    with torch.no_grad():
+        for p in (model.scale, model.body.weight, model.frozen.weight):
+            p.fill_(float("nan"))
+    x = torch.randn(4, 4)
+    result = gw.fix(model, _diag("diverging_loss"), example_input=x)
+    assert [c.target for c in result.changes if "inf/NaN" in c.reason] == ["body"]
+    assert _nonfinite_names(result.model) == ["scale", "frozen.weight"]
+    manual = " ".join(result.advice["manual"])
+    assert "the root module (WithCustom) still holds inf/NaN in scale" in manual
+    assert "`frozen` (Linear) still holds inf/NaN in weight" in manual
+    assert "Build the model afresh" in manual
+    # the contract: a healthy diagnosis (or only info findings) changes nothing
+    for diag in (Diagnosis(), _diag("flat_loss", severity="info")):
+        untouched = gw.fix(model, diag)
+        assert untouched.changes == [] and untouched.advice == {}

@@ -15,6 +15,9 @@ findings never lead to a change):
    manual advice to give).
 4. Dead units blamed on the step size also get fresh weights in the layers feeding a
    ReLU (`_revive`): a smaller step cannot move a unit whose gradient is zero.
+5. A model that holds inf/NaN (what a divergence leaves) gets finite parameters back in
+   `apply`: modules with their own ``reset_parameters()`` reset, layers re-drawn by
+   `init`, the rest named in the manual advice with the optimizer's state.
 
 Remedies, in order of preference (least invasive first — used to rank alternatives):
 ``lr`` (training advice only, the model is untouched) < ``init`` (same architecture,
@@ -48,6 +51,7 @@ from gradwatch.fix._graph import (
     SATURATING_FUNCTIONS,
     Order,
     copy_model,
+    has_frozen_parameter,
     is_dense,
     is_saturating,
     order_of,
@@ -410,9 +414,16 @@ def apply(
     timeline: Timeline | None = None,
     inplace: bool = False,
 ) -> FixResult:
-    """Apply a plan: the transforms in `APPLY_ORDER`, then the training advice."""
+    """Apply a plan: the transforms in `APPLY_ORDER`, then the training advice.
+
+    A model with inf/NaN in its parameters or buffers (the state a divergence leaves) is
+    given finite ones as well when the diagnosis found a problem (`_restore_finite`).
+    """
     new = copy_model(model, inplace)
     changes: list[Change] = []
+    broken = any(f.severity > Severity.INFO for f in diagnosis.findings) and bool(_nonfinite_modules(new))
+    if broken:
+        changes.extend(_reset_nonfinite_others(new))
     for remedy in APPLY_ORDER:
         if remedy not in plan.remedies:
             continue
@@ -421,6 +432,11 @@ def apply(
             new, example_input=example_input, reason=plan.reasons[remedy], inplace=True, **opts
         )
         changes.extend(done)
+    if broken:
+        more, left = _redraw_nonfinite_layers(new, example_input)
+        changes.extend(more)
+        plan.manual.extend(left)
+        plan.manual.append(OPTIMIZER_STATE_ADVICE)
     advice: dict[str, Any] = {}
     why: dict[str, str] = {}
     if "lr" in plan.remedies:
@@ -435,3 +451,96 @@ def apply(
     if why:
         advice["why"] = why
     return FixResult(model=new, changes=changes, advice=advice)
+
+
+# -- a model the divergence left non-finite -------------------------------------------------
+
+#: Why layers with inf/NaN parameters are re-drawn.
+NONFINITE_REASON = (
+    "its parameters hold inf/NaN: the divergence destroyed them, and nothing trains from "
+    "non-finite weights"
+)
+#: Said whenever `fix` finds a non-finite model: the optimizer's copy of the state is broken too.
+OPTIMIZER_STATE_ADVICE = (
+    "The model held inf/NaN parameters, so the optimizer's state (SGD momentum, Adam's moment "
+    "estimates) holds them too: build a new optimizer for the fixed model rather than reusing the "
+    "old one or its state_dict, and restart any learning-rate schedule."
+)
+
+
+def _nonfinite(t: torch.Tensor) -> bool:
+    return t.is_floating_point() and not bool(torch.isfinite(t.detach()).all())
+
+
+def _own_nonfinite(m: nn.Module) -> list[str]:
+    """Names of `m`'s own parameters and buffers that hold inf/NaN."""
+    own = (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False))
+    return [n for n, t in own if _nonfinite(t)]
+
+
+def _nonfinite_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Modules whose own parameters or buffers hold inf/NaN."""
+    return [(name, m) for name, m in model.named_modules() if _own_nonfinite(m)]
+
+
+def _redrawn_by_init(m: nn.Module) -> bool:
+    return is_dense(m) or isinstance(m, nn.RNNBase | nn.RNNCellBase)
+
+
+def _reset_nonfinite_others(model: nn.Module, *, layers_too: bool = False) -> list[Change]:
+    """Non-finite modules `init` does not re-draw (norms, embeddings, ...): their own
+    ``reset_parameters()`` (or ``reset_running_stats()`` when only the running statistics
+    are broken). Run before the transforms, so the layers above see finite inputs; and
+    with `layers_too` after `init`, for layers it did not reach (one the forward pass
+    never calls as a module, such as ``nn.MultiheadAttention``'s ``out_proj``)."""
+    changes = []
+    for name, m in _nonfinite_modules(model):
+        if (_redrawn_by_init(m) and not layers_too) or has_frozen_parameter(m):
+            continue
+        broken_params = any(_nonfinite(p) for p in m.parameters(recurse=False))
+        # torch's own modules name their initialiser reset_parameters (MultiheadAttention:
+        # _reset_parameters); running statistics alone have reset_running_stats
+        names: tuple[str, ...] = ("reset_parameters", "_reset_parameters")
+        if not broken_params:
+            names = ("reset_running_stats", *names)
+        reset = next((getattr(m, n) for n in names if callable(getattr(m, n, None))), None)
+        if reset is None:
+            continue
+        with torch.no_grad():
+            reset()
+        if _own_nonfinite(m):
+            continue  # the reset did not reach the broken tensor: named in the manual advice
+        changes.append(
+            Change(
+                kind="init",
+                target=name,
+                description=f"{name}: {type(m).__name__} reset to its own initialisation ({reset.__name__})",
+                reason=NONFINITE_REASON,
+            )
+        )
+    return changes
+
+
+def _redraw_nonfinite_layers(model: nn.Module, example_input: Any) -> tuple[list[Change], list[str]]:
+    """Linear, convolution and recurrent layers still non-finite after the transforms:
+    re-drawn by `init` (its rules; inf/NaN never matches a target scale). Whatever stays
+    non-finite — frozen or tied layers, parameters of custom modules — is named in the
+    manual advice."""
+    layers = [name for name, m in _nonfinite_modules(model) if _redrawn_by_init(m)]
+    changes: list[Change] = []
+    if layers:
+        _, changes = _init.transform(
+            model, example_input=example_input, layers=layers, reason=NONFINITE_REASON, inplace=True
+        )
+    changes.extend(_reset_nonfinite_others(model, layers_too=True))
+    left = []
+    for name, m in _nonfinite_modules(model):
+        tensors = _own_nonfinite(m)
+        where = f"`{name}`" if name else "the root module"
+        left.append(
+            f"{where} ({type(m).__name__}) still holds inf/NaN in {', '.join(tensors)}: gradwatch cannot re-draw it "
+            "(frozen, or a parameter of a module with no reset_parameters()), and the fixed model computes NaN "
+            "until it is finite. Build the model afresh and call gw.fix on the new one with the same diagnosis, or "
+            "reload a checkpoint taken before the divergence."
+        )
+    return changes, left
