@@ -437,3 +437,31 @@ def test_a_gru_scaled_to_its_one_hot_inputs_learns_to_recall_where_xavier_inputs
     # chance is 1/6; measured on seeds 0-2: ~0.95 mean against ~0.35
     assert sum(scores[True]) / 3 >= 0.8 and min(scores[True]) >= 0.6, scores
     assert sum(scores[False]) / 3 <= 0.55, scores
+
+
+def test_a_packed_sequence_and_both_directions_are_scaled_to_the_data() -> None:
+    class Packed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(7, 8, bidirectional=True, batch_first=True)
+
+        def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            _, (h, _) = self.rnn(packed)
+            return h.sum(0)
+
+    x, _ = _one_hot_sequences(torch.Generator().manual_seed(2), 6, 10)
+    lengths = torch.tensor([10, 7, 4, 10, 2, 5])
+    for i, n in enumerate(lengths.tolist()):
+        x[i, n:] = 5.0  # past each sequence's end: not data, and would dominate if counted
+    new, changes = init.transform(Packed(), example_input=(x, lengths))
+    real = torch.cat([x[i, :n] for i, n in enumerate(lengths.tolist())])
+    power = float(real.double().pow(2).sum(-1).mean())  # independent: the packed vectors only
+    for name in ("weight_ih_l0", "weight_ih_l0_reverse"):
+        w = getattr(new.rnn, name).detach().double()
+        assert float(w.pow(2).mean()) == pytest.approx(1 / power, rel=1e-6), name
+    assert f"1/{power:.3g}" in changes[0].description
+    # the length a packed batch spans (its longest sequence) sets the chrono biases
+    assert "memory spans of 2..10 steps" in changes[0].description
+    keep = init.chrono_biases(8, 10).float()
+    assert torch.allclose(new.rnn.bias_ih_l0.detach()[8:16], keep)

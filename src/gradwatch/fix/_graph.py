@@ -165,6 +165,7 @@ class Order:
     functions: list[Op] = field(default_factory=list)  # functional activations found (either way)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # output shape per module (traced)
     calls: dict[str, int] = field(default_factory=dict)  # times each module ran (traced)
+    packed: dict[str, int] = field(default_factory=dict)  # steps of a PackedSequence a module took (traced)
 
     def modules(self) -> list[Op]:
         return [op for op in self.ops if not op.is_function]
@@ -375,6 +376,7 @@ def traced_order(model: nn.Module, example_input: Any) -> Order:
     produced: dict[int, tuple[int, weakref.ref[torch.Tensor]]] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     calls: dict[str, int] = {}
+    packed: dict[str, int] = {}
     handles = []
     recorder = _FunctionRecorder(stack, ops)
 
@@ -389,6 +391,8 @@ def traced_order(model: nn.Module, example_input: Any) -> Order:
             ops.append(Op(name, m, input_from=source))
             running.append(len(ops) - 1)
             calls[name] = calls.get(name, 0) + 1
+            if args and isinstance(args[0], nn.utils.rnn.PackedSequence):
+                packed.setdefault(name, int(args[0].batch_sizes.numel()))  # the longest sequence
         # Inside a leaf (an activation module, a recurrent layer) nothing is functional.
         stack.append(("\0" + name) if id(m) in leaf_ids else name)
 
@@ -422,7 +426,7 @@ def traced_order(model: nn.Module, example_input: Any) -> Order:
             h.remove()
         model.train(was_training)
     functions = [op for op in ops if op.is_function]
-    return Order(ops=ops, traced=True, functions=functions, shapes=shapes, calls=calls)
+    return Order(ops=ops, traced=True, functions=functions, shapes=shapes, calls=calls, packed=packed)
 
 
 def input_power(model: nn.Module, module: nn.Module, example_input: Any) -> float | None:

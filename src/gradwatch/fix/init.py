@@ -267,6 +267,8 @@ def seq_len_of(order: Any, name: str, m: nn.Module) -> int | None:
     if isinstance(m, nn.RNNCellBase):
         n = order.calls.get(name)
         return int(n) if n and n > 1 else None
+    if name in order.packed:  # a PackedSequence: its longest sequence
+        return int(order.packed[name])
     shape = order.shapes.get(name)
     if shape is None:
         return None
