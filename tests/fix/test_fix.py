@@ -420,3 +420,89 @@ def test_what_cannot_be_re_drawn_is_named_and_a_healthy_diagnosis_still_changes_
     for diag in (Diagnosis(), _diag("flat_loss", severity="info")):
         untouched = gw.fix(model, diag)
         assert untouched.changes == [] and untouched.advice == {}
+
+
+def test_a_tied_language_model_left_non_finite_keeps_its_tie_and_a_matching_scale() -> None:
+    class TiedLM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(50, 24)
+            self.rnn = nn.LSTM(24, 24, batch_first=True)
+            self.head = nn.Linear(24, 50)
+            self.head.weight = self.emb.weight
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.rnn(self.emb(ids))[0])
+
+    model = TiedLM()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    ids = torch.randint(0, 50, (8, 20), generator=torch.Generator().manual_seed(0))
+    result = gw.fix(model, _diag("diverging_loss"), example_input=ids)
+    new = result.model
+    assert _nonfinite_names(new) == [] and new.head.weight is new.emb.weight
+    assert torch.equal(new.head.bias.detach(), torch.zeros(50))
+    # the LSTM is scaled to what the embedding, as restored, gives it — the head did not re-draw
+    # the shared weight after that (its reset_parameters() would have)
+    with torch.no_grad():
+        power = float(new.emb(ids).double().pow(2).sum(-1).mean())
+    assert float(new.rnn.weight_ih_l0.detach().double().pow(2).mean()) == pytest.approx(1 / power, rel=1e-6)
+    assert "set to 0" in next(c.description for c in result.changes if c.target == "head")
+
+
+def test_infinite_masks_are_not_damage_and_buffers_alone_do_not_reset_trained_weights() -> None:
+    class Attn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = nn.Linear(8, 24)
+            self.register_buffer("mask", torch.triu(torch.full((6, 6), float("-inf")), diagonal=1))
+            self.register_buffer("stat", torch.zeros(8))
+
+        def reset_parameters(self) -> None:  # re-draws the trained qkv too
+            self.qkv.reset_parameters()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q, k, v = self.qkv(x).chunk(3, -1)
+            return torch.softmax(q @ k.transpose(-1, -2) + self.mask, -1) @ v + self.stat
+
+    model = nn.Sequential(Attn(), nn.Linear(8, 2))
+    x = torch.randn(2, 6, 8)
+    # a -inf causal mask is meant: nothing to restore, no talk of NaN or of a new optimizer
+    quiet = gw.fix(model, _diag("vanishing_gradient", severity="warning"), example_input=x)
+    assert not any("inf/NaN" in c.reason for c in quiet.changes)
+    assert not any("inf/NaN" in m or "new optimizer" in m for m in quiet.advice.get("manual", []))
+    # a NaN buffer alone: named, and the module's finite weights are not re-drawn to reset it
+    with torch.no_grad():
+        model[0].stat.fill_(float("nan"))
+    result = gw.fix(model, _diag("diverging_loss"), example_input=x)
+    assert torch.equal(result.model[0].qkv.weight, model[0].qkv.weight)
+    assert not any(c.target == "0" for c in result.changes)
+    assert any("`0` (Attn) still holds inf/NaN in stat: only its buffers are NaN" in m for m in result.advice["manual"])
+
+
+def test_a_weight_norm_layer_left_non_finite_is_said_to_stay_so() -> None:
+    model = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(4, 8)), nn.ReLU(), nn.Linear(8, 2))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    result = gw.fix(model, _diag("diverging_loss"), example_input=torch.randn(3, 4))
+    change = next(c for c in result.changes if c.target == "0")
+    assert "still inf/NaN in parametrizations.weight.original0" in change.description
+    assert any("computed by a parametrization" in m for m in result.advice["manual"])
+    assert _nonfinite_names(result.model[2]) == []
+
+
+def test_a_late_divergence_blames_the_step_before_the_weights_it_inflated() -> None:
+    model = mlp(8, 3, depth=4, width=16, activation="relu", init="he", seed=0)
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(30.0)  # what a run of huge steps leaves: weights far over He's scale
+    late = Diagnosis(findings=[Finding("diverging_loss", "error", [], 40, {}, "")])
+    result = gw.fix(model, late)
+    assert result.changes == [] and result.advice["lr_scale"] <= 0.1
+    assert any("Retrain from a fresh model" in m for m in result.advice["manual"])
+    # found at the first step, the same scale is the initialisation's own fault
+    early = Diagnosis(findings=[Finding("diverging_loss", "error", [], 0, {}, "")])
+    assert _kinds(gw.fix(model, early)) == {"init"}

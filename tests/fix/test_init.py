@@ -465,3 +465,53 @@ def test_a_packed_sequence_and_both_directions_are_scaled_to_the_data() -> None:
     assert "memory spans of 2..10 steps" in changes[0].description
     keep = init.chrono_biases(8, 10).float()
     assert torch.allclose(new.rnn.bias_ih_l0.detach()[8:16], keep)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_recurrent_layer_is_re_drawn_and_stays_drawn(dtype: torch.dtype) -> None:
+    # torch has no half-precision QR on the CPU: the orthogonal draw goes through float32
+    model = nn.Sequential(nn.GRU(6, 16, batch_first=True)).to(dtype)
+    x = torch.randn(8, 20, 6).to(dtype)
+    new, changes = init.transform(model, example_input=x)
+    assert len(changes) == 1 and new[0].weight_hh_l0.dtype == dtype
+    for w in new[0].weight_hh_l0.detach().double().chunk(3, 0):
+        assert torch.allclose(w @ w.T, torch.eye(16, dtype=torch.float64), atol=0.05)
+    assert init.transform(new, example_input=x)[1] == []  # orthogonal to its rounding: a match
+    out, _ = new[0](x)
+    assert out.dtype == dtype and bool(torch.isfinite(out).all())
+
+
+def test_a_layer_called_with_keywords_is_measured_too() -> None:
+    class Keywords(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(4, 8, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(input=10.0 * x)[0]
+
+    x = torch.randn(4, 12, 4)
+    new, changes = init.transform(Keywords(), example_input=x)
+    power = float((10.0 * x).double().pow(2).sum(-1).mean())
+    assert f"1/{power:.3g}" in changes[0].description
+    assert float(new.rnn.weight_ih_l0.detach().double().pow(2).mean()) == pytest.approx(1 / power, rel=1e-6)
+
+
+def test_tracing_leaves_each_modules_own_mode() -> None:
+    # a BatchNorm frozen in eval inside a model in training mode stays so, in the copy and the original
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.bn, self.rnn = nn.Linear(4, 8), nn.BatchNorm1d(8), nn.GRU(8, 8, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.tanh(self.bn(self.lin(x).transpose(1, 2)).transpose(1, 2))
+            return self.rnn(h)[0]
+
+    model = Net()
+    model.train()
+    model.bn.eval()
+    new, changes = init.transform(model, example_input=torch.randn(3, 5, 4))
+    assert {c.target for c in changes} == {"lin", "rnn"}  # both traced passes ran
+    for m in (model, new):
+        assert m.training and m.lin.training and not m.bn.training and m.rnn.training

@@ -36,6 +36,7 @@ from torch.overrides import TorchFunctionMode
 from gradwatch._compiled import unwrap
 from gradwatch._errors import GradwatchTypeError, GradwatchValueError, ModelError
 from gradwatch.anatomy._graph import iter_tensors
+from gradwatch.anatomy._guard import Preserved
 from gradwatch.anatomy.map import is_hf_conv1d
 from gradwatch.probes.forward import AFFINE, PRODUCTS, is_constant
 
@@ -408,14 +409,15 @@ def traced_order(model: nn.Module, example_input: Any) -> Order:
             if is_saturating(m):
                 recorder.track(ops[index], first, isinstance(m, nn.Sigmoid | nn.Hardsigmoid))
 
-    was_training = model.training
     try:
         for m in model.modules():
             handles.append(m.register_forward_pre_hook(pre))
             handles.append(m.register_forward_hook(post))
-        model.eval()  # no batch-statistics updates, no dropout draws
-        # Module calls and functional calls go to the same list, so their order is kept.
-        with torch.no_grad(), recorder:
+        # Module calls and functional calls go to the same list, so their order is kept;
+        # eval mode: no batch-statistics updates, no dropout draws (each module's own mode,
+        # its buffers and the RNG state come back afterwards).
+        with torch.no_grad(), recorder, Preserved(model):
+            model.eval()
             out = _call(model, example_input)
         for t in iter_tensors(out):
             followed = recorder.saturating.get(id(t))
@@ -424,7 +426,6 @@ def traced_order(model: nn.Module, example_input: Any) -> Order:
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     functions = [op for op in ops if op.is_function]
     return Order(ops=ops, traced=True, functions=functions, shapes=shapes, calls=calls, packed=packed)
 
@@ -434,15 +435,15 @@ def input_power(model: nn.Module, module: nn.Module, example_input: Any) -> floa
     runs on `example_input` (one forward pass, no gradient, eval mode), or None when it
     receives none.
 
-    An input vector is the last dimension of the module's first argument (a
-    ``PackedSequence``'s data); all-zero vectors — padding — are left out, since they
+    An input vector is the last dimension of the module's first argument or its
+    ``input=`` keyword (a ``PackedSequence``'s data); all-zero vectors — padding — are left out, since they
     carry nothing a weight could scale. Every call counts (a cell run once per step).
     """
     total, count = 0.0, 0
 
-    def pre(m: nn.Module, args: Any) -> None:
+    def pre(m: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
         nonlocal total, count
-        x = args[0] if args else None
+        x = args[0] if args else kwargs.get("input")  # `rnn(input=x)` as well as `rnn(x)`
         if isinstance(x, nn.utils.rnn.PackedSequence):
             x = x.data
         if not isinstance(x, torch.Tensor) or x.dim() == 0 or not x.is_floating_point():
@@ -452,15 +453,13 @@ def input_power(model: nn.Module, module: nn.Module, example_input: Any) -> floa
         total += float(sq.sum())
         count += int(sq.numel())
 
-    handle = module.register_forward_pre_hook(pre)
-    was_training = model.training
+    handle = module.register_forward_pre_hook(pre, with_kwargs=True)
     try:
-        model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), Preserved(model):
+            model.eval()
             _call(model, example_input)
     finally:
         handle.remove()
-        model.train(was_training)
     return total / count if count else None
 
 

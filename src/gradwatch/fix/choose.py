@@ -15,9 +15,12 @@ findings never lead to a change):
    manual advice to give).
 4. Dead units blamed on the step size also get fresh weights in the layers feeding a
    ReLU (`_revive`): a smaller step cannot move a unit whose gradient is zero.
-5. A model that holds inf/NaN (what a divergence leaves) gets finite parameters back in
-   `apply`: modules with their own ``reset_parameters()`` reset, layers re-drawn by
-   `init`, the rest named in the manual advice with the optimizer's state.
+5. A model that holds inf/NaN parameters or NaN buffers (what a divergence leaves) gets
+   finite ones back in `apply`: modules with their own ``reset_parameters()`` reset,
+   layers re-drawn by `init`, the rest named in the manual advice with the optimizer's
+   state (`_restore`, `_leftovers`).
+6. A divergence found after the first step blames the step size before a large weight
+   scale, and says to retrain from fresh weights when the scale is off (`_restart_advice`).
 
 Remedies, in order of preference (least invasive first — used to rank alternatives):
 ``lr`` (training advice only, the model is untouched) < ``init`` (same architecture,
@@ -128,6 +131,8 @@ def infer_causes(model: nn.Module, order: Order, kind: Kind, step: int | None = 
     weight scale or step size makes it grow. Units found dead after the first step (`step`,
     the finding's first step, > 0) were alive at the initialisation: training steps killed
     them, so the step size comes first even if the biases they left behind now look dead.
+    Likewise a loss that diverged, or gradients that went non-finite, after the first step:
+    the step size before a weight scale that may be the divergence's own doing.
     """
     has_rnn = any(type(m) in (nn.RNN, nn.RNNCell) for m in model.modules())
     kept = order.beside_frozen() | order.output_modules()  # what `activations` leaves alone
@@ -169,9 +174,15 @@ def infer_causes(model: nn.Module, order: Order, kind: Kind, step: int | None = 
             # orthogonal re-initialisation only trades the explosion for vanishing, a gated
             # cell removes both (Pascanu et al. 2013).
             causes.append(CauseKind.VANILLA_RNN_LONG_SEQUENCE)
-        if large:
-            causes.append(CauseKind.INIT_MISMATCH)
-        causes.append(CauseKind.STEP_SIZE_TOO_LARGE)
+        if large and kind != Kind.EXPLODING_GRADIENT and step is not None and step > 0:
+            # A loss that rose or blew up after training began: the steps did it, and weights
+            # read now may be what they left (a diverged model's are huge); the scale can
+            # still be the cause, second.
+            causes += [CauseKind.STEP_SIZE_TOO_LARGE, CauseKind.INIT_MISMATCH]
+        else:
+            if large:
+                causes.append(CauseKind.INIT_MISMATCH)
+            causes.append(CauseKind.STEP_SIZE_TOO_LARGE)
     return causes
 
 
@@ -362,8 +373,28 @@ def choose(
                 # Weights that barely move, with nothing in the model to blame: the step is
                 # too small for the gradients it gets.
                 plan.add("lr", f"{finding.kind}: updates too small for the weights", up=True)
+    _restart_advice(plan, problems, model, order)
     plan.manual = list(dict.fromkeys(plan.manual))
     return plan
+
+
+def _restart_advice(plan: Plan, problems: list[Finding], model: nn.Module, order: Order) -> None:
+    """A run that diverged after its first step, with weights now off their initial scale:
+    those weights are the divergence's product, and a smaller step starting from them
+    starts from a blown-up model. Say so (what to restart from) — `fix` re-draws only what
+    is non-finite, since a finite weight may hold training worth keeping."""
+    late = [f for f in problems if f.kind in (Kind.DIVERGING_LOSS, Kind.NONFINITE_GRADIENT) and (f.step or 0) > 0]
+    if not late or "lr" not in plan.remedies or "init" in plan.remedies:
+        return
+    if not _scale_mismatch(model, order)[1]:
+        return
+    step = min(int(f.step or 0) for f in late)
+    plan.manual.append(
+        f"The run diverged at step {step}, and some layers' weights are now above the scale their "
+        "activations want: they carry the divergence. Retrain from a fresh model (build it again and call "
+        "gw.fix on it with the same diagnosis) or from a checkpoint saved before that step, with the advised "
+        "step size — not from these weights."
+    )
 
 
 def _revive(plan: Plan, finding: Finding, model: nn.Module, order: Order, example_input: Any) -> None:
@@ -468,64 +499,112 @@ OPTIMIZER_STATE_ADVICE = (
 )
 
 
-def _nonfinite(t: torch.Tensor) -> bool:
+def _broken_parameter(t: torch.Tensor) -> bool:
     return t.is_floating_point() and not bool(torch.isfinite(t.detach()).all())
 
 
+def _broken_buffer(t: torch.Tensor) -> bool:
+    # NaN only: an infinite buffer is often meant (an attention mask's -inf, a running
+    # maximum that starts at -inf); a divergence leaves running statistics NaN
+    return t.is_floating_point() and bool(torch.isnan(t.detach()).any())
+
+
+def _own_parameters(m: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """`m`'s own parameters, and those a parametrization (weight_norm, spectral_norm) computes
+    its weights from, named as in ``m.state_dict()``."""
+    own: list[tuple[str, torch.Tensor]] = list(m.named_parameters(recurse=False))
+    for pname, plist in getattr(m, "parametrizations", {}).items():
+        own += [(f"parametrizations.{pname}.{n}", t) for n, t in plist.named_parameters()]
+    return own
+
+
 def _own_nonfinite(m: nn.Module) -> list[str]:
-    """Names of `m`'s own parameters and buffers that hold inf/NaN."""
-    own = (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False))
-    return [n for n, t in own if _nonfinite(t)]
+    """Names of `m`'s own parameters holding inf/NaN and buffers holding NaN."""
+    return [n for n, t in _own_parameters(m) if _broken_parameter(t)] + [
+        n for n, t in m.named_buffers(recurse=False) if _broken_buffer(t)
+    ]
 
 
 def _nonfinite_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Modules whose own parameters or buffers hold inf/NaN."""
-    return [(name, m) for name, m in model.named_modules() if _own_nonfinite(m)]
+    """Modules whose own parameters hold inf/NaN or buffers NaN (a parametrization's tensors
+    count for the module it parametrizes)."""
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if not isinstance(m, nn.utils.parametrize.ParametrizationList | nn.ModuleDict) and _own_nonfinite(m)
+    ]
 
 
 def _redrawn_by_init(m: nn.Module) -> bool:
     return is_dense(m) or isinstance(m, nn.RNNBase | nn.RNNCellBase)
 
 
-def _reset_nonfinite_others(model: nn.Module, *, layers_too: bool = False) -> list[Change]:
-    """Non-finite modules `init` does not re-draw (norms, embeddings, ...): their own
-    ``reset_parameters()`` (or ``reset_running_stats()`` when only the running statistics
-    are broken). Run before the transforms, so the layers above see finite inputs; and
-    with `layers_too` after `init`, for layers it did not reach (one the forward pass
-    never calls as a module, such as ``nn.MultiheadAttention``'s ``out_proj``)."""
-    changes = []
-    for name, m in _nonfinite_modules(model):
-        if (_redrawn_by_init(m) and not layers_too) or has_frozen_parameter(m):
-            continue
-        broken_params = any(_nonfinite(p) for p in m.parameters(recurse=False))
-        # torch's own modules name their initialiser reset_parameters (MultiheadAttention:
-        # _reset_parameters); running statistics alone have reset_running_stats
-        names: tuple[str, ...] = ("reset_parameters", "_reset_parameters")
-        if not broken_params:
-            names = ("reset_running_stats", *names)
-        reset = next((getattr(m, n) for n in names if callable(getattr(m, n, None))), None)
+def _restore(name: str, m: nn.Module, tied: set[int]) -> Change | None:
+    """Give one non-finite module finite tensors by its own initialiser, if that can be done
+    without touching what is sound; None when nothing was done (`_leftovers` names it)."""
+    bad = _own_nonfinite(m)
+    params = dict(_own_parameters(m))
+    if not bad or has_frozen_parameter(m):
+        return None
+    if not any(n in params for n in bad):
+        # running statistics only: reset_parameters() would also re-draw trained weights
+        if not callable(getattr(m, "reset_running_stats", None)):
+            return None
+        with torch.no_grad():
+            m.reset_running_stats()  # type: ignore[operator]
+        what = "running statistics reset (reset_running_stats)"
+    elif any(id(p) in tied and not _broken_parameter(p) for p in m.parameters(recurse=False)):
+        # It shares a parameter another holder has already restored (a head tied to an
+        # embedding): re-drawing this module would re-draw that one too. Its own broken
+        # biases go back to 0, what every re-initialisation here gives a bias.
+        biases = [n for n in bad if n in params and n.split(".")[-1].startswith("bias") and id(params[n]) not in tied]
+        if not biases:
+            return None
+        with torch.no_grad():
+            for n in biases:
+                params[n].zero_()
+        what = f"{', '.join(biases)} set to 0 (its other parameters are shared with another module)"
+    else:
+        reset = next(
+            (getattr(m, n) for n in ("reset_parameters", "_reset_parameters") if callable(getattr(m, n, None))),
+            None,
+        )
         if reset is None:
-            continue
+            return None
         with torch.no_grad():
             reset()
-        if _own_nonfinite(m):
-            continue  # the reset did not reach the broken tensor: named in the manual advice
-        changes.append(
-            Change(
-                kind="init",
-                target=name,
-                description=f"{name}: {type(m).__name__} reset to its own initialisation ({reset.__name__})",
-                reason=NONFINITE_REASON,
-            )
-        )
+        what = f"reset to its own initialisation ({reset.__name__})"
+    still = _own_nonfinite(m)
+    return Change(
+        kind="init",
+        target=name,
+        description=f"{name}: {type(m).__name__} {what}"
+        + (f"; still inf/NaN in {', '.join(still)} (see the advice)" if still else ""),
+        reason=NONFINITE_REASON,
+    )
+
+
+def _reset_nonfinite_others(model: nn.Module, *, layers_too: bool = False) -> list[Change]:
+    """Non-finite modules `init` does not re-draw (norms, embeddings, attention): their own
+    initialiser (`_restore`). Run before the transforms, so the layers above see finite
+    inputs; and with `layers_too` after `init`, for layers it did not reach (one the
+    forward pass never calls as a module, such as ``nn.MultiheadAttention``'s ``out_proj``,
+    or one tied to another module)."""
+    tied = shared_parameters(model)
+    changes = []
+    for name, m in _nonfinite_modules(model):
+        if _redrawn_by_init(m) and not layers_too:
+            continue
+        change = _restore(name, m, tied)
+        if change is not None:
+            changes.append(change)
     return changes
 
 
 def _redraw_nonfinite_layers(model: nn.Module, example_input: Any) -> tuple[list[Change], list[str]]:
     """Linear, convolution and recurrent layers still non-finite after the transforms:
-    re-drawn by `init` (its rules; inf/NaN never matches a target scale). Whatever stays
-    non-finite — frozen or tied layers, parameters of custom modules — is named in the
-    manual advice."""
+    re-drawn by `init` (its rules; inf/NaN never matches a target scale), then what init did
+    not reach by `_restore`. Whatever stays non-finite is named in the manual advice."""
     layers = [name for name, m in _nonfinite_modules(model) if _redrawn_by_init(m)]
     changes: list[Change] = []
     if layers:
@@ -533,14 +612,27 @@ def _redraw_nonfinite_layers(model: nn.Module, example_input: Any) -> tuple[list
             model, example_input=example_input, layers=layers, reason=NONFINITE_REASON, inplace=True
         )
     changes.extend(_reset_nonfinite_others(model, layers_too=True))
+    return changes, _leftovers(model)
+
+
+def _leftovers(model: nn.Module) -> list[str]:
     left = []
     for name, m in _nonfinite_modules(model):
-        tensors = _own_nonfinite(m)
         where = f"`{name}`" if name else "the root module"
+        if has_frozen_parameter(m):
+            why = "it holds a frozen parameter, and gradwatch re-draws no layer with one"
+        elif getattr(m, "parametrizations", None):
+            why = (
+                "its weight is computed by a parametrization (weight_norm, spectral_norm), whose own "
+                "tensors its reset_parameters() does not reach"
+            )
+        elif not any(n in dict(_own_parameters(m)) for n in _own_nonfinite(m)):
+            why = "only its buffers are NaN, and it has no reset_running_stats() to reset them alone"
+        else:
+            why = "it has no reset_parameters() and is not a layer gradwatch re-draws (a custom parameter)"
         left.append(
-            f"{where} ({type(m).__name__}) still holds inf/NaN in {', '.join(tensors)}: gradwatch cannot re-draw it "
-            "(frozen, or a parameter of a module with no reset_parameters()), and the fixed model computes NaN "
-            "until it is finite. Build the model afresh and call gw.fix on the new one with the same diagnosis, or "
-            "reload a checkpoint taken before the divergence."
+            f"{where} ({type(m).__name__}) still holds inf/NaN in {', '.join(_own_nonfinite(m))}: {why}; "
+            "the fixed model computes NaN until it is finite. Build the model afresh and call gw.fix on the "
+            "new one with the same diagnosis, or reload a checkpoint taken before the divergence."
         )
-    return changes, left
+    return left

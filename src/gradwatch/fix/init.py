@@ -240,7 +240,21 @@ def _is_orthogonal(block: torch.Tensor) -> bool:
     b = block.detach().double()
     g = b @ b.T if b.shape[0] <= b.shape[1] else b.T @ b
     eye = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
-    return float((g - eye).abs().max()) <= ORTHO_TOLERANCE
+    # a half-precision copy of an orthogonal matrix is orthogonal to its rounding only
+    tol = max(ORTHO_TOLERANCE, 4 * torch.finfo(block.dtype).eps) if block.is_floating_point() else ORTHO_TOLERANCE
+    return float((g - eye).abs().max()) <= tol
+
+
+@torch.no_grad()
+def _draw_orthogonal(block: torch.Tensor) -> None:
+    """`nn.init.orthogonal_` drawn in float32 at least: its QR decomposition has no
+    half-precision CPU kernel (bf16 / fp16 layers)."""
+    if block.dtype in (torch.float32, torch.float64):
+        nn.init.orthogonal_(block)
+        return
+    q = torch.empty(block.shape, dtype=torch.float32, device=block.device)
+    nn.init.orthogonal_(q)
+    block.copy_(q)
 
 
 def _recurrent_params(m: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -364,7 +378,7 @@ def _recurrent(
         for pname, p in params:
             if pname.startswith("weight_hh"):
                 for c in p.chunk(gates, 0):
-                    nn.init.orthogonal_(c)
+                    _draw_orthogonal(c)
             elif pname.startswith("weight_ih"):
                 for c in p.chunk(gates, 0):
                     _draw(c, input_var(pname, c))

@@ -65,10 +65,11 @@ def batches(
 
 
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with torch.no_grad():
             return float((model(x).argmax(-1) == y).float().mean())
     finally:
-        model.train(was_training)
+        for m, mode in modes:  # each module back to its own mode (a frozen BatchNorm stays in eval)
+            m.training = mode
