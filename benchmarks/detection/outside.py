@@ -1,4 +1,4 @@
-"""Outside the suite: 31 labelled runs that no detection rule was written against.
+"""Outside the suite: 32 labelled runs that no detection rule was written against.
 
     PYTHONPATH=src python benchmarks/detection/outside.py      # about 40 s on one thread
 
@@ -667,6 +667,42 @@ def f_tf_adam_lr05_char(log: Path) -> Outcome:
     opt = torch.optim.Adam(m.parameters(), 0.5)
     fit(m, opt, lambda t: char_batch(g), seq_ce, 300, log)
     return char_outcome(m)
+
+
+class TokenLSTM(nn.Module):
+    """Token ids -> embedding -> LSTM, classified from the last step."""
+
+    def __init__(self, vocab: int = 50, classes: int = 4) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, 16)
+        self.rnn = nn.LSTM(16, 32, batch_first=True)
+        self.head = nn.Linear(32, classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.emb(ids))
+        return self.head(out[:, -1])
+
+
+def first_token_batch(g: torch.Generator, size: int = 32, length: int = 20) -> Batch:
+    """Name the first token's residue mod 4 from the last step (chance 1/4)."""
+    ids = torch.randint(1, 50, (size, length), generator=g)
+    return ids, ids[:, 0] % 4
+
+
+@spec("f-token-lstm-sgd-lr30",
+      "embedding + LSTM under SGD at lr 30: the loss jumps from chance (1.39) to ~60 in its first "
+      "steps and stays there, finite (found by a robustness sweep: 'risen since the start' read "
+      "the start after the jump)",
+      expect=[K.DIVERGING_LOSS], allowed=BLOWN)
+def f_token_lstm_sgd_lr30(log: Path) -> Outcome:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    m = TokenLSTM()
+    opt = torch.optim.SGD(m.parameters(), 30.0, momentum=0.9)
+    fit(m, opt, lambda t: first_token_batch(g), F.cross_entropy, 150, log)
+    x, y = first_token_batch(torch.Generator().manual_seed(9), 1000)
+    acc = accuracy(m, x, y)
+    return Outcome("acc", acc, 0.25, acc >= 0.6)
 
 
 @spec("f-leaky25-var4-sgd",

@@ -49,3 +49,28 @@ def test_quiet_for_learning_or_flat_runs_with_normal_steps() -> None:
     spiky = lambda s: 10.0 if s == 200 else 1.0 + 0.01 * math.sin(s)  # noqa: E731
     assert diverging_loss(build(AN, 31, loss=spiky), AN, TH) == []
     assert diverging_loss(build(AN, 0), AN, TH) == []
+
+
+CLS = chain_anatomy(3, classes=4)  # a 4-class head: chance is ln 4 = 1.39
+
+
+def _blown_up(s: int) -> float:
+    """Chance at step 0, then confidently wrong from step 3 on, noisily, never back."""
+    return math.log(4) if s < 3 else 60.0 + 20.0 * math.sin(1.7 * s)
+
+
+def test_a_classifier_that_blew_up_in_its_first_steps_is_diverging() -> None:
+    # The median of the first ten losses is already the blown-up level, so "risen since the
+    # start" cannot see it; a loss that began at chance and sits far above it can.
+    (f,) = diverging_loss(build(CLS, 31, loss=_blown_up), CLS, TH)
+    assert f.severity == Severity.ERROR and f.step == 0
+    assert f.evidence["loss_start"] == pytest.approx(math.log(4))
+    assert "from 1.39 at best and 1.39 at the start" in f.message
+
+
+def test_a_classifier_that_starts_above_chance_and_falls_is_not() -> None:
+    # a poor initialisation (large logits) begins far above chance: not a divergence
+    assert diverging_loss(build(CLS, 31, loss=lambda s: 40.0 * math.exp(-s / 100) + 1.0), CLS, TH) == []
+    # near chance and noisy, a little above it: not either
+    near = lambda s: math.log(4) * (1.1 + 0.05 * math.sin(s))  # noqa: E731
+    assert diverging_loss(build(CLS, 31, loss=near), CLS, TH) == []

@@ -385,7 +385,21 @@ def loss_view(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> LossView:
     at_chance = chance is not None and abs(recent - chance) <= th.chance_tolerance * chance
     # Far below chance is a fitted classifier, even if the watch began after it converged.
     fitted = chance is not None and recent <= th.converged_frac * chance
-    if recent - start > th.diverge_rise * scale:
+    # A classifier that began at or below chance and now sits well above both: confidently
+    # wrong, which no learning does. The start (a median of the first losses) misses it
+    # when the loss blew up within those first steps and stayed up.
+    first = float(v[0])
+    above = max(first, chance) if chance is not None else math.inf
+    blew_past_chance = (
+        chance is not None
+        and first <= (1 + th.chance_tolerance) * chance
+        and recent - above > th.diverge_rise * above
+        and not falling
+    )
+    if blew_past_chance and first < start:
+        view["start"], view["best"] = first, min(best, first)
+        view["best_step"] = int(s[0]) if first <= best else best_step
+    if recent - start > th.diverge_rise * scale or blew_past_chance:
         status = "diverging"
     elif (
         gained > th.stuck_progress * scale
