@@ -1,4 +1,4 @@
-"""Outside the suite: 32 labelled runs that no detection rule was written against.
+"""Outside the suite: 34 labelled runs that no detection rule was written against.
 
     PYTHONPATH=src python benchmarks/detection/outside.py      # about 40 s on one thread
 
@@ -667,6 +667,47 @@ def f_tf_adam_lr05_char(log: Path) -> Outcome:
     opt = torch.optim.Adam(m.parameters(), 0.5)
     fit(m, opt, lambda t: char_batch(g), seq_ce, 300, log)
     return char_outcome(m)
+
+
+class CellLoop(nn.Module):
+    """A GRUCell applied step by step; `detach` cuts the state between steps (truncated
+    backpropagation through time over one step). Reads out its last state, `k` times."""
+
+    def __init__(self, detach: bool, n_in: int = 7, hidden: int = 32, n_out: int = 6, k: int = 1) -> None:
+        super().__init__()
+        self.cell, self.head, self.detach, self.k = nn.GRUCell(n_in, hidden), nn.Linear(hidden, n_out * k), detach, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.new_zeros(x.shape[0], self.cell.hidden_size)
+        for t in range(x.shape[1]):
+            h = self.cell(x[:, t], h.detach() if self.detach else h)
+        return self.head(h).view(x.shape[0], self.k, -1)
+
+
+def cell_loop_run(log: Path, detach: bool) -> Outcome:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    m = CellLoop(detach)
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    fit(m, opt, lambda t: recall_batch(g, 32, 20, k=1), seq_ce, 300, log)
+    x, s = recall_batch(torch.Generator().manual_seed(9), 512, 20, k=1)
+    with torch.no_grad():
+        acc = float((m(x).argmax(-1) == s).float().mean())
+    return Outcome("acc", acc, 1 / 6, acc >= 0.6)
+
+
+@spec("f-gru-cell-detach-recall",
+      "GRUCell loop with h.detach() at every step (truncated BPTT over one step) must name a symbol "
+      "seen 19 steps earlier: no gradient reaches the earlier calls at all (found by a sweep: the "
+      "reach rule read the holes as no profile)",
+      expect=[K.TEMPORAL_VANISHING], allowed=STUCK)
+def f_gru_cell_detach_recall(log: Path) -> Outcome:
+    return cell_loop_run(log, detach=True)
+
+
+@spec("c-gru-cell-recall-control", "control for f-gru-cell-detach-recall: no detach")
+def c_gru_cell_recall_control(log: Path) -> Outcome:
+    return cell_loop_run(log, detach=False)
 
 
 class TokenLSTM(nn.Module):

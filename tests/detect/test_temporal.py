@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from torch import nn
 
+import gradwatch as gw
 from gradwatch import Kind, Severity
 from gradwatch.anatomy import Anatomy, Layer
 from gradwatch.detect import Thresholds, temporal_vanishing
@@ -71,3 +73,29 @@ def test_a_sequence_read_out_in_the_middle_is_judged_from_the_middle() -> None:
     # a one-way layer read out in the middle: the steps after it have no gradient at all, and do not count
     one_way = np.where(np.arange(T) <= 30, np.geomspace(1e-2, 1.0, T), 0.0)
     assert reach_from_peak(one_way, 0.1) == pytest.approx(np.log10(one_way[:6].mean() / one_way[25:31].mean()), abs=1e-9)
+
+
+def _cut(kept: int, total: int = 20) -> list[float]:
+    """A cell loop's profile whose state is detached inside the loop: calls before the last
+    `kept` get no gradient at all (NaN), the rest a healthy one."""
+    return [float("nan")] * (total - kept) + [0.5] * (kept - 1) + [1.0]
+
+
+def test_a_recurrence_cut_through_time_is_an_error_gated_or_not_and_gets_manual_advice() -> None:
+    an = _anatomy("GRUCell")  # gated: a plateau alone would be a warning
+    tl = build(an, 31, loss=stuck_loss(2.08), profiles=lambda s: {"grad_t/rnn": _cut(1)})
+    (f,) = temporal_vanishing(tl, an, TH)
+    assert f.severity == Severity.ERROR and f.evidence["cut_steps"] == 19
+    assert "no gradient at all reaches its first 19 of 20 steps" in f.message
+    assert "truncated backpropagation through time over 1 step)" in f.message
+    # while the loss improves (truncated BPTT on purpose, learning) it is information only
+    learning = build(an, 31, loss=falling_loss(), profiles=lambda s: {"grad_t/rnn": _cut(5)})
+    assert temporal_vanishing(learning, an, TH)[0].severity == Severity.INFO
+    # a loop read out before its end: calls after the readout have no gradient by rights
+    early_readout = [0.2] * 3 + [0.5] * 9 + [1.0] + [float("nan")] * 7
+    quiet = build(an, 31, loss=stuck_loss(2.08), profiles=lambda s: {"grad_t/rnn": early_readout})
+    assert all("no gradient at all" not in g.message for g in temporal_vanishing(quiet, an, TH))
+    # fix has no surgery for a cut in the code: it passes the finding on as manual advice
+    diag = gw.Diagnosis(findings=[f])
+    result = gw.fix(nn.Sequential(nn.GRUCell(3, 4)), diag)
+    assert result.changes == [] and any("state is cut between calls" in m for m in result.advice["manual"])

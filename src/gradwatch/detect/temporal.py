@@ -20,6 +20,7 @@ import numpy as np
 
 from gradwatch.anatomy import Anatomy
 from gradwatch.detect._signals import (
+    cut_steps,
     episode,
     loss_view,
     nanmedian,
@@ -51,6 +52,31 @@ def temporal_vanishing(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
         gated = module in anatomy and anatomy[module].type in GATED
         loss = loss_view(timeline, anatomy, th)
         hint = ""
+        last_profile = timeline.profiles.get(f"grad_t/{module}")[-1][1]
+        cut = cut_steps(last_profile)
+        if cut:
+            # No gradient at all reaches the first steps: not a gain too small, a cut. It
+            # does not heal by learning, gated or not.
+            total = int(np.asarray(last_profile).size)
+            severity = Severity.ERROR if loss.status in ("stuck", "plateau") else Severity.INFO
+            findings.append(
+                Finding(
+                    kind=Kind.TEMPORAL_VANISHING,
+                    severity=severity,
+                    layers=[module],
+                    step=int(steps[start]),
+                    evidence={"time_reach": 0.0, "cut_steps": float(cut), "profile_steps": float(total),
+                              **loss.evidence()},
+                    message=(
+                        f"`{module}`: no gradient at all reaches its first {cut} of {total} steps — the "
+                        "state is cut between calls (a `.detach()` of the hidden state inside the loop: "
+                        f"truncated backpropagation through time over {total - cut} step"
+                        f"{'s' if total - cut != 1 else ''}), so nothing before the cut can be learned "
+                        f"from; {loss.describe()}"
+                    ),
+                )
+            )
+            continue
         if loss.status in ("stuck", "plateau"):
             severity = Severity.WARNING if gated else Severity.ERROR
             if gated:

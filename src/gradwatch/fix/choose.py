@@ -335,9 +335,10 @@ def choose(
 
     functional = _manual.hidden_functional_activations(model, order)
     for finding in problems:
-        if finding.evidence.get("no_gradient") or finding.evidence.get("output_site"):
-            # Layers cut off from the loss by the code, or an activation clamping the outputs:
-            # what to change is in the finding's message; no surgery or step size does it.
+        if finding.evidence.get("no_gradient") or finding.evidence.get("output_site") or finding.evidence.get("cut_steps"):
+            # Layers cut off from the loss by the code, a recurrence cut through time, or an
+            # activation clamping the outputs: what to change is in the finding's message; no
+            # surgery or step size does it.
             plan.manual.append(f"{finding.kind}: {finding.message}")
             continue
         ranked = ranked_causes(finding, diagnosis)
