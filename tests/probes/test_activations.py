@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import gradwatch as gw
+from gradwatch.detect._signals import site_values
 from gradwatch.probes.activations import ACTIVATIONS, SiteStats, derivative
 
 
@@ -48,9 +50,32 @@ def test_dead_and_zero_fractions_of_a_dense_layer() -> None:
     )
     st = SiteStats(_act("relu"), 5)
     st.add(y, 1, (), {})
+    # 4 outputs per unit: too few to call a unit dead (a live one on half the time is off
+    # for all 4 with probability 1/16) — not measured
+    assert math.isnan(float(st.results()["act_dead_frac"]))
+    st.add(y, 1, (), {})  # a second forward of the step: 8 outputs per unit
     r = st.results()
     assert float(r["act_dead_frac"]) == pytest.approx(2 / 5)
     assert float(r["act_zero_frac"]) == pytest.approx(float((y == 0).sum()) / y.numel())
+
+
+def test_a_batch_of_one_through_a_healthy_relu_mlp_is_not_read_as_dead_units() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+    with torch.no_grad():  # independent: over many inputs no unit is dead
+        assert bool((model[1](model[0](torch.randn(512, 16))) > 0).any(0).all())
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gw.watch(model, every=5) as w:
+        for _ in range(60):
+            x = torch.randn(1, 16)  # online SGD: about half the units are off for one input
+            loss = model(x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            w.step(loss=loss)
+            opt.step()
+    _, frac = site_values(w.timeline, "act_dead_frac")
+    assert frac.size and bool(np.isnan(frac).all())  # one output per unit: not measured
+    assert not any(f.kind == "dead_units" for f in w.diagnose().findings)
 
 
 def test_dead_channels_of_a_feature_map_pool_batch_and_positions() -> None:
@@ -77,8 +102,8 @@ def test_saturation_and_mean_derivative() -> None:
 
 def test_statistics_accumulate_over_calls() -> None:
     st = SiteStats(_act("relu"), 2)
-    st.add(torch.tensor([[1.0, 0.0]]), 1, (), {})
-    st.add(torch.tensor([[0.0, 2.0]]), 1, (), {})
+    st.add(torch.tensor([[1.0, 0.0]] * 4), 1, (), {})
+    st.add(torch.tensor([[0.0, 2.0]] * 4), 1, (), {})
     r = st.results()
     assert float(r["act_dead_frac"]) == 0.0  # each unit was positive in one of the calls
     assert float(r["act_zero_frac"]) == pytest.approx(0.5)

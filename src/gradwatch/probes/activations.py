@@ -24,6 +24,12 @@ import torch.nn.functional as F
 
 #: Share of the derivative's maximum under which an element counts as saturated.
 SATURATION_FRACTION = 0.01
+#: Fewest outputs per unit (batch x positions, over the step's forwards) for "never positive"
+#: to mean dead: a live unit on for half the inputs is off for all 8 with probability 0.4%,
+#: one on for a fifth 17%, so half a site can look dead only if most of its units fire for
+#: under ~8% of inputs. With fewer (a batch of 1 through an MLP: one output per unit, and
+#: a unit on half the time looks dead half the time) `act_dead_frac` is not measured (NaN).
+DEAD_MIN_OBSERVATIONS = 8
 
 
 @dataclass(frozen=True)
@@ -144,7 +150,10 @@ class SiteStats:
         out: dict[str, torch.Tensor] = {}
         n = max(self.count, 1)
         if self.peak is not None and self.zeros is not None:
-            out["act_dead_frac"] = (self.peak <= 0).double().mean()
+            if self.count >= DEAD_MIN_OBSERVATIONS * self.peak.numel():
+                out["act_dead_frac"] = (self.peak <= 0).double().mean()
+            else:
+                out["act_dead_frac"] = torch.full((), float("nan"), dtype=torch.float64, device=self.peak.device)
             out["act_zero_frac"] = self.zeros.double() / n
         if self.saturated is not None and self.deriv_sum is not None:
             out["act_sat_frac"] = self.saturated.double() / n
