@@ -99,3 +99,15 @@ def test_a_recurrence_cut_through_time_is_an_error_gated_or_not_and_gets_manual_
     diag = gw.Diagnosis(findings=[f])
     result = gw.fix(nn.Sequential(nn.GRUCell(3, 4)), diag)
     assert result.changes == [] and any("state is cut between calls" in m for m in result.advice["manual"])
+
+
+def test_holes_in_a_whole_sequence_layer_or_an_overflow_are_not_a_cut() -> None:
+    # an nn.LSTM's profile is one tensor's gradient: NaN there is a non-finite gradient
+    an = _anatomy("LSTM")
+    tl = build(an, 31, loss=stuck_loss(2.08), profiles=lambda s: {"grad_t/rnn": _cut(1)})
+    assert all("no gradient at all" not in f.message for f in temporal_vanishing(tl, an, TH))
+    # a cell loop whose first entries overflowed (inf) did get a gradient: growth, not a cut
+    cell = _anatomy("GRUCell")
+    grown = [float("inf")] * 5 + [0.5] * 14 + [1.0]
+    tl = build(cell, 31, loss=stuck_loss(2.08), profiles=lambda s: {"grad_t/rnn": grown})
+    assert all("no gradient at all" not in f.message for f in temporal_vanishing(tl, cell, TH))

@@ -376,7 +376,9 @@ def test_padding_does_not_count_and_a_stacked_layer_keeps_xavier_and_no_input_me
     x, _ = _one_hot_sequences(torch.Generator().manual_seed(1), 16, 12)
     padded = torch.cat([x, torch.zeros(16, 8, 7)], dim=1)  # zero vectors: padding, not data
     model = nn.Sequential(nn.GRU(7, 16, num_layers=2, batch_first=True))
-    a, _ = init.transform(model, example_input=x)
+    a, changes = init.transform(model, example_input=x)
+    assert "first layer's input weights Var 1/E|x|^2" in changes[0].description
+    assert "the stacked layers' Xavier" in changes[0].description
     b, _ = init.transform(model, example_input=padded)
     power = float(x.pow(2).sum(-1).mean())
     for new in (a, b):

@@ -170,15 +170,13 @@ def time_profiles(timeline: Timeline, th: Thresholds) -> dict[str, tuple[np.ndar
 
 def time_reach(timeline: Timeline, th: Thresholds) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per recurrent module: the recording steps and how far its gradient gets through time
-    (`reach_from_peak`, log10) — what the vanishing-through-time rule reads. A profile cut
-    through time (`cut_steps`) reaches nothing of its cut steps: -inf."""
+    (`reach_from_peak`, log10) — what the vanishing-through-time rule reads."""
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for key in timeline.profiles.names():
         if key.startswith("grad_t/"):
             rows = timeline.profiles.get(key)
             steps = np.asarray([step for step, _ in rows], dtype=np.int64)
-            reach = [-math.inf if cut_steps(vec) else reach_from_peak(vec, th.time_edge_frac) for _, vec in rows]
-            out[key.split("/", 1)[1]] = (steps, np.asarray(reach, dtype=np.float64))
+            out[key.split("/", 1)[1]] = (steps, np.asarray([reach_from_peak(vec, th.time_edge_frac) for _, vec in rows]))
     return out
 
 
@@ -186,7 +184,9 @@ def cut_steps(vec: np.ndarray) -> int:
     """How many of a profile's first steps got no gradient at all (NaN: no gradient reached
     that call's input) while a later one did.
 
-    Only a cell applied in a loop leaves such holes (`probes.temporal.CallProfile`): each
+    Only a cell applied in a loop leaves such holes (`probes.temporal.CallProfile`; an
+    ``nn.RNN``/``LSTM``/``GRU``'s profile is one tensor's gradient, NaN only where the
+    gradient itself is — the caller checks which kind of layer it reads): each
     call feeds the next through the state, so a call whose input gets no gradient while a
     later call's does is cut off from the loss — the state was detached between them
     (``h = cell(x_t, h.detach())``: truncated backpropagation through time). Calls after
@@ -195,8 +195,8 @@ def cut_steps(vec: np.ndarray) -> int:
     """
     v = np.asarray(vec, dtype=np.float64)
     finite = np.flatnonzero(np.isfinite(v))
-    if v.size < 2 or finite.size == 0:
-        return 0
+    if v.size < 2 or finite.size == 0 or not np.isnan(v[: finite[0]]).all():
+        return 0  # an infinite entry is an overflow, not a hole
     return int(finite[0])
 
 

@@ -34,6 +34,8 @@ from gradwatch.types import Finding, Kind, Severity
 
 #: Layer types with gates that can learn to hold a signal over many steps.
 GATED = frozenset({"LSTM", "GRU", "LSTMCell", "GRUCell"})
+#: Layers that run a whole sequence in one call (their profile is one tensor's gradient).
+WHOLE_SEQUENCE = frozenset({"RNN", "LSTM", "GRU"})
 
 
 def temporal_vanishing(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Finding]:
@@ -41,6 +43,11 @@ def temporal_vanishing(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
     limit = math.log10(th.time_reach)
     findings = []
     for module, (steps, reach) in time_reach(timeline, th).items():
+        loop = module in anatomy and anatomy[module].type not in WHOLE_SEQUENCE
+        if loop:
+            # a cell loop's holes before its first gradient: cut through time, reach 0
+            rows = timeline.profiles.get(f"grad_t/{module}")
+            reach = np.where([cut_steps(vec) > 0 for _, vec in rows], -np.inf, reach)
         with np.errstate(invalid="ignore"):
             start = episode(reach < limit, th.persist)
         if start is None:
@@ -53,7 +60,7 @@ def temporal_vanishing(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
         loss = loss_view(timeline, anatomy, th)
         hint = ""
         last_profile = timeline.profiles.get(f"grad_t/{module}")[-1][1]
-        cut = cut_steps(last_profile)
+        cut = cut_steps(last_profile) if loop else 0
         if cut:
             # No gradient at all reaches the first steps: not a gain too small, a cut. It
             # does not heal by learning, gated or not.

@@ -448,8 +448,9 @@ def apply(
 ) -> FixResult:
     """Apply a plan: the transforms in `APPLY_ORDER`, then the training advice.
 
-    A model with inf/NaN in its parameters or buffers (the state a divergence leaves) is
-    given finite ones as well when the diagnosis found a problem (`_restore_finite`).
+    A model with inf/NaN in its parameters (NaN in its buffers) — the state a divergence
+    leaves — is given finite ones as well when the diagnosis found a problem
+    (`_reset_nonfinite_others` before the transforms, `_redraw_nonfinite_layers` after).
     """
     new = copy_model(model, inplace)
     changes: list[Change] = []
@@ -464,11 +465,11 @@ def apply(
             new, example_input=example_input, reason=plan.reasons[remedy], inplace=True, **opts
         )
         changes.extend(done)
+    manual = list(plan.manual)  # the plan is the caller's: not extended in place
     if broken:
         more, left = _redraw_nonfinite_layers(new, example_input)
         changes.extend(more)
-        plan.manual.extend(left)
-        plan.manual.append(OPTIMIZER_STATE_ADVICE)
+        manual += [*left, OPTIMIZER_STATE_ADVICE]
     advice: dict[str, Any] = {}
     why: dict[str, str] = {}
     if "lr" in plan.remedies:
@@ -478,8 +479,8 @@ def apply(
         clip = clip_grad_norm(timeline, diagnosis)
         if clip is not None:
             advice["clip_grad_norm"], why["clip_grad_norm"] = clip
-    if plan.manual:
-        advice["manual"] = list(plan.manual)
+    if manual:
+        advice["manual"] = manual
     if why:
         advice["why"] = why
     return FixResult(model=new, changes=changes, advice=advice)
@@ -494,7 +495,7 @@ NONFINITE_REASON = (
 )
 #: Said whenever `fix` finds a non-finite model: the optimizer's copy of the state is broken too.
 OPTIMIZER_STATE_ADVICE = (
-    "The model held inf/NaN parameters, so the optimizer's state (SGD momentum, Adam's moment "
+    "The model held inf/NaN, so the optimizer's state (SGD momentum, Adam's moment "
     "estimates) holds them too: build a new optimizer for the fixed model rather than reusing the "
     "old one or its state_dict, and restart any learning-rate schedule."
 )

@@ -401,8 +401,11 @@ def _recurrent(
         biases = ", forget-gate bias 1" if lstm and biased else ""
     if measured:
         assert power is not None
+        stacked = any(pn.startswith("weight_ih") and not _takes_model_side_input(pn) for pn, _ in params)
         inputs = (
-            f"input weights Var 1/E|x|^2 = 1/{power:.3g} (unit-variance gate inputs on the data seen)"
+            ("first layer's " if stacked else "")
+            + f"input weights Var 1/E|x|^2 = 1/{power:.3g} (unit-variance gate inputs on the data seen)"
+            + (", the stacked layers' Xavier" if stacked else "")
         )
     else:
         inputs = "input weights Xavier"
