@@ -43,11 +43,11 @@ def temporal_vanishing(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
     limit = math.log10(th.time_reach)
     findings = []
     for module, (steps, reach) in time_reach(timeline, th).items():
+        rows = timeline.profiles.get(f"grad_t/{module}")
         loop = module in anatomy and anatomy[module].type not in WHOLE_SEQUENCE
-        if loop:
-            # a cell loop's holes before its first gradient: cut through time, reach 0
-            rows = timeline.profiles.get(f"grad_t/{module}")
-            reach = np.where([cut_steps(vec) > 0 for _, vec in rows], -np.inf, reach)
+        # a cell loop's holes before its first gradient: cut through time, reach 0
+        cuts = [cut_steps(vec) if loop else 0 for _, vec in rows]
+        reach = np.where(np.asarray(cuts) > 0, -np.inf, reach)
         with np.errstate(invalid="ignore"):
             start = episode(reach < limit, th.persist)
         if start is None:
@@ -58,53 +58,39 @@ def temporal_vanishing(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
         rise = late - early if np.isfinite(late) and np.isfinite(early) else 0.0
         gated = module in anatomy and anatomy[module].type in GATED
         loss = loss_view(timeline, anatomy, th)
-        hint = ""
-        last_profile = timeline.profiles.get(f"grad_t/{module}")[-1][1]
-        cut = cut_steps(last_profile) if loop else 0
+        stalled = loss.status in ("stuck", "plateau")
+        cut, total = cuts[-1], len(rows[-1][1])
         if cut:
             # No gradient at all reaches the first steps: not a gain too small, a cut. It
             # does not heal by learning, gated or not.
-            total = int(np.asarray(last_profile).size)
-            severity = Severity.ERROR if loss.status in ("stuck", "plateau") else Severity.INFO
-            findings.append(
-                Finding(
-                    kind=Kind.TEMPORAL_VANISHING,
-                    severity=severity,
-                    layers=[module],
-                    step=int(steps[start]),
-                    evidence={"time_reach": 0.0, "cut_steps": float(cut), "profile_steps": float(total),
-                              **loss.evidence()},
-                    message=(
-                        f"`{module}`: no gradient at all reaches its first {cut} of {total} steps — the "
-                        "state is cut between calls (a `.detach()` of the hidden state inside the loop: "
-                        f"truncated backpropagation through time over {total - cut} step"
-                        f"{'s' if total - cut != 1 else ''}), so nothing before the cut can be learned "
-                        f"from; {loss.describe()}"
-                    ),
-                )
+            severity = Severity.ERROR if stalled else Severity.INFO
+            evidence = {"time_reach": 0.0, "cut_steps": float(cut), "profile_steps": float(total)}
+            what = (
+                f"no gradient at all reaches its first {cut} of {total} steps — the state is cut "
+                "between calls (a `.detach()` of the hidden state inside the loop: truncated "
+                f"backpropagation through time over {total - cut} step{'s' if total - cut != 1 else ''}), "
+                "so nothing before the cut can be learned from"
             )
-            continue
-        if loss.status in ("stuck", "plateau"):
-            severity = Severity.WARNING if gated else Severity.ERROR
-            if gated:
-                hint = "; gated layers often sit on such a plateau before they learn to carry the signal"
+            hint = ""
         else:
             # Learning, diverging (another cause), or too early to judge by the loss: the
-            # reach alone does not tell a failing layer from an LSTM at initialisation.
-            severity = Severity.INFO
-        trend = f", {'up' if rise >= 0 else 'down'} {abs(rise):.1f} decades over the run" if len(reach) >= 3 else ""
+            # reach alone does not tell a failing layer from an LSTM at initialisation (info).
+            severity = (Severity.WARNING if gated else Severity.ERROR) if stalled else Severity.INFO
+            hint = "; gated layers often sit on such a plateau before they learn to carry the signal" if stalled and gated else ""
+            evidence = {"time_reach": float(10**now), "reach_change_decades": float(rise)}
+            trend = f", {'up' if rise >= 0 else 'down'} {abs(rise):.1f} decades over the run" if len(reach) >= 3 else ""
+            what = (
+                "the gradient reaching the time steps farthest from where the loss enters (the first, "
+                f"for a sequence read out at its end) is {num(10**now)} of the gradient there{trend}"
+            )
         findings.append(
             Finding(
                 kind=Kind.TEMPORAL_VANISHING,
                 severity=severity,
                 layers=[module],
                 step=int(steps[start]),
-                evidence={"time_reach": float(10**now), "reach_change_decades": float(rise), **loss.evidence()},
-                message=(
-                    f"`{module}`: the gradient reaching the time steps farthest from where the loss "
-                    f"enters (the first, for a sequence read out at its end) is {num(10**now)} of the "
-                    f"gradient there{trend}; {loss.describe()}{hint}"
-                ),
+                evidence={**evidence, **loss.evidence()},
+                message=f"`{module}`: {what}; {loss.describe()}{hint}",
             )
         )
     return findings

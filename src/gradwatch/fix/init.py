@@ -303,14 +303,12 @@ def _takes_model_side_input(pname: str) -> bool:
 def input_target(power: float | None, fan_in: int, fan_out: int) -> float:
     """``Var(W)`` for a recurrent layer's input weights (one gate's block).
 
-    With the inputs' mean squared norm ``power = E|x|^2`` known, ``Var(W) = 1 / power``:
-    each gate's pre-activation from the input then has variance ``Var(W) E|x|^2 = 1`` on
-    the data seen — LeCun's rule, with the data's own second moment in place of one per
-    feature. Without it, Xavier.
+    With the inputs' mean squared norm ``power = E|x|^2`` known (finite, > 0),
+    ``Var(W) = 1 / power``: each gate's pre-activation from the input then has variance
+    ``Var(W) E|x|^2 = 1`` on the data seen — LeCun's rule, with the data's own second
+    moment in place of one per feature. Without it (None), Xavier.
     """
-    if power is not None and math.isfinite(power) and power > 0:
-        return 1.0 / power
-    return target_variance("xavier", fan_in, fan_out)
+    return 1.0 / power if power is not None else target_variance("xavier", fan_in, fan_out)
 
 
 def _recurrent(

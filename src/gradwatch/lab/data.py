@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gradwatch.anatomy._guard import Preserved
+
 
 @dataclass
 class Split:
@@ -65,11 +67,6 @@ def batches(
 
 
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            return float((model(x).argmax(-1) == y).float().mean())
-    finally:
-        for m, mode in modes:  # each module back to its own mode (a frozen BatchNorm stays in eval)
-            m.training = mode
+    with torch.no_grad(), Preserved(model):  # each module back to its own mode afterwards
+        model.eval()
+        return float((model(x).argmax(-1) == y).float().mean())
