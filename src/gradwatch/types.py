@@ -116,6 +116,7 @@ class CauseKind(_StrEnum):
     INIT_MISMATCH = "init_mismatch"  # the initialisation's gain does not suit the activation
     NO_NORMALIZATION = "no_normalization"  # deep and no BatchNorm/LayerNorm
     VANILLA_RNN_LONG_SEQUENCE = "vanilla_rnn_long_sequence"  # nn.RNN (or a tanh cell) over many steps
+    KEEP_GATE_CLOSED = "keep_gate_closed"  # an LSTM/GRU whose keep-gate biases forget within the sequence
     STEP_SIZE_TOO_LARGE = "step_size_too_large"  # updates large next to the weights
     DEAD_RELU_BIAS = "dead_relu_bias"  # biases that switch ReLUs off from the start
 

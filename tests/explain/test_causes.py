@@ -12,6 +12,7 @@ from torch import nn
 import gradwatch as gw
 from gradwatch.anatomy.structure import analyse
 from gradwatch.explain.causes import find_causes
+from gradwatch.fix import init
 from gradwatch.lab.models import mlp
 from gradwatch.types import CauseKind
 
@@ -126,6 +127,49 @@ def test_vanilla_rnn_long_sequence() -> None:
     assert c.evidence["seq_len"] == 100 and c.layers == ["rnn"]
     assert CauseKind.VANILLA_RNN_LONG_SEQUENCE not in kinds(Recurrent(nn.LSTM), torch.randn(4, 100, 2))
     assert CauseKind.VANILLA_RNN_LONG_SEQUENCE not in kinds(model, torch.randn(4, 5, 2))
+
+
+@pytest.mark.parametrize(("cell", "gates"), [(nn.LSTM, 4), (nn.GRU, 3)])
+def test_keep_gate_closed(cell: type[nn.RNNBase], gates: int) -> None:
+    torch.manual_seed(0)
+    model = Recurrent(cell)
+    c = kinds(model, torch.randn(4, 100, 2))[CauseKind.KEEP_GATE_CLOSED]
+    # independent: the keep gate is the second block of rows (LSTM i,f,g,o; GRU r,z,n)
+    keep = (model.rnn.bias_ih_l0.detach().double() + model.rnn.bias_hh_l0.detach().double()).chunk(gates)[1]
+    b = float(keep.max())
+    assert c.evidence["keep_bias_max"] == pytest.approx(b, rel=1e-9)
+    assert c.evidence["decades"] == pytest.approx(99 * math.log10(1 / (1 + math.exp(-b))), rel=1e-9)
+    assert c.layers == ["rnn"] and c.evidence["seq_len"] == 100
+    assert CauseKind.VANILLA_RNN_LONG_SEQUENCE not in kinds(model, torch.randn(4, 100, 2))
+    # the mechanism: along the best-keeping unit the gradient is multiplied by its gate per step;
+    # on random inputs the product of the gates the LSTM computes is near the bias-only prediction
+    if cell is nn.LSTM:
+        x = torch.randn(64, 100, 2)
+        h = c_ = torch.zeros(64, 32)
+        unit = int(keep.argmax())
+        logs = []
+        with torch.no_grad():
+            for t in range(100):
+                z = x[:, t] @ model.rnn.weight_ih_l0.T + model.rnn.bias_ih_l0 + h @ model.rnn.weight_hh_l0.T + model.rnn.bias_hh_l0
+                i, f, g, o = z.chunk(4, dim=1)
+                c_ = torch.sigmoid(f) * c_ + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c_)
+                if t > 0:
+                    logs.append(torch.log10(torch.sigmoid(f[:, unit])))
+        measured = float(torch.stack(logs).sum(0).mean())
+        assert measured == pytest.approx(c.evidence["decades"], abs=1.0)  # -23.4 against -23.5
+    # a layer that keeps its state (forget bias 3: sigmoid 0.95, 1e-2 over 100 steps), or one
+    # over a short sequence, is quiet
+    assert CauseKind.KEEP_GATE_CLOSED not in kinds(model, torch.randn(4, 5, 2))
+    with torch.no_grad():
+        model.rnn.bias_ih_l0.chunk(gates)[1].fill_(3.0)
+        model.rnn.bias_hh_l0.chunk(gates)[1].zero_()
+    assert CauseKind.KEEP_GATE_CLOSED not in kinds(model, torch.randn(4, 100, 2))
+    # and `init`'s chrono biases (spans up to T) leave nothing to blame
+    fresh = Recurrent(cell)
+    fixed, _ = init.transform(fresh, example_input=torch.randn(4, 100, 2))
+    assert CauseKind.KEEP_GATE_CLOSED not in kinds(fixed, torch.randn(4, 100, 2))
+    assert CauseKind.KEEP_GATE_CLOSED in kinds(fresh, torch.randn(4, 100, 2))
 
 
 def _train(lr: float) -> gw.Watcher:

@@ -506,3 +506,90 @@ def test_a_late_divergence_blames_the_step_before_the_weights_it_inflated() -> N
     # found at the first step, the same scale is the initialisation's own fault
     early = Diagnosis(findings=[Finding("diverging_loss", "error", [], 0, {}, "")])
     assert _kinds(gw.fix(model, early)) == {"init"}
+
+
+def _adding(g: torch.Generator, n: int, t: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adding problem: the sum of the two values marked in a sequence of `t`."""
+    v = torch.rand(n, t, generator=g)
+    marks = torch.zeros(n, t)
+    rows = torch.arange(n)
+    marks[rows, torch.randint(0, t // 2, (n,), generator=g)] = 1.0
+    marks[rows, torch.randint(t // 2, t, (n,), generator=g)] = 1.0
+    return torch.stack([v, marks], -1), (v * marks).sum(1, keepdim=True)
+
+
+class _AddingLSTM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(2, 32, batch_first=True)
+        self.head = nn.Linear(32, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+def _adding_run(model: nn.Module, lr: float, steps: int, seed: int, *, clip: float | None = None, every: int = 0) -> tuple[float, gw.Watcher | None]:
+    """SGD with momentum 0.9 on the adding problem; the test MSE (1/6 is the baseline) and the watcher."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    w = gw.watch(model, every=every) if every else None
+    for _ in range(steps):
+        x, y = _adding(g, 32)
+        loss = (model(x) - y).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if w is not None:
+            w.step(loss=loss)
+        opt.step()
+    if w is not None:
+        w.close()
+    x, y = _adding(torch.Generator().manual_seed(99), 512)
+    with torch.no_grad():
+        return float((model(x) - y).pow(2).mean()), w
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_run_that_diverged_before_it_could_be_read_also_gets_what_theory_predicts(seed: int) -> None:
+    """An LSTM under SGD at lr 20 is NaN within 10 steps. Recorded every 10 steps, the run
+    left one finite record: nothing could be measured but the divergence. The explainer's
+    `keep_gate_closed` (PyTorch's forget-gate biases ~0 over 30 steps) stands in for what the
+    run did not show: `fix` re-initialises the LSTM besides the step size, and trains where the
+    step size alone leaves it on the baseline."""
+    torch.manual_seed(seed)
+    model = _AddingLSTM()
+    fresh = copy.deepcopy(model)
+    _, w = _adding_run(model, 20.0, 30, seed, every=10)
+    assert w is not None
+    diag = w.diagnose()
+    assert {"diverging_loss", "nonfinite_gradient"} <= {f.kind for f in diag.findings}
+    assert [c.kind for c in diag.causes] == ["keep_gate_closed"]
+    x, _ = _adding(torch.Generator().manual_seed(5), 32)
+    result = gw.fix(fresh, diag, timeline=w.timeline, example_input=x)
+    assert [c.target for c in result.changes] == ["rnn"]  # the layer blamed, not the head
+    assert "predicted from the model as built" in result.changes[0].reason
+    assert "after 1 finite record" in result.changes[0].reason
+    assert result.advice["lr_scale"] <= 0.01
+    # without the timeline the non-finite finding's own record count says the same
+    assert _kinds(gw.fix(fresh, diag, example_input=x)) == {"init"}
+    a = result.advice
+    fixed, _ = _adding_run(result.model, 20.0 * a["lr_scale"], 300, seed, clip=a.get("clip_grad_norm"))
+    step_only, _ = _adding_run(copy.deepcopy(fresh), 20.0 * a["lr_scale"], 300, seed, clip=a.get("clip_grad_norm"))
+    assert fixed < 0.05 < 0.15 < step_only  # ~0.002-0.003 against ~0.17-0.25 (baseline 1/6)
+
+
+def test_a_run_read_before_it_diverged_is_judged_by_what_it_showed() -> None:
+    """The same divergence recorded at every step: the finite records before it were read
+    (and showed no finding but the blow-up), so the prediction does not add a remedy."""
+    torch.manual_seed(1)
+    model = _AddingLSTM()
+    fresh = copy.deepcopy(model)
+    _, w = _adding_run(model, 20.0, 30, 1, every=1)
+    assert w is not None
+    diag = w.diagnose()
+    blown = [f for f in diag.findings if f.kind in ("diverging_loss", "nonfinite_gradient")]
+    assert blown and sum(1 for s in w.timeline.steps if s < min(f.step for f in blown)) >= 3
+    assert "keep_gate_closed" in [c.kind for c in diag.causes]
+    result = gw.fix(fresh, diag, timeline=w.timeline)
+    assert result.changes == [] and "lr_scale" in result.advice

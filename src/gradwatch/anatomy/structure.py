@@ -20,7 +20,10 @@
 
 plus, where they apply, ``cell`` (``rnn``/``lstm``/``gru``), ``hh_radius`` and
 ``hh_norm`` (spectral radius and largest singular value of the hidden-to-hidden
-weights, the largest over stacked layers and directions) and ``bias_ratio_q`` (the
+weights, the largest over stacked layers and directions), ``keep_bias_max`` (for an
+LSTM or GRU: the largest bias of the gate that keeps the state — an LSTM's forget gate,
+a GRU's update gate ``z`` — ``b_ih + b_hh`` over units, stacked layers and directions)
+and ``bias_ratio_q`` (the
 deciles of ``b_i / ||W_i||`` over units: how far each unit's bias sits from zero in
 units of its weight row's norm).
 
@@ -197,9 +200,33 @@ def _recurrent_facts(module: nn.Module) -> dict[str, Any]:
                 radius = max(radius, float(torch.linalg.eigvals(m).abs().max()))
                 norm = max(norm, float(torch.linalg.matrix_norm(m, ord=2)))
         facts["hh_radius"], facts["hh_norm"] = radius, norm
+    if cell in ("lstm", "gru"):
+        facts["keep_bias_max"] = _keep_bias_max(module, 4 if cell == "lstm" else 3)
     nonlinearity = getattr(module, "nonlinearity", None)
     facts["activation"] = nonlinearity if cell == "rnn" else None
     return facts
+
+
+def _keep_bias_max(module: nn.Module, gates: int) -> float:
+    """The largest keep-gate bias ``b_ih + b_hh`` of a gated layer (0 for a layer without biases).
+
+    PyTorch stacks the gates' rows as (i, f, g, o) for an LSTM and (r, z, n) for a GRU: the
+    keep gate is the second block in both (a GRU keeps ``z * h``).
+    """
+    params = dict(module.named_parameters())
+    best = -math.inf
+    for name, w in params.items():
+        if not name.startswith("weight_hh"):
+            continue
+        suffix = name[len("weight_hh"):]
+        keep = torch.zeros(w.shape[0] // gates, dtype=torch.float64, device=w.device)
+        for b in (params.get("bias_ih" + suffix), params.get("bias_hh" + suffix)):
+            if b is not None:
+                keep = keep + b.detach().double().chunk(gates)[1]
+        keep = keep[torch.isfinite(keep)]
+        if keep.numel():
+            best = max(best, float(keep.max()))
+    return best if math.isfinite(best) else 0.0
 
 
 # -- reading the graph ---------------------------------------------------------------------

@@ -323,11 +323,7 @@ def vanilla_rnn_long_sequence(ctx: Context) -> Cause | None:
         e = layer.extra
         if not e.get("recurrent") or e.get("cell") != "rnn":
             continue
-        t, rho = e.get("seq_len"), e.get("hh_radius")
-        if t is None and ctx.timeline is not None and f"grad_t/{layer.name}" in ctx.timeline.profiles:
-            # a watched run: the gradient-through-time profile has one entry per time step
-            seen = ctx.timeline.profiles.get(f"grad_t/{layer.name}")
-            t = len(seen[-1][1]) if seen else None
+        t, rho = _seq_len(ctx, layer), e.get("hh_radius")
         if t is None or rho is None or t < 2:
             continue
         d = (t - 1) * _decades(rho)
@@ -357,6 +353,61 @@ def vanilla_rnn_long_sequence(ctx: Context) -> Cause | None:
             "last step to the first"
         ),
         remedy="use nn.LSTM or nn.GRU; or initialise W_hh orthogonal (or as the identity with ReLU, IRNN) and clip gradients",
+    )
+
+
+def _seq_len(ctx: Context, layer: Layer) -> int | None:
+    """The sequence length a recurrent layer saw: on the example input, or in a watched run
+    the length of its recorded gradient-through-time profile (one entry per time step)."""
+    t = layer.extra.get("seq_len")
+    if t is None and ctx.timeline is not None and f"grad_t/{layer.name}" in ctx.timeline.profiles:
+        seen = ctx.timeline.profiles.get(f"grad_t/{layer.name}")
+        t = len(seen[-1][1]) if seen else None
+    return None if t is None else int(t)
+
+
+def keep_gate_closed(ctx: Context) -> Cause | None:
+    """An LSTM or GRU whose keep gate forgets the state long before the sequence's start.
+
+    An LSTM's cell state carries ``c_t = f_t * c_(t-1) + ...``, a GRU's ``h_t = z_t * h_(t-1)
+    + ...``: back through time along the carry, the gradient is multiplied by the keep gate
+    ``sigmoid(b + W x + U h)`` per step. At initialisation the input terms average out, so
+    the best-keeping unit carries about ``sigmoid(b_max)^(T-1)`` of the last step's gradient
+    to the first. PyTorch's default biases are ~0 (a gate half shut): over 30 steps that is
+    ~1e-9. Gers et al. (2000) and Jozefowicz et al. (2015) start the forget gate at 1;
+    chrono initialisation (Tallec & Ollivier 2018) spreads spans up to T.
+    """
+    found: list[tuple[float, Layer, int]] = []
+    for layer in ctx.anatomy.layers:
+        e = layer.extra
+        if not e.get("recurrent") or e.get("cell") not in ("lstm", "gru") or e.get("keep_bias_max") is None:
+            continue
+        t = _seq_len(ctx, layer)
+        if t is None or t < 2:
+            continue
+        carry = 1.0 / (1.0 + math.exp(-float(e["keep_bias_max"])))
+        d = (t - 1) * _decades(carry)
+        if d <= -DECADES:
+            found.append((d, layer, t))
+    if not found:
+        return None
+    d, layer, t = min(found, key=lambda x: x[0])
+    gate = "forget" if layer.extra["cell"] == "lstm" else "update (z)"
+    b = float(layer.extra["keep_bias_max"])
+    return Cause(
+        kind=CauseKind.KEEP_GATE_CLOSED,
+        score=_score(d),
+        layers=[x.name for _, x, _ in found],
+        evidence={"seq_len": float(t), "keep_bias_max": b, "carry_per_step": 1.0 / (1.0 + math.exp(-b)), "decades": d},
+        message=(
+            f"an {layer.extra['cell'].upper()} ('{layer.name}') over {t} steps whose {gate}-gate biases are at most "
+            f"{b:.2g}: each step keeps at most {1.0 / (1.0 + math.exp(-b)):.2f} of the state, so the gradient "
+            f"along it shrinks by about 1e{d:+.0f} from the last step to the first"
+        ),
+        remedy=(
+            "initialise the keep-gate biases to 1 or more — chrono initialisation, log(u) with u spread over "
+            "[1, T-1], gives memory spans up to the sequence length (Keras: unit_forget_bias=True sets 1)"
+        ),
     )
 
 
@@ -454,6 +505,7 @@ CAUSES: list[Callable[[Context], Cause | None]] = [
     saturating_activations,
     dead_relu_bias,
     vanilla_rnn_long_sequence,
+    keep_gate_closed,
     step_size_too_large,
     init_mismatch,
     depth_without_skip,

@@ -100,5 +100,5 @@ def fix(
             raise needs_input_error(model, "fix()")
         if not inplace:
             model, inplace = copy.deepcopy(model), True  # the forward pass below creates its parameters
-    plan = choose(model, diagnosis, example_input=example_input)
+    plan = choose(model, diagnosis, example_input=example_input, timeline=timeline)
     return apply(model, plan, diagnosis, example_input=example_input, timeline=timeline, inplace=inplace)

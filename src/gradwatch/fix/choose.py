@@ -21,6 +21,9 @@ findings never lead to a change):
    state (`_restore`, `_leftovers`).
 6. A divergence found after the first step blames the step size before a large weight
    scale, and says to retrain from fresh weights when the scale is off (`_restart_advice`).
+7. A divergence that came before the detectors could read the run (fewer finite records
+   than `Thresholds.persist`): the explainer's predictions from the model as built
+   (`PREDICTED_CAUSES`) choose their remedies too (`_predicted_causes`).
 
 Remedies, in order of preference (least invasive first — used to rank alternatives):
 ``lr`` (training advice only, the model is untouched) < ``init`` (same architecture,
@@ -42,6 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradwatch.detect.thresholds import Thresholds
 from gradwatch.explain.link import RELATED
 from gradwatch.fix import activations as _activations
 from gradwatch.fix import init as _init
@@ -77,6 +81,7 @@ CAUSE_REMEDIES: dict[CauseKind, tuple[str, ...]] = {
     CauseKind.INIT_MISMATCH: ("init", "norm"),
     CauseKind.DEAD_RELU_BIAS: ("init", "norm"),
     CauseKind.VANILLA_RNN_LONG_SEQUENCE: ("recurrent", "init"),
+    CauseKind.KEEP_GATE_CLOSED: ("init",),
     CauseKind.STEP_SIZE_TOO_LARGE: ("lr",),
     CauseKind.NO_NORMALIZATION: ("norm",),
     CauseKind.DEPTH_WITHOUT_SKIP: ("residual", "norm"),
@@ -316,9 +321,17 @@ def _applies(remedy: str, model: nn.Module, example_input: Any) -> bool:
 
 
 def choose(
-    model: nn.Module, diagnosis: Diagnosis, *, example_input: Any = None, order: Order | None = None
+    model: nn.Module,
+    diagnosis: Diagnosis,
+    *,
+    example_input: Any = None,
+    order: Order | None = None,
+    timeline: Timeline | None = None,
 ) -> Plan:
-    """Decide which remedies to apply (see the module docstring); changes nothing."""
+    """Decide which remedies to apply (see the module docstring); changes nothing.
+
+    `timeline` (optional) tells how many records the run made before it diverged
+    (`_unread_divergence`)."""
     plan = Plan()
     problems = sorted(
         (f for f in diagnosis.findings if f.severity > Severity.INFO), key=lambda f: -f.severity.rank
@@ -374,9 +387,85 @@ def choose(
                 # Weights that barely move, with nothing in the model to blame: the step is
                 # too small for the gradients it gets.
                 plan.add("lr", f"{finding.kind}: updates too small for the weights", up=True)
+    _predicted_causes(plan, problems, diagnosis, timeline, order, applies)
     _restart_advice(plan, problems, model, order)
     plan.manual = list(dict.fromkeys(plan.manual))
     return plan
+
+
+#: Causes the explainer predicts from the model as built — its weights and structure,
+#: before any step — that stop the gradient crossing layers or time steps. Not the
+#: generic ones (`GENERIC_CAUSES`: what the architecture lacks) nor the step size.
+PREDICTED_CAUSES = frozenset(
+    {
+        CauseKind.SATURATING_ACTIVATIONS,
+        CauseKind.INIT_MISMATCH,
+        CauseKind.DEAD_RELU_BIAS,
+        CauseKind.VANILLA_RNN_LONG_SEQUENCE,
+        CauseKind.KEEP_GATE_CLOSED,
+    }
+)
+
+
+def _unread_divergence(problems: list[Finding], timeline: Timeline | None) -> tuple[int, int] | None:
+    """(step, records) when the run diverged after fewer finite records than a detector needs
+    to call anything (`Thresholds.persist`), else None.
+
+    Records are counted before the first step of a divergence finding, from the timeline, or
+    without one from the non-finite finding's own count of its records.
+    """
+    blown = [f for f in problems if f.kind in (Kind.DIVERGING_LOSS, Kind.NONFINITE_GRADIENT) and f.step is not None]
+    if not blown:
+        return None
+    step = min(int(f.step or 0) for f in blown)
+    if timeline is not None and len(timeline):
+        records = sum(1 for s in timeline.steps if int(s) < step)
+    else:
+        counted = [f.evidence for f in blown if "records" in f.evidence and "nonfinite_records" in f.evidence]
+        if not counted:
+            return None
+        records = int(counted[0]["records"] - counted[0]["nonfinite_records"])
+    return (step, records) if records < Thresholds().persist else None
+
+
+def _predicted_causes(
+    plan: Plan,
+    problems: list[Finding],
+    diagnosis: Diagnosis,
+    timeline: Timeline | None,
+    order: Order,
+    applies: Callable[[str], bool],
+) -> None:
+    """A run that diverged before the detectors could read its gradients: theory stands in.
+
+    The detectors need `Thresholds.persist` records to call vanishing gradients, saturated
+    units or a gradient that cannot cross time; a run that blew up sooner has told nothing
+    about them, and once its step size is right it meets whatever its initialisation holds.
+    The explainer's predictions from the model as built (`PREDICTED_CAUSES`) then choose
+    their remedies as a finding would. A run that lasted long enough to be read is judged by
+    what it showed: a default LSTM whose gradient starts far from the first steps and then
+    learns to reach them is left alone.
+    """
+    unread = _unread_divergence(problems, timeline)
+    if unread is None:
+        return
+    step, records = unread
+    for cause in diagnosis.causes:
+        if cause.kind not in PREDICTED_CAUSES:
+            continue
+        remedies = remedies_for(cause.kind, order)
+        if any(r in plan.remedies for r in remedies):
+            continue
+        picked = next((r for r in remedies if applies(r)), None)
+        if picked is None:
+            continue
+        options: dict[str, Any] = {"layers": list(cause.layers)} if picked == "init" and cause.layers else {}
+        plan.add(
+            picked,
+            f"{cause.kind}: {cause.message} (predicted from the model as built: the run diverged at step "
+            f"{step} after {records} finite record{'s' if records != 1 else ''}, too few to measure it)",
+            **options,
+        )
 
 
 def _restart_advice(plan: Plan, problems: list[Finding], model: nn.Module, order: Order) -> None:

@@ -333,7 +333,7 @@ def _candidates(
     model: nn.Module, diagnosis: Diagnosis, example_input: Any, timeline: Timeline | None
 ) -> list[tuple[str, FixResult]]:
     """The fix `gw.fix` picks, each of its remedies alone, then alternatives for the same causes."""
-    plan = choose(model, diagnosis, example_input=example_input)
+    plan = choose(model, diagnosis, example_input=example_input, timeline=timeline)
     plans: list[Plan] = []
     if plan.remedies:
         plans.append(plan)
