@@ -593,3 +593,40 @@ def test_a_run_read_before_it_diverged_is_judged_by_what_it_showed() -> None:
     assert "keep_gate_closed" in [c.kind for c in diag.causes]
     result = gw.fix(fresh, diag, timeline=w.timeline)
     assert result.changes == [] and "lr_scale" in result.advice
+
+
+def test_a_predicted_cause_extends_an_init_already_chosen_for_a_few_layers() -> None:
+    """Dead units blamed on the step re-draw only the ReLU feeders the steps moved off; a
+    `keep_gate_closed` predicted for an unread divergence adds the LSTM to those layers
+    rather than counting as covered by them."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(2, 16, batch_first=True)
+            self.hidden = nn.Linear(16, 16)
+            self.head = nn.Linear(16, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.hidden(self.rnn(x)[0][:, -1])))
+
+    torch.manual_seed(0)
+    model = Net()
+    with torch.no_grad():
+        model.hidden.weight.mul_(30.0)  # what large steps left behind
+    gate = Cause("keep_gate_closed", 1.0, ["rnn"], {}, "forget gates half shut over 40 steps")
+    diag = Diagnosis(
+        findings=[
+            Finding("dead_units", "error", ["hidden"], 5, {}, ""),
+            Finding("nonfinite_gradient", "error", [], 8, {"records": 3.0, "nonfinite_records": 2.0}, ""),
+        ],
+        causes=[gate],
+    )
+    x = torch.randn(4, 40, 2)
+    result = gw.fix(model, diag, example_input=x)
+    assert {c.target for c in result.changes} == {"rnn", "hidden"}
+    assert "lr_scale" in result.advice
+    # read before it diverged (3 finite records), the same run gets the feeders alone
+    read = copy.deepcopy(diag)
+    read.findings[1].evidence = {"records": 5.0, "nonfinite_records": 2.0}
+    assert {c.target for c in gw.fix(model, read, example_input=x).changes} == {"hidden"}

@@ -454,6 +454,11 @@ def _predicted_causes(
         if cause.kind not in PREDICTED_CAUSES:
             continue
         remedies = remedies_for(cause.kind, order)
+        only = plan.options.get("init", {}).get("layers")
+        if "init" in remedies and only is not None and cause.layers:
+            # `init` already chosen for a few layers (dead units' feeders): reach these too
+            only[:] = list(dict.fromkeys([*only, *cause.layers]))
+            continue
         if any(r in plan.remedies for r in remedies):
             continue
         picked = next((r for r in remedies if applies(r)), None)
