@@ -81,3 +81,15 @@ def test_lr_scale_when_the_damage_came_before_the_first_measured_update() -> Non
     assert advice.lr_scale(tl, nan)[0] == pytest.approx(1e-3 / 0.06, rel=0.03)
     # nothing known at all (no timeline, no layer reports): one decade, the coarse step of a search
     assert advice.lr_scale(None, Diagnosis())[0] == 0.1
+
+
+def test_clip_stops_at_the_run_up_to_a_divergence() -> None:
+    # a run under a far too large step: 2 at step 0, then the blow-up building (4e10), then NaN
+    tl = _timeline([[1.2, 1.6], [2.4e10, 3.2e10], [float("nan"), float("nan")]], nonfinite=[0, 0, 1])
+    diag = Diagnosis(findings=[Finding("diverging_loss", "error", [], 15, {}, "")])
+    value, why = advice.clip_grad_norm(tl, diag)
+    assert value == pytest.approx(2.0) and "over 1 records" in why
+    # a record within a decade of the typical ones is one of them (median of 5, 10, 20)
+    tl = _timeline([[3.0, 4.0], [6.0, 8.0], [12.0, 16.0], [3e4, 4e4]])
+    value, _ = advice.clip_grad_norm(tl, Diagnosis(findings=[Finding("diverging_loss", "error", [], 30, {}, "")]))
+    assert value == pytest.approx(10.0)
