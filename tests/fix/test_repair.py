@@ -428,3 +428,47 @@ def test_repairs_watch_reads_a_closure_steps_own_gradients() -> None:
             opt.step(closure)
     assert watching.timeline is not None
     np.testing.assert_allclose(watching.timeline.layer_metric("grad_norm")[:, 0], expected, rtol=1e-5)
+
+
+def test_when_the_original_fails_the_diagnosis_pick_is_confirmed_against_the_leader() -> None:
+    """The original blows up (no step-size advice: NaN), so every finite candidate is ahead of
+    it. The step size alone starts ahead (0.1 at once) of the diagnosis's own pick (ReLUs and
+    the step size), which only scores once it has trained 20 steps; a short run would keep the
+    step size alone. Round 2 trains both on, and the pick wins there."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 4, generator=g), torch.randn(64, 1, generator=g)
+
+    def train(model: nn.Module, advice: dict[str, Any], steps: int) -> float:
+        opt = torch.optim.SGD(model.parameters(), lr=0.05 * advice.get("lr_scale", 1.0))
+        for _ in range(steps):
+            loss = nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.trained = getattr(model, "trained", 0) + steps  # type: ignore[assignment]
+        if "lr_scale" not in advice:
+            return math.nan  # the recipe's own step blows up
+        relu = any(isinstance(m, nn.ReLU) for m in model.modules())
+        return 1.0 if relu and model.trained >= 20 else (0.0 if relu else 0.1)
+
+    blown = Diagnosis(
+        findings=[
+            Finding("nonfinite_gradient", "error", [], 3, {}, "label"),
+            Finding("vanishing_gradient", "error", [], 0, {}, "label"),
+        ]
+    )
+    result = gw.repair(_tiny_sigmoid(), train, steps=100, diagnosis=blown, progress=False)
+    names = [t.name for t in result.trials]
+    own = names[2]  # after the original and its repeat: the diagnosis's own pick
+    assert "lr" in own and "activations" in own
+    assert f"{own}, continued" in " | ".join(names) and "lr, continued" in names
+    assert result.improved and result.trials[-2].kept and result.final_score == 1.0
+    assert result.steps_used <= 150
+    # the same start with a pick that never catches up: the leader is kept, no worse off
+    def stuck(model: nn.Module, advice: dict[str, Any], steps: int) -> float:
+        score = train(model, advice, steps)
+        return 0.0 if score == 1.0 else score
+
+    result = gw.repair(_tiny_sigmoid(), stuck, steps=100, diagnosis=blown, progress=False)
+    kept = [t for t in result.trials if t.kept]
+    assert len(kept) == 1 and kept[0].name == "lr, continued" and result.final_score == 0.1

@@ -45,7 +45,10 @@ The loop, with N = `steps` (one full training run) and B = `budget` (1.5):
    steps) runs at a rate too large to hold: if its candidate at the advised rate beat
    the original by more than the margin in the first round, that is kept instead (the
    budget of this round is split so that it can still be finished); otherwise the
-   leader is judged as any other;
+   leader is judged as any other. When the original failed (non-finite both times) it
+   is no yardstick, so a leader that is not the diagnosis's own pick is confirmed
+   against that pick instead, and the pick is kept unless the leader is ahead by more
+   than the margin at length;
 5. the model kept (the winner, or the original) trains on to N steps in all
    (`finish=True`), so the caller gets a trained model.
 
@@ -717,7 +720,35 @@ def repair(
             # diverge, and some diverge a few dozen steps later. It is confirmed at length,
             # and falls back to the candidate's advised rate if it loses ground there.
             advised = advised_of.get(leader) if leader is not None else None
-            if leader is not None and advised is None and trials[leader].score > baseline + 2 * margin:
+            own = screened[0] if screened else None  # the diagnosis's own pick, tried first
+            if (
+                leader is not None
+                and advised is None
+                and not math.isfinite(baseline)
+                and own is not None
+                and own != leader
+                and math.isfinite(trials[own].score)
+            ):
+                # The original failed, so it is no yardstick: every finite candidate is ahead
+                # of it, and what the short runs still rank is how the candidates start. The
+                # diagnosis's own pick (at the rate that stands for it), led there, trains on
+                # beside the leader (round 2 with the pick in the original's place) and is
+                # kept unless the leader is ahead by more than the margin.
+                e = _extension(steps, s, spent, budget_steps, finish)
+                if e > 0:
+                    a = run(f"{trials[own].name}, continued", models[own], dict(trials[own].advice), seed + 3,
+                            list(results[own].changes), e, before=s, lr_factor=trials[own].lr_factor)
+                    spent += e
+                    results[len(trials) - 1] = results[own]
+                    own_continued = len(trials) - 1
+                    b = run(f"{trials[leader].name}, continued", models[leader], dict(trials[leader].advice),
+                            seed + 3, list(results[leader].changes), e, before=s, lr_factor=trials[leader].lr_factor)
+                    spent += e
+                    results[len(trials) - 1] = results[leader]
+                    winner = len(trials) - 1 if b.score > a.score + margin else own_continued
+                else:
+                    winner = leader
+            elif leader is not None and advised is None and trials[leader].score > baseline + 2 * margin:
                 winner = leader  # a clear win: no need to look further
             elif leader is not None:
                 # Round 2: the leader did not pull clearly ahead in s steps (some fixes only
