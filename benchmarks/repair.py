@@ -20,11 +20,13 @@ For each faulty run:
 A run is *healthy* when it meets the suite's own "trained" criterion (digits: test
 accuracy >= 0.5; recall: >= 0.6; adding problem: test MSE < 0.05).
 
-    PYTHONPATH=src python benchmarks/repair.py [--quick] [--own] [--only NAME ...] [--grid | --final]
+    PYTHONPATH=src python benchmarks/repair.py [--quick] [--own] [--only NAME ...] [--grid | --final | --time K]
 
 `--grid` asks instead whether a run is in reach at all: fix's model and each remedy alone,
 trained at learning-rate scales 1e-3 .. 30. `--final` applies `fix` to the model each
 diverged run left behind (inf/NaN weights), as its user would, beside a fresh copy.
+`--time K` measures repair's time alone, every run K times longer, so that gradwatch's
+fixed costs are amortised as on a run of minutes.
 """
 
 from __future__ import annotations
@@ -438,6 +440,10 @@ def main(argv: list[str] | None = None) -> int:
         "--final", action="store_true",
         help="instead: fix applied to the model as each run left it, for the runs that ended non-finite",
     )
+    ap.add_argument(
+        "--time", type=int, default=0, metavar="K",
+        help="instead: repair's time against one run with every run K times longer (fixed costs amortised)",
+    )
     args = ap.parse_args(argv)
     todo = cases(args.quick) if args.own else suite_cases(args.quick)
     todo = [c for c in todo if not args.only or any(s in c.name for s in args.only)]
@@ -445,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
         return grid(todo)
     if args.final:
         return from_final(todo)
+    if args.time:
+        return timed(todo, args.time)
     _warm_up()
     if args.own:
         print("faulty runs: this file's own set; diagnoses from each run's label\n")
@@ -542,6 +550,52 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for d in details:
         print(d)
+    return 0
+
+
+def timed(todo: list[Case], k: int) -> int:
+    """Repair's CPU time against one unwatched run of the original, every run `k` times longer.
+
+    The suite's runs last 0.1–2 s, so gradwatch's fixed costs (watching the first runs,
+    the explainer, copies of the model) weigh on them; on longer runs they are amortised
+    and what is left is the steps trained and the kept model's own cost per step.
+    """
+    _warm_up()
+    print(f"every run {k}x its suite length; CPU time of this single-threaded process\n")
+    head = f"{'faulty run':<28} {'N':>6} {'one run':>8} {'steps':>6} {'time':>6} {'search':>7}  kept"
+    print(head)
+    print("-" * len(head))
+    rows = []
+    for case in todo:
+        n = case.steps * k
+        torch.manual_seed(0)
+        t0 = time.process_time()
+        case.train(case.make(), {}, n)
+        base_t = time.process_time() - t0
+        torch.manual_seed(0)
+        t0 = time.process_time()
+        diag = labelled(case) if case.recorded is None else None
+        rep = gw.repair(case.make(), case.train, steps=n, diagnosis=diag, progress=False)
+        t_rep = time.process_time() - t0
+        kept_model = rep.fix.model if rep.fix is not None else case.make()
+        torch.manual_seed(0)
+        t0 = time.process_time()
+        case.train(copy.deepcopy(kept_model), dict(rep.advice), n)
+        kept_t = time.process_time() - t0
+        kept = next((t.name for t in rep.trials if t.kept), "original")
+        rows.append((rep.cost, t_rep / base_t, (t_rep - kept_t) / base_t))
+        print(
+            f"{case.name:<28} {n:>6} {base_t:>7.1f}s {rep.cost:>5.2f}x {t_rep / base_t:>5.2f}x "
+            f"{(t_rep - kept_t) / base_t:>6.2f}x  {kept}",
+            flush=True,
+        )
+    print("-" * len(head))
+    print(
+        f"{'mean':<28} {'':>6} {'':>8} {max(r[0] for r in rows):>5.2f}x {sum(r[1] for r in rows) / len(rows):>5.2f}x "
+        f"{sum(r[2] for r in rows) / len(rows):>6.2f}x"
+    )
+    print("  steps = steps repair trained / N (max); time = repair's time / one unwatched run of the original;")
+    print("  search = (repair's time - one run of the model it kept) / one run of the original")
     return 0
 
 
