@@ -746,6 +746,40 @@ def f_token_lstm_sgd_lr30(log: Path) -> Outcome:
     return Outcome("acc", acc, 0.25, acc >= 0.6)
 
 
+class FirstSymbolLSTM(nn.Module):
+    """An LSTM over one-hot symbols, read out at the last step."""
+
+    def __init__(self, symbols: int = 8, hidden: int = 16) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(symbols, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, symbols)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+def first_symbol_batch(g: torch.Generator, size: int = 64, length: int = 20, symbols: int = 8) -> Batch:
+    """`length` one-hot symbols; name the first (chance 1/8)."""
+    s = torch.randint(0, symbols, (size, length), generator=g)
+    return F.one_hot(s, symbols).float(), s[:, 0]
+
+
+@spec("f-lstm-recall-adam-lr20",
+      "LSTM under Adam at lr 20: the loss jumps from chance (2.1) to ~200 at once and then falls "
+      "slowly (~125 by step 300) while every input gets the same answer (found by the fourth "
+      "session's sweep: the falling loss read as learning, and constant_output stayed at info)",
+      expect=[K.CONSTANT_OUTPUT, K.DIVERGING_LOSS], allowed=BLOWN | STUCK)
+def f_lstm_recall_adam_lr20(log: Path) -> Outcome:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    m = FirstSymbolLSTM()
+    opt = torch.optim.Adam(m.parameters(), 20.0)
+    fit(m, opt, lambda t: first_symbol_batch(g), F.cross_entropy, 300, log)
+    x, y = first_symbol_batch(torch.Generator().manual_seed(9), 1000)
+    acc = accuracy(m, x, y)
+    return Outcome("acc", acc, 0.125, acc >= 0.6)
+
+
 @spec("f-leaky25-var4-sgd",
       "weights N(0, 4/fan_in), chi = 4 E[phi'^2] ~ 2 per layer: the loss goes non-finite "
       "(labelled so: the scale-free measure shows no explosion through depth)",

@@ -277,6 +277,12 @@ class LossView:
     first_nonfinite: int | None = None
     steps_seen: int = 0
     best_step: int | None = None  # where the rolling median was lowest (where a rise began)
+    first: float = math.nan  # the first finite loss
+
+    def blew_past_chance(self, th: Thresholds) -> bool:
+        """A classifier that began at or near chance and now sits well above both its first
+        loss and chance — confidently wrong, falling or not."""
+        return _blew_past(self.first, self.recent, self.chance, th)
 
     @property
     def failing(self) -> bool:
@@ -350,6 +356,15 @@ def output_classes(anatomy: Anatomy) -> int | None:
     return None
 
 
+def _blew_past(first: float, recent: float, chance: float | None, th: Thresholds) -> bool:
+    """Began at or within `chance_tolerance` of chance; now over `diverge_rise` above both
+    that start and chance."""
+    if chance is None or not (math.isfinite(first) and math.isfinite(recent)):
+        return False
+    above = max(first, chance)
+    return first <= (1 + th.chance_tolerance) * chance and recent - above > th.diverge_rise * above
+
+
 def loss_view(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> LossView:
     """Summarise the loss: where it started, where it is, and whether it still moves."""
     steps, values = timeline.loss()
@@ -394,7 +409,7 @@ def loss_view(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> LossView:
     view = dict(
         start=start, recent=recent, previous=previous, best=best, noise=noise,
         flat_steps=flat_steps, flat_since=flat_since, classes=classes,
-        first_nonfinite=first_bad, steps_seen=len(values), best_step=best_step,
+        first_nonfinite=first_bad, steps_seen=len(values), best_step=best_step, first=float(v[0]),
     )  # fmt: skip
     gained = start - best
     # Still falling: the last window's median is below the one before by more than chance
@@ -409,13 +424,7 @@ def loss_view(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> LossView:
     # wrong, which no learning does. The start (a median of the first losses) misses it
     # when the loss blew up within those first steps and stayed up.
     first = float(v[0])
-    above = max(first, chance) if chance is not None else math.inf
-    blew_past_chance = (
-        chance is not None
-        and first <= (1 + th.chance_tolerance) * chance
-        and recent - above > th.diverge_rise * above
-        and not falling
-    )
+    blew_past_chance = _blew_past(first, recent, chance, th) and not falling
     if blew_past_chance and first < start:
         view["start"], view["best"] = first, min(best, first)
         view["best_step"] = int(s[0]) if first <= best else best_step

@@ -3,7 +3,11 @@
 From `output_spread` (the across-batch standard deviation of the output over its mean
 magnitude). What dead ReLU nets, inputs that never reach the model and deep nets in the
 ordered phase (inputs forgotten on the way forward) have in common. An error when the
-loss is not improving.
+loss is not improving — or when a classifier's loss, begun at chance, now sits well above
+chance: a constant output's loss is at least the entropy of the label frequencies, which
+is at most chance, so a loss falling from far above chance with a constant output is only
+the constant shrinking toward those frequencies, not learning (a blow-up that left every
+input the same answer).
 """
 
 from __future__ import annotations
@@ -37,20 +41,29 @@ def constant_output(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> lis
         return []
     now = float(nanmedian(recent_rows(spread, th.persist)))
     loss = loss_view(timeline, anatomy, th)
-    if loss.status in ("stuck", "plateau"):
+    wrong = loss.blew_past_chance(th)
+    if loss.status in ("stuck", "plateau") or wrong:
         severity = Severity.ERROR
     elif loss.learning or loss.status == "unclear":
         severity = Severity.INFO
     else:
         severity = Severity.WARNING
     what = "exactly the same output" if now == 0 else f"outputs that differ by {num(now)} of their size"
+    how = loss.describe()
+    if wrong:
+        assert loss.chance is not None
+        how = (
+            f"its loss went from {num(loss.first)} (chance {num(loss.chance)}) to {num(loss.recent)}: "
+            "worse than a uniform guess, and a constant output can fall no lower than the label "
+            "frequencies' entropy (at most chance) — it is not learning, whatever the trend"
+        )
     return [
         Finding(
             kind=Kind.CONSTANT_OUTPUT,
             severity=severity,
             layers=[],
             step=step_at(timeline, start),
-            evidence={"output_spread": now, **loss.evidence()},
-            message=f"the model gives every input of a batch {what}: it ignores its input; {loss.describe()}",
+            evidence={"output_spread": now, **loss.evidence(), **({"blew_past_chance": 1.0} if wrong else {})},
+            message=f"the model gives every input of a batch {what}: it ignores its input; {how}",
         )
     ]

@@ -356,6 +356,10 @@ def choose(
             continue
         ranked = ranked_causes(finding, diagnosis)
         kinds = [c.kind for c in ranked] or infer_causes(model, order, finding.kind, finding.step)
+        if finding.evidence.get("blew_past_chance") and kinds[:1] != [CauseKind.STEP_SIZE_TOO_LARGE]:
+            # A classifier's loss driven from chance to far above it: the steps did that
+            # (no initialisation starts a model confidently wrong about every input).
+            kinds = [CauseKind.STEP_SIZE_TOO_LARGE, *(k for k in kinds if k != CauseKind.STEP_SIZE_TOO_LARGE)]
         messages = {c.kind: c.message for c in ranked}
         if any(r in plan.remedies for k in kinds for r in remedies_for(k, order)):
             if finding.kind in (Kind.EXPLODING_GRADIENT, Kind.NONFINITE_GRADIENT) and "lr" in plan.remedies:
