@@ -114,6 +114,9 @@ def test_a_stuck_classifier_is_described_at_chance() -> None:
     assert lv.flat_steps == 301
     assert "(chance for 10 classes) for 301 steps" in lv.describe()
     assert lv.start == pytest.approx(math.log(10), abs=0.03)
+    # inside the band but not at chance: said to be near it, with chance's own value
+    near = loss_view(build(an, 31, loss=stuck_loss(1.98)), an, TH)
+    assert "1.98 (near chance, 2.3, for 10 classes)" in near.describe()
 
 
 def test_loss_edge_cases() -> None:

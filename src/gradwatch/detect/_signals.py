@@ -303,7 +303,10 @@ class LossView:
     def level_text(self, value: float, tolerance: float = 0.15) -> str:
         text = num(value)
         if self.at_chance(value, tolerance):
-            text += f" (chance for {self.classes} classes)"
+            c = self.chance
+            assert c is not None
+            near = "" if num(value) == num(c) else f"near chance, {num(c)}, "
+            text += f" ({near or 'chance '}for {self.classes} classes)"
         return text
 
     def describe(self) -> str:
