@@ -472,3 +472,30 @@ def test_when_the_original_fails_the_diagnosis_pick_is_confirmed_against_the_lea
     result = gw.repair(_tiny_sigmoid(), stuck, steps=100, diagnosis=blown, progress=False)
     kept = [t for t in result.trials if t.kept]
     assert len(kept) == 1 and kept[0].name == "lr, continued" and result.final_score == 0.1
+
+
+def test_a_non_finite_score_the_watcher_did_not_see_is_a_divergence() -> None:
+    """A train_fn that stops at the first non-finite loss, before its backward, hides the
+    blow-up from the watcher. Its score says the run failed: repair must not call the
+    original healthy (it used to, and try nothing)."""
+    data = digits()
+
+    def train(model: nn.Module, advice: dict[str, Any], steps: int) -> float:
+        opt = torch.optim.SGD(model.parameters(), lr=50.0 * advice.get("lr_scale", 1.0), momentum=0.9)
+        for x, y in batches(data.x_train, data.y_train, 64, steps, seed=0):
+            loss = nn.functional.cross_entropy(model(x), y)
+            if not torch.isfinite(loss):
+                return math.nan  # common practice: give up at the first NaN
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return accuracy(model, data.x_test, data.y_test)
+
+    model = mlp(64, 10, depth=3, width=32, activation="relu", init="he", seed=0)
+    result = gw.repair(model, train, steps=100, progress=False)
+    (f,) = result.diagnosis.by_kind("diverging_loss")
+    assert f.severity == "error" and f.evidence["score_nonfinite"] == 1.0
+    assert "non-finite score" in f.message
+    assert len(result.trials) > 2 and "the original is healthy" not in str(result)
+    # the step size is what it tries: kept against a failed original
+    assert result.improved and result.advice["lr_scale"] <= 0.1

@@ -93,7 +93,7 @@ from gradwatch.fix.choose import (
     remedies_for,
 )
 from gradwatch.record import Timeline
-from gradwatch.types import Change, Diagnosis, FixResult, Severity
+from gradwatch.types import Change, Diagnosis, Finding, FixResult, Kind, Severity
 
 TrainFn = Callable[[nn.Module, dict[str, Any], int], float]
 
@@ -487,6 +487,22 @@ def _rate(trials: list[Trial], scales: list[int], min_gain: float, margin: float
     return chosen, ""
 
 
+def _failed_unseen(score: float, steps: int) -> Finding:
+    """The original's own score was non-finite though the watched steps showed nothing wrong."""
+    return Finding(
+        kind=Kind.DIVERGING_LOSS,
+        severity=Severity.ERROR,
+        layers=[],
+        step=steps,
+        evidence={"score_nonfinite": 1.0},
+        message=(
+            f"train_fn returned a non-finite score ({score}) after {steps} steps, though the steps "
+            "gradwatch watched showed nothing wrong: the run diverged where the watcher could not see it "
+            "(a train_fn that stops at the first non-finite loss, before its backward, hides the blow-up)"
+        ),
+    )
+
+
 def _extension(
     steps: int, s: int, spent: int, budget_steps: int, finish: bool, ahead: int = 0, fallback: bool = False
 ) -> int:
@@ -636,6 +652,8 @@ def repair(
             first = run("original", original, {}, seed, [], s)
             spent = s
             diag = diagnosis if diagnosis is not None else watching.diagnose()
+            if diagnosis is None and diag.healthy and not math.isfinite(first.score) and not first.error:
+                diag.findings.append(_failed_unseen(first.score, s))
             # Detectors need some steps of evidence. While the original looks healthy, watch
             # it on in chunks: free if it stays healthy (they are part of its own run), and
             # held to what leaves the first round its budget if a problem shows late.
