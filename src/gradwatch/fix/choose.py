@@ -24,6 +24,8 @@ findings never lead to a change):
 7. A divergence that came before the detectors could read the run (fewer finite records
    than `Thresholds.persist`): the explainer's predictions from the model as built
    (`PREDICTED_CAUSES`) choose their remedies too (`_predicted_causes`).
+8. A plain chain deeper than `PLAIN_DEPTH_LIMIT` gets `residual` beside the remedies chosen
+   for a finding depth can produce (`_depth_beyond_plain`).
 
 Remedies, in order of preference (least invasive first — used to rank alternatives):
 ``lr`` (training advice only, the model is untouched) < ``init`` (same architecture,
@@ -46,6 +48,7 @@ import torch
 from torch import nn
 
 from gradwatch.detect.thresholds import Thresholds
+from gradwatch.explain.causes import PLAIN_DEPTH_LIMIT
 from gradwatch.explain.link import RELATED
 from gradwatch.fix import activations as _activations
 from gradwatch.fix import init as _init
@@ -391,10 +394,35 @@ def choose(
                 # Weights that barely move, with nothing in the model to blame: the step is
                 # too small for the gradients it gets.
                 plan.add("lr", f"{finding.kind}: updates too small for the weights", up=True)
+    _depth_beyond_plain(plan, problems, diagnosis, applies)
     _predicted_causes(plan, problems, diagnosis, timeline, order, applies)
     _restart_advice(plan, problems, model, order)
     plan.manual = list(dict.fromkeys(plan.manual))
     return plan
+
+
+def _depth_beyond_plain(plan: Plan, problems: list[Finding], diagnosis: Diagnosis, applies: Callable[[str], bool]) -> None:
+    """A plain chain deeper than `PLAIN_DEPTH_LIMIT` still wants skip connections after the
+    faulty part is fixed.
+
+    `depth_without_skip` is ranked after the specific causes because the explainer scores
+    it from the model as initialised: past `6 xi`, a depth scale a bad initialisation
+    shrinks, so re-drawing the weights removes that reason. Past `PLAIN_DEPTH_LIMIT` (20)
+    weight layers it is no artefact of the initialisation: plain nets that deep train worse
+    than shallower ones even at a critical one (He et al. 2016; Balduzzi et al. 2017), so
+    `residual` joins the remedies chosen for a finding depth can produce.
+    """
+    cause = next((c for c in diagnosis.causes if c.kind == CauseKind.DEPTH_WITHOUT_SKIP), None)
+    if cause is None or cause.evidence.get("depth", 0.0) <= PLAIN_DEPTH_LIMIT or "residual" in plan.remedies:
+        return
+    finding = next((f for f in problems if CauseKind.DEPTH_WITHOUT_SKIP in RELATED.get(Kind.parse(f.kind), ())), None)
+    if finding is None or not plan.remedies or not applies("residual"):
+        return
+    plan.add(
+        "residual",
+        f"{finding.kind}: {cause.message}; more than {PLAIN_DEPTH_LIMIT} plain layers train worse than fewer even "
+        "at a critical initialisation (He et al. 2016), so skip connections go with the other remedies",
+    )
 
 
 #: Causes the explainer predicts from the model as built — its weights and structure,
