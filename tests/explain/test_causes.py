@@ -127,6 +127,13 @@ def test_vanilla_rnn_long_sequence() -> None:
     assert c.evidence["seq_len"] == 100 and c.layers == ["rnn"]
     assert CauseKind.VANILLA_RNN_LONG_SEQUENCE not in kinds(Recurrent(nn.LSTM), torch.randn(4, 100, 2))
     assert CauseKind.VANILLA_RNN_LONG_SEQUENCE not in kinds(model, torch.randn(4, 5, 2))
+    assert "vanishes by about" in c.message
+    # past radius 1 theory gives a bound, not a verdict: the slopes (at most 1) may still
+    # make it vanish, so the message says what is certain — it cannot stay near 1
+    with torch.no_grad():
+        model.rnn.weight_hh_l0.mul_(3.0)
+    grow = kinds(model, torch.randn(4, 100, 2))[CauseKind.VANILLA_RNN_LONG_SEQUENCE]
+    assert grow.evidence["decades"] > 3 and "can grow by up to about" in grow.message
 
 
 @pytest.mark.parametrize(("cell", "gates"), [(nn.LSTM, 4), (nn.GRU, 3)])

@@ -335,7 +335,6 @@ def vanilla_rnn_long_sequence(ctx: Context) -> Cause | None:
     d, layer = max(found, key=lambda x: abs(x[0]))
     e = layer.extra
     gamma = 0.25 if e.get("activation") == "sigmoid" else 1.0
-    way = "vanishes" if d < 0 else "explodes"
     return Cause(
         kind=CauseKind.VANILLA_RNN_LONG_SEQUENCE,
         score=_score(d),
@@ -349,8 +348,14 @@ def vanilla_rnn_long_sequence(ctx: Context) -> Cause | None:
         },
         message=(
             f"a vanilla RNN ('{layer.name}') over {t_of[layer.name]} steps: with W_hh's spectral radius "
-            f"{e['hh_radius']:.3g}, the gradient through time {way} by about 1e{d:+.0f} from the "
-            "last step to the first"
+            + (
+                f"{e['hh_radius']:.3g}, the gradient through time vanishes by about 1e{d:+.0f} from the "
+                "last step to the first"
+                if d < 0
+                else f"{e['hh_radius']:.3g}, the gradient through time can grow by up to about 1e{d:+.0f} from "
+                "the last step to the first (the activation's slope, at most 1, only shrinks it): it cannot "
+                "stay near 1 over the sequence"
+            )
         ),
         remedy="use nn.LSTM or nn.GRU; or initialise W_hh orthogonal (or as the identity with ReLU, IRNN) and clip gradients",
     )
