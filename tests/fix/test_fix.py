@@ -689,3 +689,8 @@ def test_twenty_plain_layers_or_fewer_keep_the_least_invasive_fix() -> None:
     # a divergence is no finding depth can produce: the step size alone
     blown = _diag("diverging_loss", causes=[depth(25.0)])
     assert "residual" not in _kinds(gw.fix(model, blown))
+    # nor is an explosion blamed on the step size alone, deep as the chain is
+    step = Cause("step_size_too_large", 0.9, [], {"update_ratio": 0.5}, "steps of 50% of the weights")
+    exploding = _diag("exploding_gradient", causes=[step, depth(25.0)], linked=["step_size_too_large"])
+    fixed = gw.fix(model, exploding)
+    assert fixed.changes == [] and "lr_scale" in fixed.advice

@@ -410,13 +410,15 @@ def _depth_beyond_plain(plan: Plan, problems: list[Finding], diagnosis: Diagnosi
     shrinks, so re-drawing the weights removes that reason. Past `PLAIN_DEPTH_LIMIT` (20)
     weight layers it is no artefact of the initialisation: plain nets that deep train worse
     than shallower ones even at a critical one (He et al. 2016; Balduzzi et al. 2017), so
-    `residual` joins the remedies chosen for a finding depth can produce.
+    `residual` joins the remedies chosen for a finding depth can produce — when they fix the
+    gradient's path (init, activations, norm), not when the step size alone is blamed.
     """
     cause = next((c for c in diagnosis.causes if c.kind == CauseKind.DEPTH_WITHOUT_SKIP), None)
     if cause is None or cause.evidence.get("depth", 0.0) <= PLAIN_DEPTH_LIMIT or "residual" in plan.remedies:
         return
     finding = next((f for f in problems if CauseKind.DEPTH_WITHOUT_SKIP in RELATED.get(Kind.parse(f.kind), ())), None)
-    if finding is None or not plan.remedies or not applies("residual"):
+    # only beside a fix of the gradient's path (a step size blamed alone is no such fix)
+    if finding is None or not set(plan.remedies) & {"init", "activations", "norm"} or not applies("residual"):
         return
     plan.add(
         "residual",
