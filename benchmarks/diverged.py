@@ -25,9 +25,11 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,20 +37,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradwatch as gw
+from gradwatch.lab.data import adding_problem
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "detection"))
+from suite import SeqNet  # the labelled suite's recurrent model
 
 torch.set_num_threads(1)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-def adding(g: torch.Generator, n: int, t: int) -> Batch:
-    """The sum of the two values marked in a sequence of `t` (one mark in each half)."""
-    v = torch.rand(n, t, generator=g)
-    marks = torch.zeros(n, t)
-    rows = torch.arange(n)
-    marks[rows, torch.randint(0, t // 2, (n,), generator=g)] = 1.0
-    marks[rows, torch.randint(t // 2, t, (n,), generator=g)] = 1.0
-    return torch.stack([v, marks], -1), (v * marks).sum(1, keepdim=True)
 
 
 def recall(g: torch.Generator, n: int, t: int, at: int = 0, k: int = 8) -> Batch:
@@ -57,18 +53,7 @@ def recall(g: torch.Generator, n: int, t: int, at: int = 0, k: int = 8) -> Batch
     return F.one_hot(s, k).float(), s[:, at]
 
 
-class SeqNet(nn.Module):
-    def __init__(self, cell: str, n_in: int, n_out: int, hidden: int = 32, bidirectional: bool = False) -> None:
-        super().__init__()
-        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
-        self.rnn = rnn(n_in, hidden, batch_first=True, bidirectional=bidirectional)
-        self.head = nn.Linear(hidden * (2 if bidirectional else 1), n_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.rnn(x)[0][:, -1])
-
-
-def chrono_forget(model: SeqNet, t: int) -> SeqNet:
+def chrono_forget(model: nn.Module, t: int) -> nn.Module:
     """Forget-gate biases log(U(1, T-1)) and input-gate biases their negatives, drawn at random."""
     h = model.rnn.hidden_size
     with torch.no_grad():
@@ -79,7 +64,7 @@ def chrono_forget(model: SeqNet, t: int) -> SeqNet:
     return model
 
 
-def forget_one(model: SeqNet) -> SeqNet:
+def forget_one(model: nn.Module) -> nn.Module:
     h = model.rnn.hidden_size
     with torch.no_grad():
         model.rnn.bias_ih_l0[h : 2 * h] = 1.0
@@ -99,7 +84,7 @@ class Run:
 
 def runs() -> list[Run]:
     def seq(cell: str, **kw: Any) -> Callable[[int, int], nn.Module]:
-        return lambda i, o: SeqNet(cell, i, o, **kw)
+        return lambda i, o: SeqNet(cell, i, 32, o, **kw)
 
     return [
         Run("lstm-adding30-sgd30", "adding", 30, seq("lstm"), "sgd", 30.0, 400),
@@ -107,11 +92,11 @@ def runs() -> list[Run]:
         Run("gru-adding30-sgd30", "adding", 30, seq("gru"), "sgd", 30.0, 400),
         Run("gru-adding60-sgd30", "adding", 60, seq("gru"), "sgd", 30.0, 300),
         Run("bigru-adding30-sgd30", "adding", 30, seq("gru", bidirectional=True), "sgd", 30.0, 400),
-        Run("lstm-forget1-adding30-sgd30", "adding", 30, lambda i, o: forget_one(SeqNet("lstm", i, o)), "sgd", 30.0, 400),
+        Run("lstm-forget1-adding30-sgd30", "adding", 30, lambda i, o: forget_one(SeqNet("lstm", i, 32, o)), "sgd", 30.0, 400),
         Run("lstm-recall30-sgd50", "recall", 30, seq("lstm"), "sgd", 50.0, 400),
         Run("lstm-recall60-adam20", "recall", 60, seq("lstm"), "adam", 20.0, 300),
         Run("control: lstm-last30-sgd50", "last", 30, seq("lstm"), "sgd", 50.0, 300),
-        Run("control: lstm-chrono-recall30-sgd50", "recall", 30, lambda i, o: chrono_forget(SeqNet("lstm", i, o), 30), "sgd", 50.0, 400),
+        Run("control: lstm-chrono-recall30-sgd50", "recall", 30, lambda i, o: chrono_forget(SeqNet("lstm", i, 32, o), 30), "sgd", 50.0, 400),
     ]
 
 
@@ -119,7 +104,7 @@ def task_of(run: Run) -> tuple[Callable[[torch.Generator, int], Batch], Callable
     """(batch, loss, score, inputs, outputs) for a run; the score is minus the MSE or the accuracy."""
     test_gen = torch.Generator().manual_seed(1234)
     if run.task == "adding":
-        x_test, y_test = adding(test_gen, 1000, run.length)
+        x_test, y_test = adding_problem(1000, run.length, test_gen)
 
         def score(m: nn.Module) -> tuple[float, bool]:
             with torch.no_grad():
@@ -127,7 +112,7 @@ def task_of(run: Run) -> tuple[Callable[[torch.Generator, int], Batch], Callable
             mse = mse if math.isfinite(mse) else math.inf
             return -mse, mse < 0.05
 
-        return (lambda g, n: adding(g, n, run.length)), F.mse_loss, score, 2, 1
+        return (lambda g, n: adding_problem(n, run.length, g)), F.mse_loss, score, 2, 1
     at = 0 if run.task == "recall" else -2
     xr, yr = recall(test_gen, 1000, run.length, at)
 

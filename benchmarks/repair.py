@@ -50,7 +50,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 import gradwatch as gw
 from gradwatch.detect import DETECTORS
 from gradwatch.fix import activations, init, norm, recurrent, residual
-from gradwatch.lab.data import accuracy, batches, digits
+from gradwatch.lab.data import accuracy, adding_problem, batches, digits
 from gradwatch.lab.models import mlp
 from gradwatch.types import Diagnosis, Finding
 
@@ -253,14 +253,9 @@ def _digits_trainer(opt: str, lr: float, *, image: bool = False) -> Trainer:
 
 
 def adding_batch(n: int, t: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The adding problem: sum the two values marked in a sequence of length t."""
-    values = torch.rand(n, t, generator=g)
-    marks = torch.zeros(n, t)
-    first = torch.randint(0, t // 2, (n,), generator=g)
-    second = torch.randint(t // 2, t, (n,), generator=g)
-    marks[torch.arange(n), first] = 1.0
-    marks[torch.arange(n), second] = 1.0
-    return torch.stack([values, marks], -1), (values * marks).sum(1)
+    """The adding problem (`gradwatch.lab.data.adding_problem`), its targets flat for `AddingNet`."""
+    x, y = adding_problem(n, t, g)
+    return x, y.squeeze(1)
 
 
 class AddingNet(nn.Module):

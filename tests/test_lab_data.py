@@ -5,7 +5,7 @@ import torch
 
 pytest.importorskip("sklearn")
 
-from gradwatch.lab.data import digits
+from gradwatch.lab.data import adding_problem, digits
 
 
 def test_digits_are_standardised_on_the_training_split_without_blowing_up_the_test_split() -> None:
@@ -25,3 +25,16 @@ def test_digits_are_standardised_on_the_training_split_without_blowing_up_the_te
     assert float(split.x_train[:, constant].abs().max()) == 0
     lo, hi = split.x_train.min(0).values, split.x_train.max(0).values
     assert bool(((split.x_test >= lo) & (split.x_test <= hi)).all())
+
+
+def test_adding_problem_marks_one_value_in_each_half_and_sums_them() -> None:
+    x, y = adding_problem(2000, 30, torch.Generator().manual_seed(0))
+    assert x.shape == (2000, 30, 2) and y.shape == (2000, 1)
+    values, marks = x[..., 0], x[..., 1]
+    assert bool(((values >= 0) & (values < 1)).all())
+    assert torch.equal(marks[:, :15].sum(1), torch.ones(2000)) and torch.equal(marks[:, 15:].sum(1), torch.ones(2000))
+    assert torch.allclose(y[:, 0], (values * (marks == 1)).sum(1))
+    # predicting the mean (1.0) scores the baseline, 1/6: the sum of two U[0, 1] has variance 2/12
+    assert float((y - 1.0).pow(2).mean()) == pytest.approx(1 / 6, rel=0.1)
+    again, _ = adding_problem(2000, 30, torch.Generator().manual_seed(0))
+    assert torch.equal(x, again)

@@ -758,10 +758,10 @@ class FirstSymbolLSTM(nn.Module):
         return self.head(self.rnn(x)[0][:, -1])
 
 
-def first_symbol_batch(g: torch.Generator, size: int = 64, length: int = 20, symbols: int = 8) -> Batch:
-    """`length` one-hot symbols; name the first (chance 1/8)."""
-    s = torch.randint(0, symbols, (size, length), generator=g)
-    return F.one_hot(s, symbols).float(), s[:, 0]
+def first_symbol_batch(g: torch.Generator, size: int = 64, length: int = 20) -> Batch:
+    """`copy_batch`'s one-hot symbols; name the first (chance 1/8)."""
+    x, s = copy_batch(g, size, length)
+    return x, s[:, 0]
 
 
 @spec("f-lstm-recall-adam-lr20",

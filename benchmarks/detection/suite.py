@@ -176,13 +176,13 @@ def _seq_run(
 
 
 class SeqNet(nn.Module):
-    """A recurrent layer read out at the last time step."""
+    """A recurrent layer read out at the last time step (`kw` go to the layer)."""
 
     def __init__(self, cell: str, n_in: int, hidden: int, n_out: int, **kw: object) -> None:
         super().__init__()
         cls = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell]
         self.rnn = cls(n_in, hidden, batch_first=True, **kw)  # type: ignore[arg-type]
-        self.head = nn.Linear(hidden, n_out)
+        self.head = nn.Linear(hidden * (2 if kw.get("bidirectional") else 1), n_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.rnn(x)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gradwatch.lab.data import Split, digits
+from gradwatch.lab.data import Split, adding_problem, digits
 
 
 def digits_split(seed: int = 0) -> Split:
@@ -33,22 +33,9 @@ class SeqTask:
 
 
 def _adding(size: int, length: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hochreiter & Schmidhuber's adding problem: sum the two marked numbers of a sequence.
-
-    One marker falls in the first half, one in the second; predicting the mean (1.0)
-    gives MSE 1/6 ~ 0.167, the baseline a model that cannot look back stays at.
-    """
-    values = torch.rand(size, length, generator=g)
-    marks = torch.zeros(size, length)
-    half = length // 2
-    first = torch.randint(0, half, (size,), generator=g)
-    second = torch.randint(half, length, (size,), generator=g)
-    rows = torch.arange(size)
-    marks[rows, first] = 1.0
-    marks[rows, second] = 1.0
-    x = torch.stack([values, marks], dim=-1)
-    y = (values * marks).sum(dim=1, keepdim=True)
-    return x, y
+    """Hochreiter & Schmidhuber's adding problem (`gradwatch.lab.data.adding_problem`):
+    predicting the mean gives MSE 1/6, the baseline a model that cannot look back stays at."""
+    return adding_problem(size, length, g)
 
 
 #: Symbols of the recall task, and how many must be remembered.

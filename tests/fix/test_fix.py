@@ -11,9 +11,10 @@ from torch import nn
 import gradwatch as gw
 from gradwatch import GradwatchTypeError
 from gradwatch.fix.init import transform as init_transform
-from gradwatch.lab.data import accuracy, batches, digits
+from gradwatch.lab.data import accuracy, adding_problem, batches, digits
 from gradwatch.lab.models import mlp
 from gradwatch.types import Cause, Diagnosis, Finding
+from gradwatch.watch import DEFAULT_EVERY
 from tests.fix.zoo import RNNNet, sigmoid_mlp
 
 
@@ -119,6 +120,19 @@ def _train(model: nn.Module, data: object, advice: dict, steps: int = 300) -> fl
     return accuracy(model, data.x_test, data.y_test)  # type: ignore[attr-defined]
 
 
+def _watched(model: nn.Module, data: object, steps: int, *, lr: float = 0.01, every: int = 10) -> gw.Watcher:
+    """`_train`'s recipe (SGD with momentum 0.9 on digits) under `gw.watch`."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    with gw.watch(model, every=every) as w:
+        for x, y in batches(data.x_train, data.y_train, 64, steps, seed=0):  # type: ignore[attr-defined]
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            w.step(loss=loss)
+            opt.step()
+    return w
+
+
 def test_a_fixed_deep_sigmoid_mlp_trains_where_the_original_does_not() -> None:
     data = digits()
     model = mlp(64, 10, depth=16, width=64, activation="sigmoid", seed=0)
@@ -139,14 +153,7 @@ def test_fix_consumes_the_causes_of_a_real_diagnosis() -> None:
     # (infer_causes, used only when no cause is given) never writes.
     data = digits()
     model = mlp(64, 10, depth=12, width=32, activation="sigmoid", seed=0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    with gw.watch(model, every=10) as w:
-        for x, y in batches(data.x_train, data.y_train, 64, 120, seed=0):
-            loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            w.step(loss=loss)
-            opt.step()
+    w = _watched(model, data, steps=120)
     diag = w.diagnose()
     vanishing = [f for f in diag.findings if f.kind == "vanishing_gradient"]
     assert vanishing and "saturating_activations" in vanishing[0].causes
@@ -348,15 +355,7 @@ def test_an_output_sigmoid_is_not_a_saturating_cause() -> None:
 
 def _diverge(model: nn.Module, data: object, lr: float = 200.0, steps: int = 30) -> gw.Diagnosis:
     """SGD far past the edge of stability, watched: the run a user brings to `fix`."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    with gw.watch(model) as w:
-        for x, y in batches(data.x_train, data.y_train, 64, steps, seed=0):  # type: ignore[attr-defined]
-            loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            w.step(loss=loss)
-            opt.step()
-    return w.diagnose()
+    return _watched(model, data, steps, lr=lr, every=DEFAULT_EVERY).diagnose()
 
 
 def _nonfinite_names(model: nn.Module) -> list[str]:
@@ -509,16 +508,6 @@ def test_a_late_divergence_blames_the_step_before_the_weights_it_inflated() -> N
     assert _kinds(gw.fix(model, early)) == {"init"}
 
 
-def _adding(g: torch.Generator, n: int, t: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
-    """The adding problem: the sum of the two values marked in a sequence of `t`."""
-    v = torch.rand(n, t, generator=g)
-    marks = torch.zeros(n, t)
-    rows = torch.arange(n)
-    marks[rows, torch.randint(0, t // 2, (n,), generator=g)] = 1.0
-    marks[rows, torch.randint(t // 2, t, (n,), generator=g)] = 1.0
-    return torch.stack([v, marks], -1), (v * marks).sum(1, keepdim=True)
-
-
 class _AddingLSTM(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -535,7 +524,7 @@ def _adding_run(model: nn.Module, lr: float, steps: int, seed: int, *, clip: flo
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     w = gw.watch(model, every=every) if every else None
     for _ in range(steps):
-        x, y = _adding(g, 32)
+        x, y = adding_problem(32, 30, g)
         loss = (model(x) - y).pow(2).mean()
         opt.zero_grad()
         loss.backward()
@@ -546,7 +535,7 @@ def _adding_run(model: nn.Module, lr: float, steps: int, seed: int, *, clip: flo
         opt.step()
     if w is not None:
         w.close()
-    x, y = _adding(torch.Generator().manual_seed(99), 512)
+    x, y = adding_problem(512, 30, torch.Generator().manual_seed(99))
     with torch.no_grad():
         return float((model(x) - y).pow(2).mean()), w
 
@@ -566,7 +555,7 @@ def test_a_run_that_diverged_before_it_could_be_read_also_gets_what_theory_predi
     diag = w.diagnose()
     assert {"diverging_loss", "nonfinite_gradient"} <= {f.kind for f in diag.findings}
     assert [c.kind for c in diag.causes] == ["keep_gate_closed"]
-    x, _ = _adding(torch.Generator().manual_seed(5), 32)
+    x, _ = adding_problem(32, 30, torch.Generator().manual_seed(5))
     result = gw.fix(fresh, diag, timeline=w.timeline, example_input=x)
     assert [c.target for c in result.changes] == ["rnn"]  # the layer blamed, not the head
     assert "predicted from the model as built" in result.changes[0].reason
@@ -654,14 +643,7 @@ def test_more_than_twenty_plain_layers_get_skips_beside_the_fixed_init() -> None
     data = digits()
     model = _plain_gelu(24)
     fresh = copy.deepcopy(model)
-    with gw.watch(model, every=10) as w:
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        for x, y in batches(data.x_train, data.y_train, 64, 300, seed=0):
-            loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            w.step(loss=loss)
-            opt.step()
+    w = _watched(model, data, steps=300)
     diag = w.diagnose()
     depth = {c.kind: c for c in diag.causes}["depth_without_skip"]
     assert depth.evidence["depth"] == 24

@@ -382,7 +382,7 @@ def keep_gate_closed(ctx: Context) -> Cause | None:
     ~1e-9. Gers et al. (2000) and Jozefowicz et al. (2015) start the forget gate at 1;
     chrono initialisation (Tallec & Ollivier 2018) spreads spans up to T.
     """
-    found: list[tuple[float, Layer, int]] = []
+    found: list[tuple[float, Layer, int, float]] = []
     for layer in ctx.anatomy.layers:
         e = layer.extra
         if not e.get("recurrent") or e.get("cell") not in ("lstm", "gru") or e.get("keep_bias_max") is None:
@@ -393,20 +393,20 @@ def keep_gate_closed(ctx: Context) -> Cause | None:
         carry = 1.0 / (1.0 + math.exp(-float(e["keep_bias_max"])))
         d = (t - 1) * _decades(carry)
         if d <= -DECADES:
-            found.append((d, layer, t))
+            found.append((d, layer, t, carry))
     if not found:
         return None
-    d, layer, t = min(found, key=lambda x: x[0])
+    d, layer, t, carry = min(found, key=lambda x: x[0])
     gate = "forget" if layer.extra["cell"] == "lstm" else "update (z)"
     b = float(layer.extra["keep_bias_max"])
     return Cause(
         kind=CauseKind.KEEP_GATE_CLOSED,
         score=_score(d),
-        layers=[x.name for _, x, _ in found],
-        evidence={"seq_len": float(t), "keep_bias_max": b, "carry_per_step": 1.0 / (1.0 + math.exp(-b)), "decades": d},
+        layers=[x[1].name for x in found],
+        evidence={"seq_len": float(t), "keep_bias_max": b, "carry_per_step": carry, "decades": d},
         message=(
             f"an {layer.extra['cell'].upper()} ('{layer.name}') over {t} steps whose {gate}-gate biases are at most "
-            f"{b:.2g}: each step keeps at most {1.0 / (1.0 + math.exp(-b)):.2f} of the state, so the gradient "
+            f"{b:.2g}: each step keeps at most {carry:.2f} of the state, so the gradient "
             f"along it shrinks by about 1e{d:+.0f} from the last step to the first"
         ),
         remedy=(

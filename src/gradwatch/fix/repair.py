@@ -640,6 +640,15 @@ def repair(
 
     spent = 0
 
+    def carry_on(i: int, e: int) -> int:
+        """Train trial `i`'s candidate on by `e` steps, as a trial of its own; returns its index."""
+        nonlocal spent
+        run(f"{trials[i].name}, continued", models[i], dict(trials[i].advice), seed + 3,
+            list(results[i].changes), e, before=s, lr_factor=trials[i].lr_factor)
+        spent += e
+        results[len(trials) - 1] = results[i]
+        return len(trials) - 1
+
     def affordable(extra: int, keep_trained: int) -> bool:
         """Can `extra` more steps be trained and the kept model still be finished to N?"""
         finish_cost = steps - keep_trained if finish else 0
@@ -754,16 +763,8 @@ def repair(
                 # kept unless the leader is ahead by more than the margin.
                 e = _extension(steps, s, spent, budget_steps, finish)
                 if e > 0:
-                    a = run(f"{trials[own].name}, continued", models[own], dict(trials[own].advice), seed + 3,
-                            list(results[own].changes), e, before=s, lr_factor=trials[own].lr_factor)
-                    spent += e
-                    results[len(trials) - 1] = results[own]
-                    own_continued = len(trials) - 1
-                    b = run(f"{trials[leader].name}, continued", models[leader], dict(trials[leader].advice),
-                            seed + 3, list(results[leader].changes), e, before=s, lr_factor=trials[leader].lr_factor)
-                    spent += e
-                    results[len(trials) - 1] = results[leader]
-                    winner = len(trials) - 1 if b.score > a.score + margin else own_continued
+                    pick_on, lead_on = carry_on(own, e), carry_on(leader, e)
+                    winner = lead_on if trials[lead_on].score > trials[pick_on].score + margin else pick_on
                 else:
                     winner = leader
             elif leader is not None and advised is None and trials[leader].score > baseline + 2 * margin:
@@ -782,11 +783,8 @@ def repair(
                         spent += need
                     else:  # the original was already watched on at least that far
                         a_score = trials[_latest_original(trials, trained_steps)].score
-                    b = run(f"{trials[leader].name}, continued", models[leader], dict(trials[leader].advice),
-                            seed + 3, list(results[leader].changes), e, before=s,
-                            lr_factor=trials[leader].lr_factor)
-                    spent += e
-                    results[len(trials) - 1] = results[leader]
+                    lead_on = carry_on(leader, e)
+                    b = trials[lead_on]
                     lost_ground = not b.score >= trials[leader].score - margin
                     if advised is not None and lost_ground and trials[advised].score > baseline + margin:
                         # more steps at that rate lost ground: too large to hold, even if
@@ -798,7 +796,7 @@ def repair(
                         )
                         winner = advised
                     elif b.score > a_score + margin:
-                        winner, baseline = len(trials) - 1, a_score
+                        winner, baseline = lead_on, a_score
                 else:
                     judged = advised if advised is not None else leader
                     if trials[judged].score > baseline + margin:
