@@ -80,3 +80,9 @@ def stuck_loss(level: float = float(np.log(10))) -> Callable[[int], float]:
 def falling_loss(start: float = 2.3, rate: float = 0.01, floor: float = 0.05) -> Callable[[int], float]:
     """A loss decaying exponentially from `start` towards `floor`, with small wiggles."""
     return lambda s: floor + (start - floor) * np.exp(-rate * s) + 0.01 * np.sin(1.7 * s)
+
+
+def slow_loss(start: float = 2.3, rate: float = 3e-4) -> Callable[[int], float]:
+    """A loss falling steadily but slowly (by `rate` a step), with small wiggles: at 300 steps
+    it is ~2.2 and needs over 20 times the steps run so far to converge at that pace."""
+    return lambda s: start - rate * s + 0.01 * np.sin(1.7 * s)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from gradwatch import Kind, Severity
 from gradwatch.detect import Thresholds, dead_units
-from tests.detect._timelines import build, chain_anatomy, falling_loss, stuck_loss
+from tests.detect._timelines import build, chain_anatomy, falling_loss, slow_loss, stuck_loss
 
 TH = Thresholds()
 AN = chain_anatomy(3)
@@ -31,6 +31,21 @@ def test_mostly_dead_sites_with_a_stuck_loss_are_an_error() -> None:
 def test_a_net_that_learns_with_some_dead_units_gets_info() -> None:
     tl = build(AN, 31, loss=falling_loss(), sites=SITES, values=lambda s: _values({"1": 0.7}))
     assert dead_units(tl, AN, TH)[0].severity == Severity.INFO
+
+
+def test_a_site_that_lost_nearly_all_its_units_warns_however_the_loss_falls() -> None:
+    sites = {"1": {"fn": "relu", "module": "1", "family": "relu", "units": 128}}
+    tl = build(AN, 31, loss=falling_loss(), sites=sites, values=lambda s: _values({"1": 126 / 128}))
+    (f,) = dead_units(tl, AN, TH)
+    assert f.severity == Severity.WARNING
+    assert f.message.startswith("`1` works with 2 of its 128 units: 98% of the units at `1` (relu) never switch on")
+    # a log without unit counts still says what is lost
+    (old,) = dead_units(build(AN, 31, loss=falling_loss(), sites=SITES, values=lambda s: _values({"1": 0.95})), AN, TH)
+    assert old.severity == Severity.WARNING and old.message.startswith("`1` has lost nearly all its width")
+    # a run that converged all the same keeps its info; under the bar the loss decides
+    converged = build(AN, 31, loss=falling_loss(rate=0.1, floor=0.001), sites=sites, values=lambda s: _values({"1": 0.95}))
+    assert dead_units(converged, AN, TH)[0].severity == Severity.INFO
+    assert dead_units(build(AN, 31, loss=slow_loss(), sites=sites, values=lambda s: _values({"1": 0.7})), AN, TH)[0].severity == Severity.WARNING
 
 
 def test_quiet_below_the_share_and_without_activation_metrics() -> None:

@@ -72,3 +72,38 @@ def test_a_layer_tied_to_the_head_is_not_evidence_of_growth_through_depth() -> N
     tl = build(an, 31, layers=lambda s: grads(3, [5e3, 5e3, 1.0]), loss=stuck_loss())  # `2` is not tied
     (f,) = exploding_gradient(tl, an, TH)
     assert f.layers == ["2"]
+
+
+def test_one_outlier_layer_is_not_growth_through_depth() -> None:
+    # an embedding initialised at std 1e-4 in front of a LayerNorm: its relative gradient is
+    # 159x the head's because its weight is tiny; the layers between show no growth at all
+    an = chain_anatomy(8)
+    outlier = build(an, 31, layers=lambda s: grads(8, [159.0, 1.0, 1.2, 0.9, 1.1, 1.0, 0.8, 1.0]), loss=stuck_loss())
+    assert exploding_gradient(outlier, an, TH) == []
+    steady = build(an, 31, layers=lambda s: grads(8, [10 ** (2.2 - 0.3 * i) for i in range(7)] + [1.0]), loss=stuck_loss())
+    assert exploding_gradient(steady, an, TH)[0].severity == Severity.ERROR
+
+
+def _plain(n: int, skip: bool = False) -> object:
+    an = chain_anatomy(n)
+    for layer in an.layers:
+        layer.extra.update(skip=skip, norm=None)
+    return an
+
+
+def test_a_plain_chain_growing_a_decade_from_initialisation_is_the_chaotic_phase() -> None:
+    an = _plain(8)
+    chaotic = [10 ** (0.25 * (6 - i)) * 0.5 for i in range(7)] + [1.0]  # 1.5 decades over the hidden layers
+    (f,) = exploding_gradient(build(an, 31, layers=lambda s: grads(8, chaotic), loss=falling_loss()), an, TH)
+    assert f.severity == Severity.WARNING and f.evidence["chaotic"] == 1.0
+    assert f.evidence["gain_per_layer"] == pytest.approx(10**0.25) and f.layers[0] == "0"
+    assert "the chaotic phase" in f.message and "1.78x per layer" in f.message
+    converged = build(an, 31, layers=lambda s: grads(8, chaotic), loss=falling_loss(rate=0.1, floor=0.001))
+    assert exploding_gradient(converged, an, TH)[0].severity == Severity.INFO
+    # not from initialisation (a trend grown while learning), with skips, or under a decade: quiet
+    later = build(an, 31, layers=lambda s: grads(8, chaotic if s >= 30 else [1.0] * 8), loss=falling_loss())
+    assert exploding_gradient(later, an, TH) == []
+    skips = _plain(8, skip=True)
+    assert exploding_gradient(build(skips, 31, layers=lambda s: grads(8, chaotic), loss=falling_loss()), skips, TH) == []
+    mild = [10 ** (0.1 * (6 - i)) for i in range(7)] + [1.0]
+    assert exploding_gradient(build(an, 31, layers=lambda s: grads(8, mild), loss=falling_loss()), an, TH) == []

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from gradwatch import Kind, Severity
 from gradwatch.detect import Thresholds, saturated_units
-from tests.detect._timelines import build, chain_anatomy, falling_loss, stuck_loss
+from tests.detect._timelines import build, chain_anatomy, falling_loss, slow_loss, stuck_loss
 
 TH = Thresholds()
 AN = chain_anatomy(3)
@@ -23,7 +23,24 @@ def test_saturated_sigmoids_with_a_stuck_loss_are_an_error_and_gates_only_info()
 
 
 def test_info_while_learning_and_quiet_below_the_share() -> None:
-    tl = build(AN, 31, loss=falling_loss(), sites=SITES, values=lambda s: {"act_sat_frac": {"1": 0.9}})
+    tl = build(AN, 31, loss=falling_loss(), sites=SITES, values=lambda s: {"act_sat_frac": {"1": 0.8}})
     assert saturated_units(tl, AN, TH)[0].severity == Severity.INFO
     assert saturated_units(build(AN, 31, loss=stuck_loss(), values=lambda s: {"act_sat_frac": {"1": 0.2}}), AN, TH) == []
     assert saturated_units(build(AN, 2), AN, TH) == []
+
+
+def test_a_hidden_site_nine_tenths_saturated_warns_however_the_loss_falls() -> None:
+    tl = build(AN, 31, loss=falling_loss(), sites=SITES, values=lambda s: {"act_sat_frac": {"1": 0.96, "lstm:forget_gate": 0.99}})
+    units, gates = saturated_units(tl, AN, TH)
+    assert units.severity == Severity.WARNING and gates.severity == Severity.INFO
+    assert "so `1` passes the gradient on through at most 4% of its outputs" in units.message
+    slow = build(AN, 31, loss=slow_loss(), sites=SITES, values=lambda s: {"act_sat_frac": {"1": 0.6}})
+    assert saturated_units(slow, AN, TH)[0].severity == Severity.WARNING
+
+
+def test_confident_outputs_are_not_lost_capacity() -> None:
+    # a sigmoid whose output the model returns (multi-label under BCELoss) is meant to saturate
+    sites = {"1": {"fn": "sigmoid", "module": "1", "family": "saturating", "output": True}}
+    for loss in (falling_loss(), slow_loss()):
+        (f,) = saturated_units(build(AN, 31, loss=loss, sites=sites, values=lambda s: {"act_sat_frac": {"1": 0.99}}), AN, TH)
+        assert f.severity == Severity.INFO

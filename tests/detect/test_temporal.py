@@ -8,7 +8,7 @@ import gradwatch as gw
 from gradwatch import Kind, Severity
 from gradwatch.anatomy import Anatomy, Layer
 from gradwatch.detect import Thresholds, temporal_vanishing
-from tests.detect._timelines import build, falling_loss, stuck_loss
+from tests.detect._timelines import build, falling_loss, slow_loss, stuck_loss
 
 TH = Thresholds()
 
@@ -111,3 +111,12 @@ def test_holes_in_a_whole_sequence_layer_or_an_overflow_are_not_a_cut() -> None:
     grown = [float("inf")] * 5 + [0.5] * 14 + [1.0]
     tl = build(cell, 31, loss=stuck_loss(2.08), profiles=lambda s: {"grad_t/rnn": grown})
     assert all("no gradient at all" not in f.message for f in temporal_vanishing(tl, cell, TH))
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM"])
+def test_info_while_learning_warning_while_learning_too_slowly(kind: str) -> None:
+    an = _anatomy(kind)
+    profiles = lambda s: {"grad_t/rnn": _profile(1e-6)}  # noqa: E731
+    (learning,) = temporal_vanishing(build(an, 31, loss=falling_loss(), profiles=profiles), an, TH)
+    (slow,) = temporal_vanishing(build(an, 31, loss=slow_loss(), profiles=profiles), an, TH)
+    assert learning.severity == Severity.INFO and slow.severity == Severity.WARNING

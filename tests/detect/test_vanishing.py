@@ -6,7 +6,7 @@ import pytest
 
 from gradwatch import Kind, Severity
 from gradwatch.detect import Thresholds, vanishing_gradient
-from tests.detect._timelines import build, chain_anatomy, falling_loss, grads, stuck_loss
+from tests.detect._timelines import build, chain_anatomy, falling_loss, grads, slow_loss, stuck_loss
 
 TH = Thresholds()
 AN = chain_anatomy(4)
@@ -39,6 +39,13 @@ def test_only_info_while_the_loss_improves() -> None:
     (f,) = vanishing_gradient(tl, AN, TH)
     assert f.severity == Severity.INFO
     assert "later layers carry the learning" in f.message
+
+
+def test_a_warning_while_the_loss_improves_too_slowly_to_finish() -> None:
+    tl = build(AN, 31, layers=lambda s: grads(4, DEEP), loss=slow_loss())
+    (f,) = vanishing_gradient(tl, AN, TH)
+    assert f.severity == Severity.WARNING
+    assert "but slowly: at this pace it needs" in f.message and "carry the learning" not in f.message
 
 
 def test_quiet_for_even_gradients_and_for_a_one_off_dip() -> None:

@@ -278,6 +278,10 @@ class LossView:
     steps_seen: int = 0
     best_step: int | None = None  # where the rolling median was lowest (where a rise began)
     first: float = math.nan  # the first finite loss
+    #: For a loss that improves: the steps its current pace needs to reach convergence, over
+    #: the steps run so far (NaN otherwise); `slow` when that is over `Thresholds.slow_pace`.
+    pace: float = math.nan
+    slow: bool = False
 
     def blew_past_chance(self, th: Thresholds) -> bool:
         """A classifier that began at or near chance and now sits well above both its first
@@ -323,6 +327,11 @@ class LossView:
             return f"the loss rose to {num(self.recent)} (it started at {num(self.start)}, best {num(self.best)})"
         if s == "nonfinite":
             return f"the loss became non-finite at step {self.first_nonfinite}"
+        if s == "improving" and self.slow:
+            return (
+                f"the loss still improves ({num(self.start)} -> {num(self.recent)}), but slowly: at "
+                f"this pace it needs ~{num(self.pace)}x the {self.steps_seen} steps run so far to converge"
+            )
         if s == "improving":
             return f"the loss still improves ({num(self.start)} -> {num(self.recent)})"
         if s == "converged":
@@ -337,6 +346,8 @@ class LossView:
             "loss_recent": self.recent,
             "loss_flat_steps": float(self.flat_steps),
         }
+        if math.isfinite(self.pace):
+            ev["loss_pace"] = self.pace
         if self.chance is not None:
             ev["loss_chance"] = self.chance
         return {k: float(v) for k, v in ev.items()}
@@ -450,6 +461,8 @@ def loss_view(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> LossView:
         status = "converged"
     elif falling:
         status = "improving"
+        pace = _pace(v, s, w, start, chance, th)
+        view["pace"], view["slow"] = pace, pace > th.slow_pace
     elif (
         at_chance
         and chance is not None
@@ -471,6 +484,26 @@ def loss_view(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> LossView:
     else:
         status = "unclear"
     return LossView(status, **view)  # type: ignore[arg-type]
+
+
+def _pace(v: np.ndarray, s: np.ndarray, w: int, start: float, chance: float | None, th: Thresholds) -> float:
+    """Steps the current pace needs to bring the loss to convergence, over the steps run so far.
+
+    The pace is the fall from the window before the last to the last (medians of `w`
+    losses) per step; convergence is the level the `converged` status asks for, whichever
+    is higher of `converged_frac` of the start and of chance. NaN where that level is not
+    defined (a loss that starts at or below zero) or the loss does not fall.
+    """
+    ref = max(start, chance or 0.0)
+    if not ref > 0:
+        return math.nan
+    recent, previous = float(np.median(v[-w:])), float(np.median(v[-2 * w : -w]))
+    dt = float(np.median(s[-w:]) - np.median(s[-2 * w : -w]))
+    rate = (previous - recent) / max(dt, 1.0)
+    if not rate > 0:
+        return math.nan
+    needed = max(recent - th.converged_frac * ref, 0.0) / rate
+    return needed / float(s[-1] - s[0] + 1)
 
 
 # -- formatting -----------------------------------------------------------------------------

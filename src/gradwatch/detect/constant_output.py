@@ -24,6 +24,7 @@ from gradwatch.detect._signals import (
     site_values,
     step_at,
 )
+from gradwatch.detect.severity import raised
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
 from gradwatch.types import Finding, Kind, Severity
@@ -48,6 +49,7 @@ def constant_output(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> lis
         severity = Severity.INFO
     else:
         severity = Severity.WARNING
+    severity = raised(severity, loss)
     what = "exactly the same output" if now == 0 else f"outputs that differ by {num(now)} of their size"
     how = loss.describe()
     if wrong:

@@ -3,7 +3,9 @@
 Read from the activations (`act_dead_frac`: the share of a site's units that are never
 positive over a batch), not from zero gradients: a large embedding's untouched rows have
 zero gradients too and are perfectly alive. An error when the loss is not improving;
-a net that learns with part of its units dead gets an `info`.
+a net that learns with part of its units dead gets an `info`, unless it learns too slowly
+to finish or a site has lost nearly all its units (`severity.raised`): a layer that works
+with a tenth of its width has lost it whatever the loss does.
 
 At the model's *output* (a site whose output the model returns, marked by the probes:
 a ReLU after the logits) a single dead unit is a fault: it is an output held at 0 for
@@ -26,6 +28,7 @@ from gradwatch.detect._signals import (
     site_values,
     step_at,
 )
+from gradwatch.detect.severity import raised
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
 from gradwatch.types import Finding, Kind, Severity
@@ -56,12 +59,14 @@ def dead_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Fin
         severity = Severity.INFO
     else:
         severity = Severity.WARNING
+    lost = worst >= th.lost_capacity_frac
+    severity = raised(severity, loss, lost_capacity=lost)
     fn = site_info(timeline, site).get("fn", "relu")
     more = f"; {len(hits) - 1} more site{'s' if len(hits) > 2 else ''} above {pct(th.dead_frac)}" if len(hits) > 1 else ""
-    message = (
-        f"{pct(worst)} of the units at `{site}` ({fn}) never switch on over a batch, so no "
-        f"gradient flows back through them{more}; {loss.describe()}"
-    )
+    share = f"{pct(worst)} of the units at `{site}` ({fn})"
+    if lost:
+        share = f"{_working(timeline, site, worst)}: {share}"
+    message = f"{share} never switch on over a batch, so no gradient flows back through them{more}; {loss.describe()}"
     layers = list(dict.fromkeys(site_module(timeline, h[0]) for h in hits))
     return [
         *findings,
@@ -74,6 +79,14 @@ def dead_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Fin
             message=message,
         ),
     ]
+
+
+def _working(timeline: Timeline, site: str, dead: float) -> str:
+    """"`3` works with 2 of its 128 units" (the count where the log has the site's width)."""
+    module, units = site_module(timeline, site), site_info(timeline, site).get("units")
+    if isinstance(units, (int, float)) and units > 0:
+        return f"`{module}` works with {round((1 - dead) * units) or 'none'} of its {int(units)} units"
+    return f"`{module}` has lost nearly all its width"
 
 
 def _dead_outputs(

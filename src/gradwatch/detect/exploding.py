@@ -2,7 +2,11 @@
 
 Through depth: an earlier layer's gradient, relative to its weights, is more than
 `th.explode_ratio` times the last weight layer's (the chaotic phase of mean-field theory,
-chi > 1). Through time: a recurrent layer's gradient at the first time steps is that many
+chi > 1), on a trend along the chain: the gradient grows from layer to layer, not at one
+layer whose weights are tiny. A plain chain (no skip, no normalisation) on such a trend
+that gains over a decade from its last layer to its first is in the chaotic phase even
+below that bar: its forward map is chaotic, which a falling loss does not excuse
+(`severity.raised`, lost capacity). Through time: a recurrent layer's gradient at the first time steps is that many
 times the gradient at the last ones. Gradients that are merely large everywhere, or that
 grow because the weights blew up under a too-large step, are the diverging-loss
 detector's business, not this one's. Severity: `error` while the loss is not improving,
@@ -30,6 +34,7 @@ from gradwatch.detect._signals import (
     tied,
     time_profiles,
 )
+from gradwatch.detect.severity import raised
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
 from gradwatch.types import Finding, Kind, Severity
@@ -59,8 +64,10 @@ def exploding_gradient(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
         ratio = np.where(tied(timeline, anatomy, chain[:-1]), np.nan, ratio)
         with quiet_numpy():
             top = np.nanmax(ratio, axis=1)
+        conc = np.array([_concordance(row) for row in ratio])
+        trend = ~(conc < th.depth_trend)  # a chain too short for a trend (NaN) passes
         release = limit - th.release_decades
-        start = latched_episode(top > limit, top > release, th.persist)
+        start = latched_episode((top > limit) & trend, (top > release) & trend, th.persist)
         if start is not None:
             now = nanmedian(recent_rows(ratio, th.persist), axis=0)
             big = [j for j in range(len(now)) if np.isfinite(now[j]) and now[j] > limit]
@@ -84,6 +91,8 @@ def exploding_gradient(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
                         ),
                     )
                 )
+        elif _plain(timeline, anatomy, chain):
+            findings += _chaotic(timeline, anatomy, th, chain, ratio)
 
     for module, (steps, reach) in time_profiles(timeline, th).items():
         start = episode(reach > limit, th.persist)
@@ -105,3 +114,72 @@ def exploding_gradient(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
             )
         )
     return findings
+
+
+def _concordance(row: np.ndarray, reference: bool = True) -> float:
+    """How consistently the gradient grows towards the input along one record's chain: the
+    share of layer pairs (the reference layer at 0 included, with `reference`) in which the
+    layer nearer the input has the larger relative gradient. 1 for a steady growth; about
+    one half for a flat chain with one outlier layer (a tiny-weight embedding); NaN for
+    fewer than three layers measured."""
+    v = row[np.isfinite(row)]
+    v = np.append(v, 0.0) if reference else v
+    if len(v) < 3:
+        return math.nan
+    i, j = np.triu_indices(len(v), k=1)
+    return float(np.mean(v[i] > v[j]))
+
+
+def _plain(timeline: Timeline, anatomy: Anatomy, chain: list[int]) -> bool:
+    """Every layer of the chain read by the structure analysis and found with neither a skip
+    nor a normalisation around it: the chain mean-field theory describes."""
+    layers = [anatomy[timeline.layers[c]] for c in chain]
+    return all("skip" in layer.extra and not layer.extra["skip"] and not layer.extra.get("norm") for layer in layers)
+
+
+def _growth(row: np.ndarray) -> float:
+    """Decades the relative gradient gains from the last hidden layer back to the first, on a
+    least-squares line through one record's hidden layers (the head left out: the loss's
+    gradient enters there, and its fan-out differs); NaN for fewer than three measured."""
+    finite = np.flatnonzero(np.isfinite(row))
+    if len(finite) < 3:
+        return math.nan
+    slope = float(np.polyfit(finite, row[finite], 1)[0])
+    return -slope * float(finite[-1] - finite[0])
+
+
+def _chaotic(timeline: Timeline, anatomy: Anatomy, th: Thresholds, chain: list[int], ratio: np.ndarray) -> list[Finding]:
+    """A plain chain whose hidden layers' relative gradient grows steadily towards the input by
+    over `th.chaotic_decades` from the first record on: initialised in the chaotic phase.
+
+    Mean-field theory describes the network at its random initialisation; training moves the
+    weights away from it (a critical tanh net grows a trend of its own as it learns), so the
+    phase is read from the first `persist` records. The head is left out of the trend.
+    """
+    if ratio.shape[1] < 3 or len(ratio) < th.persist:
+        return []
+    first = ratio[: th.persist]  # the hidden layers: every chain layer but the head
+    growth = np.array([_growth(row) for row in first])
+    steady = np.array([_concordance(row, reference=False) for row in first])
+    if not bool(np.all((growth > th.chaotic_decades) & (steady >= th.depth_trend))):
+        return []
+    at_start = nanmedian(first, axis=0)
+    per_layer = float(np.median(growth)) / max(1, int(np.isfinite(at_start).sum()) - 1)
+    loss = loss_view(timeline, anatomy, th)
+    severity = raised(_severity(loss), loss, lost_capacity=True)
+    names = [timeline.layers[chain[j]] for j in range(ratio.shape[1]) if np.isfinite(at_start[j])]
+    return [
+        Finding(
+            kind=Kind.EXPLODING_GRADIENT,
+            severity=severity,
+            layers=names,
+            step=step_at(timeline, 0),
+            evidence={"growth_decades": float(np.median(growth)), "gain_per_layer": 10**per_layer, "chaotic": 1.0, **loss.evidence()},
+            message=(
+                f"at initialisation the gradient, relative to the weights, grew by {num(10**per_layer)}x per "
+                f"layer on its way back through a plain chain of {len(names)} hidden layers ({num(10 ** float(np.median(growth)))}x "
+                f"from `{names[-1]}` to `{names[0]}`): the chaotic phase, whose forward map scrambles its inputs "
+                f"(re-initialise at a smaller weight scale); {loss.describe()}"
+            ),
+        )
+    ]

@@ -2,7 +2,12 @@
 
 From the activations (`act_sat_frac`: the share of outputs where phi' is under 1% of its
 maximum). An error when the loss is not improving. LSTM/GRU gates are meant to saturate
-(a forget gate at 1 is memory), so they only ever get an `info`.
+(a forget gate at 1 is memory), so they only ever get an `info`. While the loss improves
+a hidden site gets an `info`, unless the run learns too slowly to finish or a hidden
+site has nine outputs in ten saturated (`severity.raised`): it then passes at most a
+tenth of the gradient to everything below it. A site whose output the model returns (a
+sigmoid output under BCELoss) is meant to grow confident, so it never counts as lost
+capacity.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from gradwatch.detect._signals import (
     site_values,
     step_at,
 )
+from gradwatch.detect.severity import raised
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
 from gradwatch.types import Finding, Kind, Severity
@@ -47,13 +53,25 @@ def saturated_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> lis
             severity = Severity.ERROR
         else:
             severity = Severity.WARNING
-        fn = site_info(timeline, site).get("fn", "gate" if gates else "saturating")
-        more = f"; {len(group) - 1} more site{'s' if len(group) > 2 else ''} above {pct(th.saturated_frac)}" if len(group) > 1 else ""
+        # an output the model returns is meant to grow confident: only hidden sites are raised
+        hidden = [] if gates else [h for h in group if not site_info(timeline, h[0]).get("output")]
+        lost = [h for h in hidden if h[2] >= th.lost_capacity_frac]
+        if hidden:
+            severity = raised(severity, loss, lost_capacity=bool(lost))
         tail = (
             "gates are meant to saturate, so this alone is no fault"
             if gates
             else "their derivative is under 1% of its peak, so little gradient passes"
         )
+        if lost:
+            site, _, worst = max(lost, key=lambda h: h[2])
+            share = f"at most {pct(1 - worst)} of its outputs" if worst < 0.995 else "almost none of its outputs"
+            tail = (
+                f"their derivative is under 1% of its peak, so `{site_module(timeline, site)}` passes the "
+                f"gradient on through {share}"
+            )
+        fn = site_info(timeline, site).get("fn", "gate" if gates else "saturating")
+        more = f"; {len(group) - 1} more site{'s' if len(group) > 2 else ''} above {pct(th.saturated_frac)}" if len(group) > 1 else ""
         findings.append(
             Finding(
                 kind=Kind.SATURATED_UNITS,

@@ -31,6 +31,7 @@ from gradwatch.detect._signals import (
     recent_rows,
     step_at,
 )
+from gradwatch.detect.severity import raised
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
 from gradwatch.types import Finding, Kind, Severity
@@ -97,6 +98,7 @@ def _everywhere(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Fi
         severity = Severity.WARNING
     else:
         severity = Severity.INFO
+    severity = raised(severity, loss)
     if now == 0:
         what = (
             "the optimizer's steps do not change the weights at all (update 0): does it hold "

@@ -8,8 +8,9 @@ middle for one read out in the middle (a bidirectional layer must carry both way
 but which learns (its reach then jumps to ~1 and the finding goes away) is told from a
 tanh RNN whose reach stays tiny while the loss stays put (`error`). While the loss is on
 a plateau the two look alike; for gated layers (LSTM, GRU), which can still learn to
-carry the signal, the finding is then a `warning`. When the loss is taken at every time
-step the reach is ~1 and nothing is reported.
+carry the signal, the finding is then a `warning`; so it is while the loss improves too
+slowly to finish (`severity.raised`). When the loss is taken at every time step the reach
+is ~1 and nothing is reported.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from gradwatch.detect._signals import (
     recent_rows,
     time_reach,
 )
+from gradwatch.detect.severity import raised
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
 from gradwatch.types import Finding, Kind, Severity
@@ -75,7 +77,7 @@ def temporal_vanishing(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
         else:
             # Learning, diverging (another cause), or too early to judge by the loss: the
             # reach alone does not tell a failing layer from an LSTM at initialisation (info).
-            severity = (Severity.WARNING if gated else Severity.ERROR) if stalled else Severity.INFO
+            severity = raised((Severity.WARNING if gated else Severity.ERROR) if stalled else Severity.INFO, loss)
             hint = "; gated layers often sit on such a plateau before they learn to carry the signal" if stalled and gated else ""
             evidence = {"time_reach": float(10**now), "reach_change_decades": float(rise)}
             trend = f", {'up' if rise >= 0 else 'down'} {abs(rise):.1f} decades over the run" if len(reach) >= 3 else ""

@@ -51,6 +51,11 @@ class Thresholds:
     #: An improvement must exceed this many standard errors of the recent window's median
     #: (estimated from the losses' spread) to count as one.
     trend_sigmas: float = 3.0
+    #: Slow: a loss that still improves, but whose current pace would need more than this
+    #: many times the steps run so far to reach convergence (`converged_frac` of its start
+    #: or of chance). Loss curves decelerate, so the current pace is an optimistic guess: a
+    #: run it calls slow is slower still.
+    slow_pace: float = 10.0
 
     # -- gradients across depth ---------------------------------------------------------
     #: Vanishing: a layer's gradient relative to its weights is below this fraction of the
@@ -60,6 +65,14 @@ class Thresholds:
     vanish_ratio_blind: float = 1e-6
     #: Exploding: a layer's relative gradient is above this multiple of the last layer's.
     explode_ratio: float = 1e2
+    #: A growth through depth must be a trend: in at least this share of the chain's layer
+    #: pairs the layer nearer the input has the larger relative gradient (one outlier layer,
+    #: a tiny-weight embedding, makes about one half).
+    depth_trend: float = 0.75
+    #: Chaotic phase: a plain chain (no skip, no normalisation) on such a trend whose first
+    #: layers receive over this many decades more relative gradient than the last one. In
+    #: the ordered or critical phase the ratio stays flat or falls towards the input.
+    chaotic_decades: float = 1.0
     #: Dead band: once a vanishing or exploding condition across depth has held
     #: persistently, it clears only when the ratio has moved back by more than this many
     #: decades (an exploding ratio that fell below 100 / 10**0.5 ~ 32), so a ratio near its
@@ -89,5 +102,11 @@ class Thresholds:
     #: Saturated: the share of a saturating site's outputs whose derivative is below 1% of
     #: its maximum.
     saturated_frac: float = 0.5
+    #: Lost capacity: a hidden site where at least this share of the units are dead, or of
+    #: the outputs saturated, passes (next to) no gradient through nine units in ten: the
+    #: layer learns with a tenth of its width, and every layer below it gets at most a tenth
+    #: of the gradient. A falling loss does not make that harmless (`warning` unless the run
+    #: converged).
+    lost_capacity_frac: float = 0.9
     #: Constant output: the across-batch spread of the output, relative to its size.
     output_spread: float = 1e-3

@@ -3,7 +3,8 @@
 Evidence is scale-free: each layer's gradient relative to its own weights (what an SGD
 step changes, per unit of learning rate), compared with the last weight layer's. The
 finding is an error only when the loss is stuck as well; a net that learns despite a
-weak early gradient (a shallow sigmoid net, an Adam-trained one) gets an `info`.
+weak early gradient (a shallow sigmoid net, an Adam-trained one) gets an `info` — a
+`warning` if it learns too slowly to finish (`severity.raised`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gradwatch.detect._signals import (
     step_at,
     tied,
 )
+from gradwatch.detect.severity import raised
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
 from gradwatch.types import Finding, Kind, Severity
@@ -84,6 +86,7 @@ def vanishing_gradient(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
         severity = Severity.WARNING
     else:
         severity = Severity.INFO
+    severity = raised(severity, loss)
 
     reference = timeline.layers[chain[-1]]
     many = f"; {len(names)} layers are below {num(bar)}" if len(names) > 1 else ""

@@ -351,7 +351,7 @@ class ForwardProbe:
                 self._bases[base] += 1
                 site = base if as_module and k == 0 else f"{base}#{k}"
                 self._site_keys[key] = site
-                self._register(site, {"fn": act.name, "module": mod_name, "family": act.family, "line": line})
+                self._register(site, {"fn": act.name, "module": mod_name, "family": act.family, "line": line, "units": units})
             st = self._stats.get(site)
             if st is None:
                 st = self._stats[site] = SiteStats(act, units)
