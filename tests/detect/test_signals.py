@@ -171,3 +171,25 @@ def test_the_start_of_a_loss_that_blew_up_within_a_few_steps_is_its_first_value(
     blown = build(an, 2, loss=lambda s: [7.7e3, 3.4e34][s] if s < 2 else float("nan"))
     lv = loss_view(blown, an, TH)
     assert lv.status == "nonfinite" and lv.start == pytest.approx(7.7e3)
+
+
+def test_first_losses_spanning_decades_start_at_the_first_one() -> None:
+    # a regression blowing up from its first step: the median of the first ten losses is
+    # already the blow-up (2.8e12), not where the run started (1e5)
+    an = chain_anatomy(3, classes=1)
+    blowing = lambda s: 1e5 * 10 ** min(s, 7) * (1 + 0.01 * math.sin(s))  # noqa: E731
+    view = loss_view(build(an, 31, loss=blowing), an, Thresholds())
+    assert view.start == pytest.approx(1e5) and view.status == "diverging"
+    assert "it started at 1e5" in view.describe()
+    # a head of ordinary noise keeps its median
+    assert loss_view(build(an, 31, loss=falling_loss()), an, Thresholds()).start != pytest.approx(falling_loss()(0))
+
+
+def test_one_example_batches_swinging_by_orders_of_magnitude_are_not_a_divergence() -> None:
+    # batch size 1 on a regression with unscaled targets: each step's loss is one example's
+    # squared error, log-normal around a level that does not move
+    rng = np.random.default_rng(3)  # a draw whose first ten happen to sit low (median 5e10)
+    draws = 1e11 * np.exp(2.0 * rng.standard_normal(400))
+    an = chain_anatomy(3, classes=1)
+    view = loss_view(build(an, 31, loss=lambda s: float(draws[s])), an, Thresholds())
+    assert view.status != "diverging"

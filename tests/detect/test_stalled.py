@@ -24,6 +24,12 @@ def test_zero_updates_point_at_the_optimizer() -> None:
     assert "does it hold this model's parameters" in f.message
 
 
+def test_zero_updates_from_zero_gradients_do_not_blame_the_optimizer() -> None:
+    # every unit dead: the gradients are exact zeros and the optimizer is fine
+    (f,) = stalled_weights(build(AN, 31, layers=lambda s: grads(3, [0, 0, 0], update=0.0), loss=stuck_loss()), AN, TH)
+    assert "every layer's gradient is exactly 0" in f.message and "does it hold" not in f.message
+
+
 def test_one_moving_layer_means_the_optimizer_works() -> None:
     g = grads(3, [1, 1, 1], update=1e-8)
     g["update_ratio"][-1] = 1e-3

@@ -400,7 +400,16 @@ def loss_view(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> LossView:
     if n < th.loss_min_steps:
         return LossView("unknown", classes=classes, first_nonfinite=first_bad, steps_seen=len(values))
 
-    start = float(np.median(v[: th.loss_head]))
+    head = v[: th.loss_head]
+    # The start is a level, de-noised by a median; first losses that move steadily one way
+    # over a decade are no level but a run already blowing up (or dropping) within them: the
+    # first loss is where it started. (Noise that spans a decade, one-example batches, has
+    # no such order: about half its pairs rise.)
+    i, j = np.triu_indices(len(head), k=1)
+    steady = len(head) >= 3 and max(float(np.mean(head[j] > head[i])), float(np.mean(head[j] < head[i]))) >= 0.9
+    spans_decade = steady and bool(np.all(head > 0)) and float(head.max()) > 10 * float(head.min())
+    start = float(head[0]) if spans_decade else float(np.median(head))
+    head_se = 1.2533 * 1.4826 * float(np.median(np.abs(head - np.median(head)))) / math.sqrt(len(head))
     w = int(min(max(round(n * th.loss_tail_frac), th.loss_tail_min), th.loss_tail_max, n // 2))
     recent_vals, prev_vals = v[-w:], v[-2 * w : -w]
     recent, previous = float(np.median(recent_vals)), float(np.median(prev_vals))
@@ -439,10 +448,13 @@ def loss_view(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> LossView:
     # when the loss blew up within those first steps and stayed up.
     first = float(v[0])
     blew_past_chance = _blew_past(first, recent, chance, th) and not falling
-    if blew_past_chance and first < start:
+    if (blew_past_chance or spans_decade) and first <= start:
         view["start"], view["best"] = first, min(best, first)
         view["best_step"] = int(s[0]) if first <= best else best_step
-    if recent - start > th.diverge_rise * scale or blew_past_chance:
+    # A rise within the noise of the two medians is no rise: one-example batches swing a
+    # loss by orders of magnitude from step to step.
+    risen = recent - start > max(th.diverge_rise * scale, th.trend_sigmas * math.hypot(se, head_se))
+    if risen or blew_past_chance:
         status = "diverging"
     elif (
         gained > th.stuck_progress * scale

@@ -99,10 +99,19 @@ def _everywhere(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Fi
     else:
         severity = Severity.INFO
     severity = raised(severity, loss)
-    if now == 0:
+    with quiet_numpy():
+        grads = np.nanmax(recent_rows(timeline.layer_metric("grad_norm"), th.persist))
+    if now == 0 and grads == 0:
         what = (
-            "the optimizer's steps do not change the weights at all (update 0): does it hold "
-            "this model's parameters, with a learning rate above 0?"
+            "the weights do not change at all, and neither does anything else: every layer's "
+            "gradient is exactly 0, so no optimizer could move them. Units dead or saturated "
+            "across the whole net zero the gradient like this (see the dead and saturated "
+            "findings), as does a loss that does not depend on the parameters"
+        )
+    elif now == 0:
+        what = (
+            "the optimizer's steps do not change the weights at all (update 0) although their "
+            "gradients are not 0: does it hold this model's parameters, with a learning rate above 0?"
         )
     else:
         what = (
