@@ -456,9 +456,11 @@ def specs() -> list[Spec]:
              "tanh RNN must recall the first of 40 symbols",
              _seq_run("recall", 40, lambda i, o: SeqNet("rnn", i, 32, o), sgd(0.05), 400),
              labels=A({K.TEMPORAL_VANISHING}), allowed=stuck | A({K.SATURATED_UNITS}), needs=TIME),
-        Spec("mlp20-relu-he-sgd-lr0.1", "mlp", "SGD", False,
-             "20-layer ReLU He MLP with SGD lr 0.1, momentum 0.9: the step size is too large",
-             _digits_run(_deep_mlp(20, "relu", "he"), sgd(0.1), 300),
+        # At 0.1 the run sits on the edge: whether it diverges or its units die first
+        # depends on the CPU's floating-point reduction order; 0.3 diverges on any.
+        Spec("mlp20-relu-he-sgd-lr0.3", "mlp", "SGD", False,
+             "20-layer ReLU He MLP with SGD lr 0.3, momentum 0.9: the step size is too large",
+             _digits_run(_deep_mlp(20, "relu", "he"), sgd(0.3), 300),
              labels=A({K.DIVERGING_LOSS}), allowed=blown, quick=True),
         Spec("mlp3-adam-lr1", "mlp", "Adam", False,
              "Adam with lr 1.0: the first steps switch every ReLU off for good",
