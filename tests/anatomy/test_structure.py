@@ -196,3 +196,13 @@ def test_activation_specs() -> None:
     with pytest.raises(ValueError, match="not an activation spec"):
         parse_spec("relu(")
     assert math.isclose(parse_spec(module_spec(nn.Softplus(beta=2.0)) or "")[1]["beta"], 2.0)
+
+
+def test_a_hardtanh_from_0_is_a_clipped_relu() -> None:
+    # ReLU6 written any way is one spec, of the relu family (the activation probes measure
+    # dead units for it, not saturation: tests/probes/test_activations.py)
+    assert module_spec(nn.ReLU6()) == module_spec(nn.Hardtanh(0, 6)) == function_spec("hardtanh", (0.0, 6.0)) == "relu6"
+    assert function_spec("hardtanh", (), {"min_val": 0, "max_val": 6}) == "relu6"
+    assert family(function_spec("hardtanh", (0.0, 1.0))) == "relu"
+    assert function_spec("hardtanh") == "hardtanh" and family("hardtanh") == "saturating"
+    assert family(function_spec("hardtanh", (-2.0, 2.0))) == "saturating"

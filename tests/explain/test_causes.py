@@ -100,6 +100,30 @@ def test_depth_without_skip() -> None:
     assert CauseKind.DEPTH_WITHOUT_SKIP not in kinds(mlp(8, 3, depth=12, width=32, activation="relu", init="he", seed=0))
 
 
+def test_mobilenet_v2_is_not_told_to_add_residual_connections() -> None:
+    # regression (zoo): MobileNetV2's shortest way back crosses 23 convolutions (the first
+    # block of each stage changes shape and has no skip), each followed by BatchNorm: a
+    # standard design, yet inspect said "add residual connections" from the depth alone
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.MobileNetV2Config(image_size=32, depth_multiplier=0.25, num_labels=4)
+    model = transformers.MobileNetV2ForImageClassification(cfg)
+    s = analyse(model, torch.randn(4, 3, 32, 32))
+    assert s.longest_plain_chain > 20 and s.skip_connections > 0  # the depth is real
+    assert all(c.kind != CauseKind.DEPTH_WITHOUT_SKIP for c in find_causes(s.anatomy, s))
+
+
+def test_a_chain_normalised_throughout_may_be_deeper_before_depth_is_blamed() -> None:
+    # 25 weight layers: too deep for a plain chain, not for one with BatchNorm at every layer
+    plain = kinds(mlp(8, 3, depth=24, width=32, activation="relu", init="he", seed=0))
+    assert plain[CauseKind.DEPTH_WITHOUT_SKIP].evidence["limit"] == 20
+    assert CauseKind.DEPTH_WITHOUT_SKIP not in kinds(mlp(8, 3, depth=24, width=32, activation="relu", batchnorm=True, seed=0))
+    # normalised throughout, but deeper than the 34 layers plain BatchNorm nets still train at
+    deep = kinds(mlp(8, 3, depth=40, width=32, activation="relu", batchnorm=True, seed=0))
+    c = deep[CauseKind.DEPTH_WITHOUT_SKIP]
+    assert c.evidence["limit"] == 34 and c.evidence["depth"] == 41 and "normalisation at every layer" in c.message
+
+
 def test_no_normalization() -> None:
     c = kinds(mlp(8, 3, depth=20, width=32, activation="relu", seed=0))[CauseKind.NO_NORMALIZATION]
     assert c.evidence["depth"] == 21 and c.evidence["decades"] >= 3

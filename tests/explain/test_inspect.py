@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 
 import numpy as np
 import pytest
@@ -203,3 +204,74 @@ def test_a_lazy_model_is_inspected_and_left_lazy() -> None:
     assert [r.name for r in d.layers] == ["0", "2", "4"]
     assert all(r.measured_grad_norm > 0 for r in d.layers)
     assert all(isinstance(model[i], nn.LazyLinear) for i in (0, 2, 4))
+
+
+class Draws(nn.Module):
+    """A model whose training-mode forward draws from every global generator: torch's
+    (dropout), NumPy's (a mask, as SpecAugment draws) and Python's `random` (a jitter)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 16)
+        self.b = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.dropout(torch.relu(self.a(x)), 0.2, self.training)
+        if self.training:
+            keep = torch.from_numpy(np.random.rand(h.shape[-1]) > 0.1).to(h.dtype)
+            h = h * keep * (1.0 + 0.01 * random.random())
+        return self.b(h)
+
+
+def _random_states() -> tuple[torch.Tensor, tuple[object, ...], object]:
+    """torch's, NumPy's (keys as a list, so that == compares them) and Python's generator states."""
+    name, keys, *rest = np.random.get_state()
+    return torch.get_rng_state(), (name, keys.tolist(), *rest), random.getstate()
+
+
+def test_inspect_leaves_every_global_random_generator_as_found() -> None:
+    # regression (zoo, Wav2Vec2): inspect restored torch's generator only, so a model drawing
+    # from NumPy's or Python's advanced them, and trained differently after inspect
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    model, x = Draws(), torch.randn(8, 6)
+    torch_state, numpy_state, python_state = _random_states()
+    gw.inspect(model, x)
+    after = _random_states()
+    assert torch.equal(after[0], torch_state)
+    assert after[1] == numpy_state
+    assert after[2] == python_state
+
+
+def _wav2vec2_losses(inspect_first: bool, steps: int = 3) -> list[float]:
+    """A few AdamW steps of a small Wav2Vec2 classifier, SpecAugment on (it draws its masks
+    from NumPy's global generator), from the same seeds."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    cfg = transformers.Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(8, 8), conv_stride=(5, 2), conv_kernel=(10, 3), num_feat_extract_layers=2,
+        num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2, classifier_proj_size=8,
+        num_labels=2, mask_time_prob=0.2, mask_time_length=4,
+    )  # fmt: skip
+    model = transformers.Wav2Vec2ForSequenceClassification(cfg)
+    g = torch.Generator().manual_seed(1)
+    batch = {"input_values": torch.randn(4, 800, generator=g), "labels": torch.tensor([0, 1, 0, 1])}
+    if inspect_first:
+        gw.inspect(model, batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(steps):
+        loss = model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_wav2vec2_trains_bit_identically_after_inspect() -> None:
+    assert _wav2vec2_losses(inspect_first=True) == _wav2vec2_losses(inspect_first=False)

@@ -287,3 +287,81 @@ def test_a_model_called_from_two_lines_of_the_training_loop_keeps_one_site_per_a
         (a + b).backward()
         w.step()
     assert list(w.timeline.sites) == ["1"]
+
+
+def _quadrant_batch(g: torch.Generator, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noisy 32x32 images whose bright quadrant is the class: a task a small CNN learns."""
+    labels = torch.randint(0, 4, (n,), generator=g)
+    x = 0.1 * torch.randn(n, 3, 32, 32, generator=g)
+    for i, c in enumerate(labels.tolist()):
+        r, col = divmod(c, 2)
+        x[i, :, r * 16 : (r + 1) * 16, col * 16 : (col + 1) * 16] += 1.0
+    return x, labels
+
+
+def test_relu6_in_mobilenet_v2_is_a_relu_not_a_saturating_hardtanh() -> None:
+    # regression (zoo): nn.ReLU6 runs F.hardtanh(x, 0, 6), which the probe read as a
+    # saturating hardtanh: MobileNetV2's ReLU6 sites were "53% saturated (hardtanh)", an
+    # error, when those outputs are the off half of a ReLU (exactly 0), not a flat tail
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.MobileNetV2Config(image_size=32, depth_multiplier=0.25, num_labels=4)
+    model = transformers.MobileNetV2ForImageClassification(cfg)
+    relu6 = {n for n, m in model.named_modules() if isinstance(m, nn.ReLU6)}
+    assert relu6
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    with gw.watch(model, every=2) as w:
+        for _ in range(10):
+            x, y = _quadrant_batch(g)
+            loss = model(pixel_values=x, labels=y).loss
+            opt.zero_grad()
+            loss.backward()
+            w.step(loss=loss)
+            opt.step()
+    sites = {s: info for s, info in w.timeline.sites.items() if info["module"] in relu6}
+    assert sites and all(info["family"] == "relu" and info["fn"] == "relu6" for info in sites.values())
+    saturated, _ = site_values(w.timeline, "act_sat_frac")
+    assert not set(saturated) & set(sites)
+    dead, values = site_values(w.timeline, "act_dead_frac")
+    assert set(sites) <= set(dead) and np.nanmax(values) < 0.5  # measured as ReLUs: alive
+    assert not any(f.kind == "saturated_units" for f in w.diagnose().findings)
+
+
+class Clipped(nn.Module):
+    """One hidden layer through each way of writing a clipped activation."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.a, self.b, self.kind = nn.Linear(8, 32), nn.Linear(32, 2), kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if self.kind == "hardtanh":
+            h = F.hardtanh(h)  # between -1 and 1: saturates
+        elif self.kind == "hardtanh(0, 6)":
+            h = F.hardtanh(h, 0.0, 6.0)
+        else:
+            h = F.relu6(h)
+        return self.b(h)
+
+
+@pytest.mark.parametrize(("kind", "family"), [("hardtanh", "saturating"), ("hardtanh(0, 6)", "relu"), ("relu6", "relu")])
+def test_a_hardtanh_whose_lower_bound_is_0_is_measured_as_a_relu(kind: str, family: str) -> None:
+    torch.manual_seed(0)
+    model = Clipped(kind)
+    x = 10.0 * torch.randn(64, 8)  # pre-activations of std ~6: a (-1, 1) hardtanh is flat for most
+    with gw.watch(model, every=1) as w:
+        for _ in range(6):
+            model(x).pow(2).mean().backward()
+            w.step()
+    ((site, info),) = w.timeline.sites.items()
+    assert info["family"] == family
+    if family == "saturating":
+        h = model.a(x).detach()
+        expected = float((h.abs() >= 1).float().mean())
+        assert w.timeline.records.column("act_sat_frac", site)[-1] == pytest.approx(expected)
+        assert expected > 0.7 and any(f.kind == "saturated_units" for f in w.diagnose().findings)
+    else:
+        assert info["fn"] == "relu6" and site not in site_values(w.timeline, "act_sat_frac")[0]
+        assert w.timeline.records.column("act_dead_frac", site)[-1] == 0.0

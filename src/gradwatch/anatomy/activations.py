@@ -23,9 +23,11 @@ __all__ = [
     "parse_spec",
 ]
 
-#: Which family each known activation belongs to (the same words the activation probes use):
+#: Which family each known activation belongs to (the activation probes measure dead units
+#: for every family but ``saturating``: `gradwatch.probes.activations.measured_family`):
 #: ``relu`` units can die (output exactly 0 on a half-line), ``saturating`` ones flatten
-#: out on both sides, ``smooth`` ones do neither, ``linear`` is the identity.
+#: out on both sides, ``smooth`` ones do neither, ``linear`` is the identity. A hardtanh
+#: whose lower bound is 0 is a ReLU clipped at its upper bound (`family`).
 ACTIVATION_FAMILIES: dict[str, str] = {
     "relu": "relu",
     "relu6": "relu",
@@ -76,14 +78,26 @@ _ALIASES = {"expit": "sigmoid", "special_expit": "sigmoid", "swish": "silu"}
 
 
 def family(spec: str | None) -> str | None:
-    """``relu``, ``saturating``, ``smooth`` or ``linear`` for a spec; None if unknown."""
+    """``relu``, ``saturating``, ``smooth`` or ``linear`` for a spec; None if unknown.
+
+    A hardtanh with lower bound 0 (ReLU6 is one) is ``relu``: its outputs at 0 are a ReLU's
+    off half, and at standard scales its upper bound is seldom reached.
+    """
     if spec is None:
         return "linear"
-    return ACTIVATION_FAMILIES.get(parse_spec(spec)[0])
+    name, params = parse_spec(spec)
+    if name == "hardtanh" and params.get("min_val", _DEFAULTS["hardtanh"]["min_val"]) == 0.0:
+        return "relu"
+    return ACTIVATION_FAMILIES.get(name)
 
 
 def format_spec(name: str, params: Mapping[str, Any] | None = None) -> str:
-    """``name`` or ``name(k=v, ...)``, leaving out parameters at their default value."""
+    """``name`` or ``name(k=v, ...)``, leaving out parameters at their default value.
+
+    ``hardtanh`` between 0 and 6 is written ``relu6``, as ``nn.ReLU6`` is: one function, one name.
+    """
+    if name == "hardtanh" and params and (params.get("min_val"), params.get("max_val")) == (0.0, 6.0):
+        return "relu6"
     keep = {
         k: v
         for k, v in (params or {}).items()

@@ -18,9 +18,12 @@ What happens:
 4. The causes (`explain.causes`) are ranked; a gradient ratio past 1e±6 between the first
    and last weight layer becomes a finding (at most a warning: nothing has trained yet).
 
-The model is left as it was: modes, buffers, parameters' ``.grad``, RNG state, hooks. A
-model with lazy modules that have not run yet is inspected on a copy that one forward
-pass gives its parameters (`gradwatch._lazy.materialised`), so the model stays lazy.
+The model is left as it was: modes, buffers, parameters' ``.grad``, hooks; so are the global
+random generators (torch's, NumPy's, Python's `random`), which a model's training-mode
+forward may draw from (dropout, SpecAugment): training after `inspect` draws what it
+would have drawn without it. A model with lazy modules that have not run yet is inspected
+on a copy that one forward pass gives its parameters (`gradwatch._lazy.materialised`), so
+the model stays lazy.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from gradwatch._lazy import lazy_modules, materialised
 from gradwatch.anatomy import Anatomy
 from gradwatch.anatomy._call import call_model, split_input
 from gradwatch.anatomy._graph import iter_tensors
-from gradwatch.anatomy._guard import Preserved
+from gradwatch.anatomy._guard import Preserved, keeps_random_states
 from gradwatch.anatomy.structure import Structure, analyse
 from gradwatch.explain.link import link
 from gradwatch.explain.theory import (
@@ -125,6 +128,7 @@ def _validate_loss(loss: Any) -> torch.Tensor:
     return loss.reshape(())
 
 
+@keeps_random_states
 def inspect(
     model: nn.Module,
     example_input: Any,

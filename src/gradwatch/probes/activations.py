@@ -1,26 +1,35 @@
 """Activation statistics: dead and saturated units, computed on the device from an output.
 
-Every activation gradwatch knows is listed in `ACTIVATIONS` with its family:
+Every activation call gradwatch recognises is listed in `ACTIVATIONS`; its family comes from
+the one activation vocabulary, `gradwatch.anatomy.activations` (`measured_family`), and says
+what is measured:
 
-- ``relu`` family (ReLU and its smooth or leaky relatives): a *dead* unit is one that is
-  never positive over the batch (and over positions, for maps and sequences); we also
-  count outputs that are exactly zero.
-- ``saturating`` family (sigmoid, tanh, hardtanh, softsign, hardsigmoid): an element is
+- ``relu`` (ReLU, ReLU6 and a hardtanh whose lower bound is 0, and every other
+  non-saturating nonlinearity: leaky, smooth — GELU, SiLU, ELU...): a *dead* unit is one
+  that is never positive over the batch (and over positions, for maps and sequences); we
+  also count outputs that are exactly zero.
+- ``saturating`` (sigmoid, tanh, hardtanh, softsign, hardsigmoid): an element is
   *saturated* where the derivative is under 1% of its maximum; we also average the
   derivative. Each derivative is computed from the output alone (sigmoid: y(1-y), tanh:
   1-y², softsign: (1-|y|)², the hard ones: 0 at their bounds).
+
+A hardtanh's family depends on its bounds, so a call is classified with its arguments
+(`classify`): ``nn.ReLU6`` runs ``F.hardtanh(x, 0, 6)``, whose outputs at 0 are a ReLU's
+off half, not a saturated tail.
 
 Accumulators stay on the device; nothing here syncs with the host.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from gradwatch.anatomy.activations import family, format_spec, parse_spec
 
 #: Share of the derivative's maximum under which an element counts as saturated.
 SATURATION_FRACTION = 0.01
@@ -39,40 +48,58 @@ class Activation:
     max_deriv: float = 1.0
 
 
-def _table() -> dict[Any, Activation]:
-    relu: dict[str, list[Any]] = {
-        "relu": [torch.relu, torch.relu_, F.relu, F.relu_, torch.Tensor.relu, torch.Tensor.relu_],
-        "leaky_relu": [F.leaky_relu, F.leaky_relu_],
-        "elu": [F.elu, F.elu_],
-        "selu": [F.selu, torch.selu, torch.selu_],
-        "celu": [F.celu, torch.celu, torch.celu_],
-        "gelu": [F.gelu],
-        "silu": [F.silu],
-        "mish": [F.mish],
-        "hardswish": [F.hardswish],
-        "softplus": [F.softplus],
-        "prelu": [F.prelu, torch.prelu],
-        "rrelu": [F.rrelu, F.rrelu_],
-    }
-    saturating: dict[str, tuple[list[Any], float]] = {
-        "sigmoid": ([torch.sigmoid, torch.sigmoid_, F.sigmoid, torch.Tensor.sigmoid, torch.Tensor.sigmoid_, torch.special.expit], 0.25),
-        "tanh": ([torch.tanh, torch.tanh_, F.tanh, torch.Tensor.tanh, torch.Tensor.tanh_], 1.0),
-        "hardtanh": ([F.hardtanh, F.hardtanh_], 1.0),
-        "softsign": ([F.softsign], 1.0),
-        "hardsigmoid": ([F.hardsigmoid], 1.0 / 6.0),
-    }
-    table: dict[Any, Activation] = {}
-    for name, funcs in relu.items():
-        for f in funcs:
-            table[f] = Activation(name, "relu")
-    for name, (funcs, mx) in saturating.items():
-        for f in funcs:
-            table[f] = Activation(name, "saturating", mx)
-    return table
+def measured_family(spec: str) -> str:
+    """What the probe measures for an activation spec (``"relu"``, ``"hardtanh(min_val=0.0)"``...):
+    saturation where `gradwatch.anatomy.activations.family` says ``saturating``, dead units
+    (``relu``) for every other nonlinearity — a GELU or SiLU unit that is never positive is as
+    switched off as a ReLU's, and PReLU/RReLU (unknown there as functions) are leaky ReLUs."""
+    return "saturating" if family(spec) == "saturating" else "relu"
 
 
-#: Function object (as seen by a TorchFunctionMode) -> what it is.
-ACTIVATIONS: dict[Any, Activation] = _table()
+#: The callables a TorchFunctionMode sees for each activation, by its name in the vocabulary.
+_FUNCTIONS: dict[str, list[Any]] = {
+    "relu": [torch.relu, torch.relu_, F.relu, F.relu_, torch.Tensor.relu, torch.Tensor.relu_],
+    "relu6": [F.relu6],
+    "leaky_relu": [F.leaky_relu, F.leaky_relu_],
+    "elu": [F.elu, F.elu_],
+    "selu": [F.selu, torch.selu, torch.selu_],
+    "celu": [F.celu, torch.celu, torch.celu_],
+    "gelu": [F.gelu],
+    "silu": [F.silu],
+    "mish": [F.mish],
+    "hardswish": [F.hardswish],
+    "softplus": [F.softplus],
+    "prelu": [F.prelu, torch.prelu],
+    "rrelu": [F.rrelu, F.rrelu_],
+    "sigmoid": [torch.sigmoid, torch.sigmoid_, F.sigmoid, torch.Tensor.sigmoid, torch.Tensor.sigmoid_, torch.special.expit],
+    "tanh": [torch.tanh, torch.tanh_, F.tanh, torch.Tensor.tanh, torch.Tensor.tanh_],
+    "hardtanh": [F.hardtanh, F.hardtanh_],
+    "softsign": [F.softsign],
+    "hardsigmoid": [F.hardsigmoid],
+}
+#: The peak of each saturating activation's derivative (1 for the others).
+_MAX_DERIV = {"sigmoid": 0.25, "hardsigmoid": 1.0 / 6.0}
+
+#: Function object (as seen by a TorchFunctionMode) -> what it is, at its default parameters.
+ACTIVATIONS: dict[Any, Activation] = {
+    f: Activation(name, measured_family(name), _MAX_DERIV.get(name, 1.0))
+    for name, funcs in _FUNCTIONS.items()
+    for f in funcs
+}
+
+
+def classify(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Activation | None:
+    """What a call is, with its arguments: a hardtanh's bounds decide its family."""
+    act = ACTIVATIONS.get(func)
+    if act is None or act.name != "hardtanh":
+        return act
+    return _hardtanh(*_hard_bounds("hardtanh", args, kwargs))
+
+
+@functools.lru_cache(maxsize=64)
+def _hardtanh(lo: float, hi: float) -> Activation:
+    spec = format_spec("hardtanh", {"min_val": lo, "max_val": hi})  # "relu6" for (0, 6)
+    return Activation(parse_spec(spec)[0], measured_family(spec))
 
 
 def _hard_bounds(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[float, float]:
@@ -160,6 +187,3 @@ class SiteStats:
             out["act_mean_deriv"] = self.deriv_sum / n
         return out
 
-
-def stats_of(fn: Callable[..., Any]) -> Activation | None:
-    return ACTIVATIONS.get(fn)

@@ -34,7 +34,7 @@ from torch.utils.hooks import RemovableHandle
 
 from gradwatch.anatomy._graph import iter_tensors
 from gradwatch.probes import gates, temporal
-from gradwatch.probes.activations import ACTIVATIONS, Activation, SiteStats, unit_dim
+from gradwatch.probes.activations import ACTIVATIONS, Activation, SiteStats, classify, unit_dim
 from gradwatch.probes.output import first_tensor, spread
 from gradwatch.probes.transfer import Transfer
 
@@ -123,7 +123,7 @@ class _Mode(TorchFunctionMode):
         if torch.compiler.is_compiling():  # traced into a compiled graph: observe nothing
             return out
         try:
-            act = ACTIVATIONS.get(func)
+            act = classify(func, args, kwargs)
             affine = act is None and bool(self.probe._outputs) and func in AFFINE
         except TypeError:  # an unhashable callable: not an activation
             act, affine = None, False
