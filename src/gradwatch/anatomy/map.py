@@ -19,6 +19,14 @@ from torch import nn
 
 from gradwatch._errors import GradwatchTypeError, GradwatchValueError
 
+#: The layer name of the root module's own parameters.
+ROOT = "(root)"
+
+
+def encloses(outer: str, inner: str) -> bool:
+    """Whether layer `outer`'s module contains layer `inner`'s (by module path)."""
+    return outer != inner and (outer == ROOT or inner.startswith(outer + "."))
+
 
 @dataclass
 class Layer:
@@ -161,7 +169,7 @@ class Anatomy:
                     own.append((qual, p))
             if not own:
                 continue
-            name = mod_name or "(root)"
+            name = mod_name or ROOT
             trainable = [p for _, p in own if p.requires_grad]
             layer = Layer(
                 name=name,

@@ -12,7 +12,10 @@ a matter of degree; an absent one is structural: nothing connects those layers' 
 to the loss by autograd — a ``.detach()``, a ``torch.no_grad()`` block, ``.data``, a
 round trip through ``.item()``/NumPy or an integer cast. Only a leading run of layers
 (in execution order) counts: a layer whose predecessors do get a gradient is more
-likely an unused branch (a pooler whose output the loss ignores) than a cut. Exactly
+likely an unused branch (a pooler whose output the loss ignores) than a cut; so is a
+layer whose module contains a layer that gets a gradient (the root's or a block's own
+parameters, such as XLNet's ``mask_emb``): its computation reaches the loss, only those
+parameters take no part in it. Exactly
 zero gradients are not counted here: a layer of dead ReLUs zeroes everything below it,
 which is the dead-unit detector's finding.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from gradwatch.anatomy import Anatomy
+from gradwatch.anatomy.map import encloses
 from gradwatch.detect._signals import (
     episode,
     loss_view,
@@ -54,12 +58,17 @@ def _cut_off(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Findi
     counted = timeline.layer_metric("grad_nonfinite")
     absent = np.all(np.isnan(g) & (np.isnan(counted) if counted.shape == g.shape else True), axis=0)
     received = np.any(np.isfinite(g) & (g > 0), axis=0)
+    # a container whose children's computation reaches the loss is not cut off from it:
+    # its own parameters are unused (module docstring); it is left out of the order
+    reached = [n for n, r in zip(timeline.layers, received, strict=True) if r]
+    keep = [i for i, n in enumerate(timeline.layers) if not any(encloses(n, r) for r in reached)]
+    absent, received = absent[keep], received[keep]
     lead = 0
     while lead < len(absent) and absent[lead]:
         lead += 1
     if lead == 0 or not received[lead:].any():
         return []
-    names = list(timeline.layers[:lead])
+    names = [timeline.layers[i] for i in keep[:lead]]
     loss = loss_view(timeline, anatomy, th)
     severity = Severity.INFO if loss.status == "converged" else Severity.WARNING
     shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
