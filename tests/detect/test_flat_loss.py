@@ -36,3 +36,20 @@ def test_quiet_while_improving_or_too_short() -> None:
     assert flat_loss(build(AN, 31, loss=falling_loss()), AN, TH) == []
     assert flat_loss(build(AN, 5, loss=stuck_loss()), AN, TH) == []  # 41 steps < 60
     assert flat_loss(build(AN, 0), AN, TH) == []
+
+
+def test_flat_far_below_its_start_with_a_constant_output_is_stuck_not_converged() -> None:
+    # a regression (1 output): the loss falls from 100 to the targets' variance, then sits
+    reg = chain_anatomy(3, classes=1)
+    loss = falling_loss(start=100.0, rate=0.05, floor=1.0)
+
+    def spread(s: int) -> dict[str, dict[str, float]]:
+        return {"output_spread": {"output": 1e-7}}
+
+    (f,) = flat_loss(build(reg, 31, loss=loss, values=spread), reg, TH)
+    assert f.severity == Severity.WARNING and "constant prediction" in f.message
+    assert "check the labels" in f.message
+    # the twin whose outputs still depend on the input has converged
+    varied = build(reg, 31, loss=loss, values=lambda s: {"output_spread": {"output": 0.3}})
+    (g,) = flat_loss(varied, reg, TH)
+    assert g.severity == Severity.INFO and "converged" in g.message

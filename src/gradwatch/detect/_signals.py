@@ -282,6 +282,9 @@ class LossView:
     #: the steps run so far (NaN otherwise); `slow` when that is over `Thresholds.slow_pace`.
     pace: float = math.nan
     slow: bool = False
+    #: Flat far below its start while the model gives every input the same output: the
+    #: level a constant predictor reaches (the targets' average), not convergence.
+    constant: bool = False
 
     def blew_past_chance(self, th: Thresholds) -> bool:
         """A classifier that began at or near chance and now sits well above both its first
@@ -316,6 +319,13 @@ class LossView:
     def describe(self) -> str:
         """A clause a person reads after the gradient evidence."""
         s = self.status
+        if s == "stuck" and self.constant:
+            return (
+                f"the loss fell from {num(self.start)} to {num(self.recent)} and has stayed there for "
+                f"{self.flat_steps} steps with the same output for every input: the best a constant "
+                "prediction can do (the targets' average), learned without the inputs. If the targets "
+                "cannot be predicted from the inputs at all, check the labels"
+            )
         if s == "stuck":
             return f"the loss has stayed at {self.level_text(self.recent)} for {self.flat_steps} steps"
         if s == "plateau":
@@ -495,7 +505,28 @@ def loss_view(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> LossView:
         view["flat_since"], view["flat_steps"] = best_step, int(s[-1]) - best_step + 1
     else:
         status = "unclear"
+    if (
+        status in ("converged", "plateau")
+        and not fitted
+        and not falling
+        and flat_steps >= th.flat_min_steps
+        and _constant_output(timeline, th)
+    ):
+        # A model that gives every input the same output can fall no lower than the best
+        # constant's loss: flat there, it has learned the targets' average and nothing else.
+        status = "stuck"
+        view["constant"] = True
     return LossView(status, **view)  # type: ignore[arg-type]
+
+
+def _constant_output(timeline: Timeline, th: Thresholds) -> bool:
+    """The output spread below `th.output_spread` on each of the last `th.persist` records."""
+    names, values = site_values(timeline, "output_spread")
+    if "output" not in names:
+        return False
+    recent = recent_rows(values[:, names.index("output")], th.persist)
+    with np.errstate(invalid="ignore"):
+        return len(recent) >= th.persist and bool(np.all(recent < th.output_spread))
 
 
 def _pace(v: np.ndarray, s: np.ndarray, w: int, start: float, chance: float | None, th: Thresholds) -> float:

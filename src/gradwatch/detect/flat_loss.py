@@ -1,7 +1,9 @@
 """A flat loss: the run is not learning, whatever the gradients say.
 
 Told apart: a stuck run (flat at its starting value, or at chance for a classifier:
-`warning`) from a converged one (flat far below its start: `info`) and from a plateau
+`warning`; so is one flat far below its start with the same output for every input, the
+level a constant prediction reaches) from a converged one (flat far below its start:
+`info`) and from a plateau
 after real progress (`info`; detectors with gradient evidence judge those).
 """
 
@@ -20,7 +22,10 @@ def flat_loss(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Find
     if loss.flat_steps < th.flat_min_steps:
         return []
     evidence = {k: float(v) for k, v in loss.evidence().items()}
-    if loss.status == "stuck":
+    if loss.status == "stuck" and loss.constant:
+        severity = Severity.WARNING
+        message = f"{loss.describe()}: the model is not learning"
+    elif loss.status == "stuck":
         severity = Severity.WARNING
         message = (
             f"{loss.describe()}; it started at {num(loss.start)}: the model is not learning"
