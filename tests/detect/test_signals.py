@@ -9,6 +9,7 @@ import pytest
 
 from gradwatch.detect import Thresholds
 from gradwatch.detect._signals import (
+    cleared_span,
     depth_chain,
     episode,
     first_persistent,
@@ -193,3 +194,10 @@ def test_one_example_batches_swinging_by_orders_of_magnitude_are_not_a_divergenc
     an = chain_anatomy(3, classes=1)
     view = loss_view(build(an, 31, loss=lambda s: float(draws[s])), an, Thresholds())
     assert view.status != "diverging"
+
+
+def test_cleared_span_is_the_first_episode_that_no_longer_holds() -> None:
+    m = np.array([1, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0], dtype=bool)
+    assert cleared_span(m, 3) == (0, 9)  # held until index 9 (3 of the last 5), one gap forgiven
+    assert cleared_span(m[:8], 3) is None  # still holds
+    assert cleared_span(np.array([1, 0, 1, 0, 1, 0, 0, 0, 0], dtype=bool), 3) is None  # never persistent

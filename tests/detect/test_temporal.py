@@ -120,3 +120,24 @@ def test_info_while_learning_warning_while_learning_too_slowly(kind: str) -> Non
     (learning,) = temporal_vanishing(build(an, 31, loss=falling_loss(), profiles=profiles), an, TH)
     (slow,) = temporal_vanishing(build(an, 31, loss=slow_loss(), profiles=profiles), an, TH)
     assert learning.severity == Severity.INFO and slow.severity == Severity.WARNING
+
+
+def test_a_vanilla_rnn_that_lost_most_of_the_run_before_its_reach_recovered_is_a_warning() -> None:
+    an = _anatomy("RNN")
+
+    def late(s: int) -> dict[str, list[float]]:
+        return {"grad_t/rnn": _profile(1e-20 if s < 450 else 0.3)}
+
+    tl = build(an, 61, loss=slow_loss(start=1.39, rate=6e-4), profiles=late)
+    (f,) = temporal_vanishing(tl, an, TH)
+    assert f.severity == Severity.WARNING and f.step == 0
+    assert f.evidence["lost_share"] > 0.7 and f.evidence["time_reach_during"] == pytest.approx(1e-20)
+    assert "from step 0 to" in f.message and "before it recovered to 0.3" in f.message
+    # twins: it recovered within the first half; the loss converged all the same; gated
+    early = build(an, 61, loss=slow_loss(start=1.39, rate=6e-4),
+                  profiles=lambda s: {"grad_t/rnn": _profile(1e-20 if s < 200 else 0.3)})  # fmt: skip
+    assert temporal_vanishing(early, an, TH) == []
+    done = build(an, 61, loss=falling_loss(start=1.39, rate=0.02, floor=0.001), profiles=late)
+    assert temporal_vanishing(done, an, TH) == []
+    lstm = _anatomy("LSTM")
+    assert temporal_vanishing(build(lstm, 61, loss=slow_loss(start=1.39, rate=6e-4), profiles=late), lstm, TH) == []

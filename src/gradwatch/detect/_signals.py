@@ -54,6 +54,22 @@ def episode(mask: np.ndarray, k: int) -> int | None:
     return first_persistent(mask, k)
 
 
+def cleared_span(mask: np.ndarray, k: int) -> tuple[int, int] | None:
+    """(first, last) record of the first persistent episode, if it no longer holds now: from
+    where it began (`first_persistent`) to the last record at which it still held."""
+    m = np.asarray(mask, dtype=bool)
+    if still_holds(m, k):
+        return None
+    start = first_persistent(m, k)
+    if start is None:
+        return None
+    end = start + k - 1
+    for i in range(end, len(m)):
+        if still_holds(m[: i + 1], k):
+            end = i
+    return start, end
+
+
 def latched_episode(enter: np.ndarray, hold: np.ndarray, k: int) -> int | None:
     """Like `episode`, with a dead band: once `enter` has held on `k` records in a row, the
     episode lasts while the milder `hold` still holds (`k` of every ``2k - 1`` records since).

@@ -13,11 +13,19 @@ a falling loss does not make harmless:
   chaotic function, whatever the loss does meanwhile.
 
 Either raises an `info` to a `warning`; a run whose loss converged keeps its `info`.
+
+A third thing is reported although it has passed: **lost time** (`lost_time`), a fault
+that held for more than `Thresholds.lost_time_share` of the recorded steps before it
+cleared. Whatever the loss does afterwards, the run had under half its steps to learn
+what the fault blocked; a `warning`, unless the loss converged all the same.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from gradwatch.detect._signals import LossView
+from gradwatch.detect.thresholds import Thresholds
 from gradwatch.types import Severity
 
 
@@ -28,3 +36,13 @@ def raised(severity: Severity, loss: LossView, *, lost_capacity: bool = False) -
     if loss.slow or lost_capacity:
         return Severity.WARNING
     return severity
+
+
+def lost_time(steps: np.ndarray, span: tuple[int, int] | None, loss: LossView, th: Thresholds) -> float | None:
+    """The share of the recorded steps a cleared episode `span` (record indices) held, if it
+    is over `th.lost_time_share` and the loss did not converge; None otherwise."""
+    if span is None or len(steps) < 2 or loss.status in ("converged", "unknown"):
+        return None
+    total = float(steps[-1] - steps[0])
+    share = float(steps[span[1]] - steps[span[0]]) / total if total > 0 else 0.0
+    return share if share > th.lost_time_share else None

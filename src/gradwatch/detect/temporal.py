@@ -9,8 +9,10 @@ but which learns (its reach then jumps to ~1 and the finding goes away) is told 
 tanh RNN whose reach stays tiny while the loss stays put (`error`). While the loss is on
 a plateau the two look alike; for gated layers (LSTM, GRU), which can still learn to
 carry the signal, the finding is then a `warning`; so it is while the loss improves too
-slowly to finish (`severity.raised`). When the loss is taken at every time step the reach
-is ~1 and nothing is reported.
+slowly to finish (`severity.raised`). A layer without gates whose reach stayed tiny for
+most of the run and then recovered is a `warning` while the loss has not converged
+(`severity.lost_time`): the run had under half its steps to learn from the early inputs.
+When the loss is taken at every time step the reach is ~1 and nothing is reported.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 from gradwatch.anatomy import Anatomy
 from gradwatch.detect._signals import (
+    cleared_span,
     cut_steps,
     episode,
     loss_view,
@@ -29,7 +32,7 @@ from gradwatch.detect._signals import (
     recent_rows,
     time_reach,
 )
-from gradwatch.detect.severity import raised
+from gradwatch.detect.severity import lost_time, raised
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
 from gradwatch.types import Finding, Kind, Severity
@@ -51,8 +54,11 @@ def temporal_vanishing(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
         cuts = [cut_steps(vec) if loop else 0 for _, vec in rows]
         reach = np.where(np.asarray(cuts) > 0, -np.inf, reach)
         with np.errstate(invalid="ignore"):
-            start = episode(reach < limit, th.persist)
+            low = reach < limit
+        start = episode(low, th.persist)
         if start is None:
+            cleared = _cleared(module, steps, reach, low, timeline, anatomy, th)
+            findings += [cleared] if cleared is not None else []
             continue
         now = float(nanmedian(recent_rows(reach, th.persist)))
         third = max(1, len(reach) // 3)
@@ -96,3 +102,41 @@ def temporal_vanishing(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
             )
         )
     return findings
+
+
+def _cleared(
+    module: str, steps: np.ndarray, reach: np.ndarray, low: np.ndarray, timeline: Timeline, anatomy: Anatomy, th: Thresholds
+) -> Finding | None:
+    """A reach that stayed below the bar for most of the run, then recovered (`severity.lost_time`).
+
+    Not for gated layers: a reach that starts tiny and jumps up once the gates learn to
+    hold the signal is how an LSTM or GRU learns (module docstring).
+    """
+    if module in anatomy and anatomy[module].type in GATED:
+        return None
+    span = cleared_span(low, th.persist)
+    loss = loss_view(timeline, anatomy, th)
+    share = lost_time(steps, span, loss, th)
+    if span is None or share is None:
+        return None
+    a, b = span
+    during = float(nanmedian(reach[a : b + 1]))
+    now = float(nanmedian(recent_rows(reach, th.persist)))
+    return Finding(
+        kind=Kind.TEMPORAL_VANISHING,
+        severity=Severity.WARNING,
+        layers=[module],
+        step=int(steps[a]),
+        evidence={
+            "time_reach": float(10**now),
+            "time_reach_during": float(10**during) if np.isfinite(during) else 0.0,
+            "lost_share": share,
+            **loss.evidence(),
+        },
+        message=(
+            f"`{module}`: the gradient reaching the time steps farthest from where the loss enters "
+            f"was {num(10**during)} of the gradient there from step {int(steps[a])} to {int(steps[b])} "
+            f"({share:.0%} of the run) before it recovered to {num(10**now)}: for most of its steps the "
+            f"run could not learn from its early inputs; {loss.describe()}"
+        ),
+    )

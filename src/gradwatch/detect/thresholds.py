@@ -56,6 +56,10 @@ class Thresholds:
     #: or of chance). Loss curves decelerate, so the current pace is an optimistic guess: a
     #: run it calls slow is slower still.
     slow_pace: float = 10.0
+    #: Lost time: a fault that held persistently for more than this share of the recorded
+    #: steps and then cleared left the run under half its steps to learn what it blocked;
+    #: it is reported (a `warning`) unless the loss converged all the same.
+    lost_time_share: float = 0.5
 
     # -- gradients across depth ---------------------------------------------------------
     #: Vanishing: a layer's gradient relative to its weights is below this fraction of the
