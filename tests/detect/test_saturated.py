@@ -44,3 +44,17 @@ def test_confident_outputs_are_not_lost_capacity() -> None:
     for loss in (falling_loss(), slow_loss()):
         (f,) = saturated_units(build(AN, 31, loss=loss, sites=sites, values=lambda s: {"act_sat_frac": {"1": 0.99}}), AN, TH)
         assert f.severity == Severity.INFO
+
+
+def test_saturated_outputs_on_a_plateau_after_progress_warn_and_stuck_ones_are_an_error() -> None:
+    sites = {"1": {"fn": "sigmoid", "module": "1", "family": "saturating", "output": True}}
+    values = lambda s: {"act_sat_frac": {"1": 0.67}}  # noqa: E731
+    plateau = lambda s: 0.58 - 0.53 * min(s, 200) / 200 + 0.002 * ((s * 7) % 3)  # noqa: E731  # 0.58 -> 0.05, flat
+    one = chain_anatomy(3, classes=1)  # one sigmoid output under BCELoss
+    (f,) = saturated_units(build(one, 41, loss=plateau, sites=sites, values=values), one, TH)
+    assert f.severity == Severity.WARNING
+    (g,) = saturated_units(build(one, 41, loss=stuck_loss(0.69), sites=sites, values=values), one, TH)
+    assert g.severity == Severity.ERROR
+    # a hidden site on the same plateau stays an error
+    (h,) = saturated_units(build(one, 41, loss=plateau, sites=SITES, values=values), one, TH)
+    assert h.severity == Severity.ERROR

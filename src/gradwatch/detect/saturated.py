@@ -7,7 +7,8 @@ a hidden site gets an `info`, unless the run learns too slowly to finish or a hi
 site has nine outputs in ten saturated (`severity.raised`): it then passes at most a
 tenth of the gradient to everything below it. A site whose output the model returns (a
 sigmoid output under BCELoss) is meant to grow confident, so it never counts as lost
-capacity.
+capacity, and on a plateau after real progress (confident outputs, or outputs pinned
+beyond the targets' reach: the loss does not tell which) it is a `warning`, not an error.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def saturated_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> lis
         lost = [h for h in hidden if h[2] >= th.lost_capacity_frac]
         if hidden:
             severity = raised(severity, loss, lost_capacity=bool(lost))
+        elif not gates and loss.status == "plateau" and not loss.constant:
+            # Only outputs saturated, after real progress: confident predictions look the same
+            # as outputs pinned out of reach, and the loss cannot tell which; a warning.
+            severity = min(severity, Severity.WARNING)
         tail = (
             "gates are meant to saturate, so this alone is no fault"
             if gates
