@@ -12,6 +12,7 @@ from gradwatch.detect._signals import (
     cleared_span,
     depth_chain,
     episode,
+    fill_pooled,
     first_persistent,
     latched_episode,
     loss_view,
@@ -201,3 +202,12 @@ def test_cleared_span_is_the_first_episode_that_no_longer_holds() -> None:
     assert cleared_span(m, 3) == (0, 9)  # held until index 9 (3 of the last 5), one gap forgiven
     assert cleared_span(m[:8], 3) is None  # still holds
     assert cleared_span(np.array([1, 0, 1, 0, 1, 0, 0, 0, 0], dtype=bool), 3) is None  # never persistent
+
+
+def test_fill_pooled_gives_each_gap_the_value_that_pooled_it() -> None:
+    nan = float("nan")
+    v = np.array([[nan, nan], [nan, 0.2], [1.0, nan], [nan, nan], [0.5, nan]])
+    out = fill_pooled(v)
+    assert out[:, 0].tolist() == [1.0, 1.0, 1.0, 0.5, 0.5]
+    assert out[:, 1].tolist() == [0.2, 0.2, 0.2, 0.2, 0.2]  # after its last value: kept
+    assert np.isnan(fill_pooled(np.full((3, 1), nan))).all()

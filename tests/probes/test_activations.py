@@ -12,7 +12,7 @@ from torch import nn
 
 import gradwatch as gw
 from gradwatch.detect._signals import site_values
-from gradwatch.probes.activations import ACTIVATIONS, SiteStats, derivative
+from gradwatch.probes.activations import ACTIVATIONS, DeadCarry, SiteStats, derivative
 
 
 def _act(name: str):
@@ -74,8 +74,44 @@ def test_a_batch_of_one_through_a_healthy_relu_mlp_is_not_read_as_dead_units() -
             w.step(loss=loss)
             opt.step()
     _, frac = site_values(w.timeline, "act_dead_frac")
-    assert frac.size and bool(np.isnan(frac).all())  # one output per unit: not measured
+    # one output per unit per step: judged only once 8 recording steps are pooled
+    assert bool(np.isnan(frac[:7]).all()) and np.isfinite(frac).sum() >= 1
+    assert np.nanmax(frac) < 0.1  # a live unit off for 8 inputs in a row is rare
     assert not any(f.kind == "dead_units" for f in w.diagnose().findings)
+
+
+def test_steps_with_too_few_outputs_are_pooled_until_a_unit_can_be_called_dead() -> None:
+    carry = DeadCarry()
+    alive = torch.tensor([[1.0, 0.0, 0.0]])  # unit 0 on; units 1 and 2 off for this input
+    later = torch.tensor([[0.0, 2.0, 0.0]])  # unit 1 on for another input; unit 2 never
+    for k in range(8):
+        st = SiteStats(_act("relu"), 3)
+        st.add(alive if k % 2 == 0 else later, 1, (), {})
+        r = st.results(carry)
+        if k < 7:
+            assert math.isnan(float(r["act_dead_frac"]))  # 1..7 outputs per unit
+    assert float(r["act_dead_frac"]) == pytest.approx(1 / 3)  # pooled: only unit 2 never fired
+    assert carry.peak is None and carry.count == 0  # judged, so the pool starts over
+
+
+def test_a_batch_of_one_through_a_dead_relu_layer_is_found() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    with torch.no_grad():
+        model[2].bias.fill_(-20.0)  # the second hidden layer never switches on
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(0)
+    w_true = torch.randn(16, 4, generator=g)
+    with gw.watch(model, every=5) as w:
+        for _ in range(200):
+            x = torch.randn(1, 16, generator=g)
+            loss = F.cross_entropy(model(x), (x @ w_true).argmax(1))
+            opt.zero_grad()
+            loss.backward()
+            w.step(loss=loss)
+            opt.step()
+    (f,) = [f for f in w.diagnose().findings if f.kind == "dead_units"]
+    assert f.severity >= gw.Severity.WARNING and "`3` works with none of its 64 units" in f.message, str(f)
 
 
 def test_dead_channels_of_a_feature_map_pool_batch_and_positions() -> None:

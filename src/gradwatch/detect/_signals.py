@@ -630,6 +630,21 @@ def site_values(timeline: Timeline, metric: str) -> tuple[list[str], np.ndarray]
     return names, values
 
 
+def fill_pooled(values: np.ndarray) -> np.ndarray:
+    """A ``[records, sites]`` metric some records of which pool the ones before them (NaN
+    there: `act_dead_frac` of steps with too few outputs per unit), each gap given the value
+    that pooled it; records after a site's last value keep that value."""
+    out = np.array(values, dtype=np.float64, copy=True)
+    for j in range(out.shape[1] if out.ndim == 2 else 0):
+        col = out[:, j]
+        seen = np.flatnonzero(np.isfinite(col))
+        if len(seen) == 0:
+            continue
+        idx = np.searchsorted(seen, np.arange(len(col)))  # the next finite record, at or after
+        col[:] = col[seen[np.minimum(idx, len(seen) - 1)]]
+    return out
+
+
 def per_site_episodes(
     timeline: Timeline, names: list[str], values: np.ndarray, mask: np.ndarray, k: int
 ) -> list[tuple[str, int, float]]:

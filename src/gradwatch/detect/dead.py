@@ -20,6 +20,7 @@ import numpy as np
 from gradwatch.anatomy import Anatomy
 from gradwatch.detect._signals import (
     LEAKY,
+    fill_pooled,
     loss_view,
     pct,
     per_site_episodes,
@@ -37,6 +38,7 @@ from gradwatch.types import Finding, Kind, Severity
 def dead_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Finding]:
     """Sites where at least `th.dead_frac` of the units stay off, persistently."""
     names, frac = site_values(timeline, "act_dead_frac")
+    frac = fill_pooled(frac)  # steps with one output per unit are judged pooled (probes.activations)
     keep = [j for j, n in enumerate(names) if site_info(timeline, n).get("fn") not in LEAKY]
     if not keep:
         return []

@@ -137,6 +137,25 @@ def unit_dim(y: torch.Tensor, channels_first: bool) -> int | None:
 
 
 @dataclass
+class DeadCarry:
+    """One relu-family site's unit peaks over recording steps that each saw too few outputs
+    (a batch of one: one output per unit per step) to judge dead units alone."""
+
+    peak: torch.Tensor | None = None
+    count: int = 0
+
+    def pool(self, peak: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
+        """Pool this step's peaks and output count with the carried ones; carry the result."""
+        if self.peak is not None and self.peak.shape == peak.shape and self.peak.device == peak.device:
+            peak, count = torch.maximum(self.peak, peak), self.count + count
+        self.peak, self.count = peak, count
+        return peak, count
+
+    def clear(self) -> None:
+        self.peak, self.count = None, 0
+
+
+@dataclass
 class SiteStats:
     """Running totals for one activation site over the forwards of one recording step."""
 
@@ -172,15 +191,26 @@ class SiteStats:
             self.saturated = s if self.saturated is None else self.saturated + s
             self.deriv_sum = t if self.deriv_sum is None else self.deriv_sum + t
 
-    def results(self) -> dict[str, torch.Tensor]:
-        """Device scalars: the metric values of this site (see docs/metrics.md)."""
+    def results(self, carry: DeadCarry | None = None) -> dict[str, torch.Tensor]:
+        """Device scalars: the metric values of this site (see docs/metrics.md).
+
+        With too few outputs per unit in this step for "never positive" to mean dead, the
+        units' peaks are pooled with those of the site's previous recording steps in
+        `carry` until there are enough (`DEAD_MIN_OBSERVATIONS` per unit); until then
+        `act_dead_frac` is NaN.
+        """
         out: dict[str, torch.Tensor] = {}
         n = max(self.count, 1)
         if self.peak is not None and self.zeros is not None:
-            if self.count >= DEAD_MIN_OBSERVATIONS * self.peak.numel():
-                out["act_dead_frac"] = (self.peak <= 0).double().mean()
+            peak, count = self.peak, self.count
+            if carry is not None and count < DEAD_MIN_OBSERVATIONS * peak.numel():
+                peak, count = carry.pool(peak, count)
+            if count >= DEAD_MIN_OBSERVATIONS * peak.numel():
+                out["act_dead_frac"] = (peak <= 0).double().mean()
+                if carry is not None:
+                    carry.clear()
             else:
-                out["act_dead_frac"] = torch.full((), float("nan"), dtype=torch.float64, device=self.peak.device)
+                out["act_dead_frac"] = torch.full((), float("nan"), dtype=torch.float64, device=peak.device)
             out["act_zero_frac"] = self.zeros.double() / n
         if self.saturated is not None and self.deriv_sum is not None:
             out["act_sat_frac"] = self.saturated.double() / n

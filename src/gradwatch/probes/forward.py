@@ -34,7 +34,7 @@ from torch.utils.hooks import RemovableHandle
 
 from gradwatch.anatomy._graph import iter_tensors
 from gradwatch.probes import gates, temporal
-from gradwatch.probes.activations import ACTIVATIONS, Activation, SiteStats, classify, unit_dim
+from gradwatch.probes.activations import ACTIVATIONS, Activation, DeadCarry, SiteStats, classify, unit_dim
 from gradwatch.probes.output import first_tensor, spread
 from gradwatch.probes.transfer import Transfer
 
@@ -155,6 +155,8 @@ class ForwardProbe:
         self.site_info: dict[str, dict[str, Any]] = {}
         self._new_sites: dict[str, dict[str, Any]] = {}
         self._stats: dict[str, SiteStats] = {}
+        # per relu-family site: unit peaks carried across recording steps with too few outputs
+        self._dead_carry: dict[str, DeadCarry] = {}
         self._spread: list[torch.Tensor] = []
         # id of a saturating site's output (or of a constant shift/scaling of it) -> the site,
         # during one forward pass: to see whether it is used as a gate (`_follow`)
@@ -408,7 +410,7 @@ class ForwardProbe:
         """Queue this recording step's results; returns how to read them back."""
         layout: list[tuple[str, str, str]] = []  # (transfer name, kind, metric or profile name)
         for site, st in self._stats.items():
-            for metric, value in st.results().items():
+            for metric, value in st.results(self._dead_carry.setdefault(site, DeadCarry())).items():
                 key = f"fp.{len(layout)}"
                 transfer.put(key, value)
                 layout.append((key, metric, site))
