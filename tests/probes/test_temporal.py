@@ -139,6 +139,36 @@ def test_gate_statistics_match_a_step_by_step_recomputation() -> None:
     assert w.timeline.sites["rnn:forget_gate"]["family"] == "gate"
 
 
+def test_a_relu_rnns_dead_hidden_units_match_a_step_by_step_recomputation() -> None:
+    torch.manual_seed(0)
+    rnn = nn.RNN(3, 8, num_layers=2, nonlinearity="relu", batch_first=True)
+    with torch.no_grad():
+        rnn.bias_hh_l1[:4] = -50.0  # half the second layer's units never switch on
+    model = SeqModel(rnn)
+    x = torch.randn(6, 9, 3)
+    with gw.watch(model, every=1) as w:
+        model(x).sum().backward()
+        w.step()
+    peaks = []
+    layer_in = x
+    with torch.no_grad():
+        for layer in range(2):
+            w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
+            b = getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")
+            h, outs = torch.zeros(6, 8), []
+            for t in range(9):
+                h = torch.relu(layer_in[:, t] @ w_ih.T + h @ w_hh.T + b)
+                outs.append(h)
+            layer_in = torch.stack(outs, dim=1)
+            peaks.append(layer_in.amax(dim=(0, 1)))
+    for layer, peak in enumerate(peaks):
+        dead = float((peak <= 0).double().mean())
+        assert w.timeline.records.column("act_dead_frac", f"rnn:relu_l{layer}")[0] == pytest.approx(dead)
+    assert float((peaks[1] <= 0).double().mean()) >= 0.5
+    assert w.timeline.sites["rnn:relu_l1"]["family"] == "relu"  # units, not gates
+    assert w.timeline.sites["rnn:relu_l1"]["units"] == 8
+
+
 def _train(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], watch: bool) -> list[torch.Tensor]:
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     w = gw.watch(model, every=1) if watch else None

@@ -323,7 +323,10 @@ class ForwardProbe:
                     st = self._stats.get(site)
                     if st is None:
                         st = self._stats[site] = SiteStats(act, values.shape[-1])
-                        self._register(site, {"fn": act_name, "module": name, "family": "gate"})
+                        # a plain RNN's hidden units are units (they die or saturate), not gates
+                        plain = isinstance(module, nn.RNN)
+                        info = {"fn": act_name, "module": name, "family": act.family if plain else "gate"}
+                        self._register(site, {**info, "units": values.shape[-1]} if plain else info)
                     st.add(values, values.dim() - 1, (), {})
         finally:
             self._busy = False

@@ -1,4 +1,5 @@
-"""Saturation of the gates inside nn.LSTM and nn.GRU, recomputed from a layer's inputs and outputs.
+"""Saturation of the gates inside nn.LSTM and nn.GRU, and the units of nn.RNN, recomputed from a
+layer's inputs and outputs.
 
 The gates live inside one fused kernel, so they are rebuilt on recording steps, without
 gradient: for each layer, its pre-activations x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh from
@@ -42,7 +43,9 @@ def _batch_first(module: nn.RNNBase, t: torch.Tensor) -> torch.Tensor:
 
 
 def gate_values(module: nn.RNNBase, args: tuple[Any, ...], output: Any) -> Iterator[tuple[str, str, torch.Tensor]]:
-    """Yield (gate name, activation, values) for every layer; values are post-activation."""
+    """Yield (gate name, activation, values) for every layer; values are post-activation. For
+    nn.RNN the "gate" is the hidden state itself, named after its nonlinearity (tanh, relu) and,
+    in a stack, its layer (``relu_l1``)."""
     k = MAX_SEQUENCES
     x = _batch_first(module, args[0].detach())[:k]
     out_seq = _batch_first(module, output[0].detach())[:k]
@@ -85,6 +88,8 @@ def gate_values(module: nn.RNNBase, args: tuple[Any, ...], output: Any) -> Itera
             yield "reset_gate", "sigmoid", r
             yield "update_gate", "sigmoid", torch.sigmoid(i_z + h_z)
             yield "new_gate", "tanh", torch.tanh(i_n + r * h_n)
-        elif module.nonlinearity == "tanh":
-            yield "tanh", "tanh", seq
+        else:  # a plain RNN's hidden state is its activation's output, tanh or relu: its units,
+            # judged per layer (a unit dead in one layer says nothing of the other's)
+            name = module.nonlinearity if n_layers == 1 else f"{module.nonlinearity}_l{layer}"
+            yield name, module.nonlinearity, seq
         layer_in = seq
