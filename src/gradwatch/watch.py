@@ -123,6 +123,10 @@ class Watcher:
         self._losses: list[tuple[int, torch.Tensor | float]] = []
         self._handles: list[RemovableHandle] = []
         self._order: list[str] = []
+        # the first forward's modules and their first input tensor (held until the pass ends,
+        # so that no id is reused): which layers read the same tensor (`Anatomy.reorder`)
+        self._order_inputs: list[tuple[str, torch.Tensor]] = []
+        self._input_groups: dict[str, int] = {}
         self._order_handles: list[RemovableHandle] = []
         self._closed = False
         self._started = False
@@ -240,11 +244,17 @@ class Watcher:
         for h in self._order_handles:
             h.remove()
         self._order_handles.clear()
+        groups: dict[int, int] = {}
+        for name, x in self._order_inputs:
+            self._input_groups.setdefault(name, groups.setdefault(id(x), len(groups)))
+        self._order_inputs.clear()
 
     def _order_hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any) -> None:
             if not torch.compiler.is_compiling():  # traced into a compiled graph: no order
                 self._order.append(name)
+                if args and isinstance(args[0], torch.Tensor):
+                    self._order_inputs.append((name, args[0]))
 
         return hook
 
@@ -255,8 +265,9 @@ class Watcher:
         for h in self._order_handles:
             h.remove()
         self._order_handles.clear()
+        self._order_inputs.clear()
         if self._order:
-            self.anatomy.reorder(self._order)
+            self.anatomy.reorder(self._order, self._input_groups)
         columns = [layer.name for layer in self.anatomy.trainable]
         self.timeline.layers = columns
         self._probe = GradientProbe(self.anatomy, columns, updates=self._updates)

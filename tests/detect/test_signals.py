@@ -211,3 +211,12 @@ def test_fill_pooled_gives_each_gap_the_value_that_pooled_it() -> None:
     assert out[:, 0].tolist() == [1.0, 1.0, 1.0, 0.5, 0.5]
     assert out[:, 1].tolist() == [0.2, 0.2, 0.2, 0.2, 0.2]  # after its last value: kept
     assert np.isnan(fill_pooled(np.full((3, 1), nan))).all()
+
+
+def test_peer_max_is_the_best_of_the_other_members_and_nan_alone() -> None:
+    from gradwatch.detect._signals import peer_max
+
+    v = np.array([[1.0, 5.0, 3.0, 2.0]])
+    out = peer_max(v, np.array([0, 0, 1, -1]))
+    assert out[0, 0] == 5.0 and out[0, 1] == 1.0
+    assert np.isnan(out[0, 2]) and np.isnan(out[0, 3])  # alone in its group; in none

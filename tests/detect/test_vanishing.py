@@ -114,6 +114,44 @@ def test_a_weak_layer_behind_a_healthy_earlier_one_is_not_vanishing_through_dept
     assert f.layers == ["0"] and f.evidence["ratio_min"] == pytest.approx(1e-7)
 
 
+def test_a_healthy_layer_reading_the_same_input_vouches_for_its_weak_siblings() -> None:
+    # `0` and `2` read one tensor (a query and a value projection): the value's full share
+    # shows the gradient reached that depth, so the query's weakness is its own
+    an = chain_anatomy(4)
+    for name in ("0", "2"):
+        an[name].extra["input_group"] = 7
+    weak_query = lambda s: grads(4, [1e-6, 0.5, 0.5, 1.0])  # noqa: E731
+    assert vanishing_gradient(build(an, 31, layers=weak_query, loss=stuck_loss()), an, TH) == []
+    # both weak: nothing vouches, the depth finding stands; so it does without the group
+    both = build(an, 31, layers=lambda s: grads(4, [1e-6, 1e-6, 0.5, 1.0]), loss=stuck_loss())
+    assert vanishing_gradient(both, an, TH)[0].layers == ["0", "2"]
+    assert vanishing_gradient(build(AN, 31, layers=weak_query, loss=stuck_loss()), AN, TH)[0].layers == ["0"]
+
+
+def test_the_watcher_groups_the_layers_that_read_one_tensor() -> None:
+    import torch
+    from torch import nn
+
+    import gradwatch as gw
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.v, self.o = (nn.Linear(8, 8) for _ in range(4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2), dim=-1)
+            return self.o(a @ self.v(x))
+
+    model = nn.Sequential(nn.Linear(4, 8), Attention(), nn.Linear(8, 2))
+    with gw.watch(model, every=1) as w:
+        model(torch.randn(3, 5, 4)).sum().backward()
+        w.step()
+    groups = {layer.name: layer.extra.get("input_group") for layer in w.anatomy.layers}
+    assert groups["1.q"] == groups["1.k"] == groups["1.v"] is not None
+    assert groups["0"] is None and groups["1.o"] is None and groups["2"] is None
+
+
 def test_attention_at_initialisation_on_random_labels_is_a_flat_loss_not_vanishing() -> None:
     # Separate query/key projections (as in Hugging Face models) get gradients ~1e-5 of the
     # head's at initialisation: each is proportional to the other's small output. With a

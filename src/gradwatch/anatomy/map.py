@@ -10,7 +10,7 @@ frozen parameters is marked ``frozen`` and reported as such.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,8 +220,13 @@ class Anatomy:
         return self._params.get(name, [])
 
     # -- ordering -------------------------------------------------------------------
-    def reorder(self, executed: Sequence[str]) -> None:
+    def reorder(self, executed: Sequence[str], input_groups: Mapping[str, int] | None = None) -> None:
         """Put layers in the order their modules first ran (`executed`: module names, in call order).
+
+        `input_groups` (module name -> an id of the tensor it first read) marks layers that
+        read the same tensor — the query, key and value projections of one attention block:
+        they sit at one depth, and each layer of a group of two or more gets the group under
+        ``extra["input_group"]``.
 
         A layer that never ran itself, but whose parent (or nearer ancestor) did, goes right
         after that ancestor: its parent used its parameters directly, as
@@ -257,6 +262,16 @@ class Anatomy:
                     head = (float(first[mod]), layer, int(fan_out))
         if head is not None:
             head[1].extra["tied_head"] = head[2]
+        groups = input_groups or {}
+        sizes: dict[int, int] = {}
+        for layer in self.layers:
+            if layer.name in groups:
+                sizes[groups[layer.name]] = sizes.get(groups[layer.name], 0) + 1
+        for layer in self.layers:
+            layer.extra.pop("input_group", None)
+            g = groups.get(layer.name)
+            if g is not None and sizes[g] > 1:
+                layer.extra["input_group"] = g
 
     # -- serialisation --------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

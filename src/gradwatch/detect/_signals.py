@@ -151,6 +151,26 @@ def tied(timeline: Timeline, anatomy: Anatomy, columns: list[int]) -> np.ndarray
     return np.array([bool(anatomy[timeline.layers[c]].tied) for c in columns], dtype=bool)
 
 
+def input_groups(timeline: Timeline, anatomy: Anatomy, columns: list[int]) -> np.ndarray:
+    """Per layer of `columns`, the group of layers that read the same input tensor (the query,
+    key and value projections of one attention block: one depth), or -1 for none."""
+    return np.array([anatomy[timeline.layers[c]].extra.get("input_group", -1) for c in columns], dtype=int)
+
+
+def peer_max(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """For each layer (last axis), the largest value among the *other* layers of its input
+    group (`input_groups`); NaN for a layer in no group."""
+    out = np.full(values.shape, np.nan)
+    with quiet_numpy():
+        for g in set(groups.tolist()) - {-1}:
+            members = np.flatnonzero(groups == g)
+            for j in members:
+                others = [k for k in members if k != j]
+                if others:  # a group of one among these layers (the rest not weight layers)
+                    out[..., j] = np.nanmax(values[..., others], axis=-1)
+    return out
+
+
 def depth_log_ratio(timeline: Timeline, anatomy: Anatomy) -> tuple[list[int], np.ndarray]:
     """The depth chain's columns, and ``log10(r_layer / r_last)`` per record for every chain
     layer but the last (the reference): ``[records, len(chain) - 1]``. An empty chain when

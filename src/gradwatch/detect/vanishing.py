@@ -16,10 +16,12 @@ import numpy as np
 from gradwatch.anatomy import Anatomy
 from gradwatch.detect._signals import (
     depth_log_ratio,
+    input_groups,
     latched_episode,
     loss_view,
     nanmedian,
     num,
+    peer_max,
     quiet_numpy,
     recent_rows,
     step_at,
@@ -45,12 +47,16 @@ def vanishing_gradient(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
     # proportional to the other's small output. A layer whose parameters are tied to a
     # later use (an input embedding shared with the output head) gets gradient from both
     # ends, so it vouches for nothing.
+    # Layers that read the same tensor sit at one depth: a healthy one among them (the value
+    # projection beside a query's and key's) shows that the gradient got there.
     vouch = ~tied(timeline, anatomy, chain[:-1])
+    groups = np.where(vouch, input_groups(timeline, anatomy, chain[:-1]), -1)
 
     def starved(values: np.ndarray, bar: float) -> np.ndarray:
         with quiet_numpy():
             upstream = np.fmax.accumulate(np.where(vouch, values, np.nan), axis=-1)
-            return np.isfinite(values) & (values < bar) & ~(upstream >= bar)
+            beside = peer_max(values, groups)
+            return np.isfinite(values) & (values < bar) & ~(upstream >= bar) & ~(beside >= bar)
 
     release = limit + th.release_decades
     enter = np.asarray(starved(ratio, limit).any(axis=1))

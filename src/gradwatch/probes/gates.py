@@ -90,6 +90,7 @@ def gate_values(module: nn.RNNBase, args: tuple[Any, ...], output: Any) -> Itera
             yield "new_gate", "tanh", torch.tanh(i_n + r * h_n)
         else:  # a plain RNN's hidden state is its activation's output, tanh or relu: its units,
             # judged per layer (a unit dead in one layer says nothing of the other's)
-            name = module.nonlinearity if n_layers == 1 else f"{module.nonlinearity}_l{layer}"
-            yield name, module.nonlinearity, seq
+            act = str(module.nonlinearity)
+            name = act if n_layers == 1 else f"{act}_l{layer}"
+            yield name, act, seq
         layer_in = seq
