@@ -119,6 +119,9 @@ class CauseKind(_StrEnum):
     KEEP_GATE_CLOSED = "keep_gate_closed"  # an LSTM/GRU whose keep-gate biases forget within the sequence
     STEP_SIZE_TOO_LARGE = "step_size_too_large"  # updates large next to the weights
     DEAD_RELU_BIAS = "dead_relu_bias"  # biases that switch ReLUs off from the start
+    INPUT_NOT_STANDARDISED = "input_not_standardised"  # inputs far from mean 0, variance 1
+    TARGET_OUT_OF_RANGE = "target_out_of_range"  # targets a bounded output activation cannot produce
+    TARGET_SCALE = "target_scale"  # regression targets orders of magnitude beyond the output's scale
 
 
 @dataclass

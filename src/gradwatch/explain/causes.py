@@ -1,7 +1,9 @@
 """Why gradients misbehave: one small rule per `CauseKind`, each backed by the mechanism.
 
 Every rule reads the enriched anatomy and `Structure` (and, for the step size, a
-Timeline) and returns a `Cause` with its evidence, or None. Rules that talk about
+Timeline) and returns a `Cause` with its evidence, or None. The causes the data holds
+(inputs not standardised, targets out of the output's range or scale) read the Timeline's
+input and output statistics and the loss (docs/metrics.md). Rules that talk about
 depth work on the model's *plain runs*: stretches of its longest chain without a skip
 between weight layers that no normalisation separates, where mean-field theory
 (`gradwatch.explain.theory`) predicts how the gradient changes from layer to layer.
@@ -24,7 +26,9 @@ from gradwatch._errors import GradwatchValueError
 from gradwatch.anatomy import Anatomy, Layer
 from gradwatch.anatomy.activations import family, parse_spec
 from gradwatch.anatomy.structure import Structure, bias_dead_share
-from gradwatch.explain.theory import ChainLayer, Gains, critical_sigma_w2, gains
+from gradwatch.detect.thresholds import Thresholds
+from gradwatch.explain.theory import ChainLayer, Gains, activation, critical_sigma_w2, gains
+from gradwatch.probes.activations import SATURATION_FRACTION
 from gradwatch.record import Timeline
 from gradwatch.types import Cause, CauseKind
 
@@ -65,6 +69,35 @@ DEAD_SHARE = 0.5
 MAX_UPDATE_RATIO = 0.1
 #: The update-to-weight ratio the learning-rate advice aims at.
 TARGET_UPDATE_RATIO = 1e-2
+#: Inputs whose root mean square is this many decades from 1 are not standardised. Every
+#: standard initialisation (LeCun, Glorot, He) draws weights for inputs of unit variance and
+#: biases at unit scale, and an optimizer moves a bias by about its step size: at input scale
+#: S the first layer's thresholds (where its units switch, |b| / ||w|| from the origin) stay
+#: near the origin, a distance S^-1 of the data's spread, and the Hessian of that layer is
+#: ~S^2 times larger along its weights than along its bias (LeCun et al. 1998, "Efficient
+#: BackProp", sec. 4.3: inputs centred, with unit variance). Two decades: curvatures 1e4 apart.
+INPUT_SCALE_DECADES = 2.0
+#: Inputs whose mean sits this many spreads from zero (`input_offset`) leave most of the first
+#: layer's units on one side of their threshold for every input. A unit's offset, in units of
+#: its input-driven spread, is about N(0, offset^2) over random weight directions; it switches
+#: for under 0.14% of the inputs beyond `DEAD_Z` (3) spreads, which is over half the units
+#: (`DEAD_SHARE`) once 2 Phi(-3 / offset) >= 0.5: offset >= 3 / 0.674.
+INPUT_OFFSET_LIMIT = DEAD_Z / 0.6745
+#: A saturating unit counts as saturated where its derivative is under this share of its peak,
+#: as the activation probes measure it (docs/metrics.md).
+SATURATED_DERIVATIVE = SATURATION_FRACTION
+#: The share of a saturating first layer's outputs in the flat tails that makes the input's
+#: scale a cause: the saturated-units detector's bar.
+SATURATED_SHARE = Thresholds.saturated_frac
+#: Regression targets this many decades beyond the output's own scale (and beyond 1, the
+#: scale a default-initialised output layer produces on unit-scale features) cannot be
+#: reached: the output layer's weights must grow by that factor, and the gradient that
+#: pulls them is that many times larger than the one its step size was set for (it throws
+#: the weights far: the loss rises or overflows) or, under a step of fixed size (Adam),
+#: takes that many times longer. Two decades, as for an exploding gradient (`EXPLODE_DECADES`).
+TARGET_DECADES = 2.0
+#: A loss whose smoothed minimum stays above this share of its start has not fallen.
+LOSS_NOT_FALLEN = 0.5
 
 
 @dataclass
@@ -524,10 +557,268 @@ def dead_relu_bias(ctx: Context) -> Cause | None:
     )
 
 
+# -- causes the data holds -------------------------------------------------------------------
+def _last(tl: Timeline, metric: str, name: str) -> float | None:
+    """The last finite value of a recorded scalar, or None."""
+    if metric not in tl.records.metrics:
+        return None
+    col = tl.records.column(metric, name)
+    col = col[np.isfinite(col)]
+    return float(col[-1]) if col.size else None
+
+
+def _first_layer(ctx: Context) -> Layer | None:
+    """The weight layer that reads the model's input: the chain's first, else the first in
+    execution order (an embedding takes ids, not the measured floats: None)."""
+    a = ctx.anatomy
+    names = list(ctx.structure.chain) if chain_is_reliable(ctx.structure) else []
+    names += [x.name for x in a.layers]
+    for n in names:
+        if n in a and (a[n].fan_in is not None or a[n].type in ("Embedding", "EmbeddingBag")):
+            layer = a[n]
+            return None if layer.type in ("Embedding", "EmbeddingBag") or layer.extra.get("recurrent") else layer
+    return None
+
+
+def saturated_share(spec: str, q: float) -> float:
+    """The share of a saturating activation's outputs in its flat tails (derivative under
+    `SATURATED_DERIVATIVE` of its peak) for pre-activations ~ N(0, q)."""
+    act = activation(spec)
+    z = np.linspace(-8.0, 8.0, 4001)
+    w = np.exp(-0.5 * z**2)
+    w /= w.sum()
+    peak = float(np.max(np.abs(act.dphi(np.linspace(-10.0, 10.0, 4001)))))
+    flat = np.abs(act.dphi(math.sqrt(max(q, 0.0)) * z)) < SATURATED_DERIVATIVE * peak
+    return float(np.sum(w[flat]))
+
+
+def input_not_standardised(ctx: Context) -> Cause | None:
+    """Inputs far from mean 0 and variance 1, which the first layer's activation cannot absorb.
+
+    From the recorded input statistics (`input_rms` S, `input_offset` r; docs/metrics.md)
+    and the first weight layer's activation and weight scale at initialisation
+    (``sigma_w^2``, ``sigma_b^2``). Its pre-activations start with variance
+    ``sigma_w^2 S^2 + sigma_b^2``. Under a saturating activation the cause is the share of
+    them in the flat tails: at least `SATURATED_SHARE` with these inputs, below it with
+    standardised ones. Under a ReLU-like or smooth one: S more than `INPUT_SCALE_DECADES`
+    decades from 1 (thresholds at the origin, curvatures S^2 apart) or r above
+    `INPUT_OFFSET_LIMIT` (most units on, or off, for every input). A first layer followed by
+    a normalisation (BatchNorm re-centres and rescales its pre-activations) is not blamed; one
+    with no activation is left to the step size: scale alone only stretches its curvature, which
+    a smaller step absorbs (LeCun et al. 1998). Integer inputs (token ids) are not measured.
+    """
+    tl = ctx.timeline
+    if tl is None:
+        return None
+    rms = _last(tl, "input_rms", "input")
+    offset = _last(tl, "input_offset", "input")
+    layer = _first_layer(ctx)
+    if rms is None or layer is None or layer.extra.get("sigma_w2") is None:
+        return None
+    spec = layer.extra.get("activation")
+    fam = family(spec)
+    if spec is None or fam in (None, "linear") or layer.extra.get("norm"):
+        return None  # no activation to misplace, or a normalisation that re-centres whatever comes in
+    sw, sb = float(layer.extra["sigma_w2"]), float(layer.extra.get("sigma_b2") or 0.0)
+    pre, pre_unit = math.sqrt(sw * rms**2 + sb), math.sqrt(sw + sb)
+    off = f", their mean {offset:.2g} times their spread from zero" if offset is not None and math.isfinite(offset) else ""
+    evidence = {"input_rms": rms, "input_offset": offset if offset is not None else math.nan, "preactivation_rms": pre}
+    if fam == "saturating":
+        try:
+            share, share_unit = saturated_share(spec, pre**2), saturated_share(spec, pre_unit**2)
+        except GradwatchValueError:
+            return None
+        if share < SATURATED_SHARE or share_unit >= SATURATED_SHARE:
+            return None
+        score = share
+        evidence["saturated_share"] = share
+        why = (
+            f"so '{layer.name}' starts with pre-activations of root mean square {pre:.3g} and about {share:.0%} of "
+            f"its {spec} outputs sit in the flat tails, where almost no gradient passes (with standardised inputs "
+            f"the same weights would give {pre_unit:.2g})"
+        )
+    else:
+        decades = abs(_decades(rms))
+        offset_off = offset is not None and math.isfinite(offset) and offset >= INPUT_OFFSET_LIMIT
+        if decades < INPUT_SCALE_DECADES and not offset_off:
+            return None
+        parts = []
+        if decades >= INPUT_SCALE_DECADES:
+            parts.append(
+                f"the thresholds of '{layer.name}''s {spec} units, drawn and stepped at unit scale, stay near the "
+                f"origin while the data spreads over {rms:.3g}"
+            )
+        if offset_off:
+            parts.append("most of its units sit on the same side of their threshold for every input")
+        share = 2.0 * 0.5 * math.erfc(INPUT_OFFSET_LIMIT / max(offset or 0.0, 1e-12) / math.sqrt(2.0)) if offset_off else 0.0
+        score = max(min(1.0, decades / (2.0 * INPUT_SCALE_DECADES)), share)
+        why = "so " + " and ".join(parts) + ": the layer can hardly bend its function across the data"
+    return Cause(
+        kind=CauseKind.INPUT_NOT_STANDARDISED,
+        score=float(score),
+        layers=[layer.name],
+        evidence=evidence,
+        message=f"the inputs are not standardised: their root mean square is {rms:.3g}{off}, {why}",
+        remedy=(
+            "standardise the inputs with the training set's per-feature statistics (mean 0, variance 1; "
+            "LeCun et al. 1998). PyTorch: `mean, std = x_train.mean(0), x_train.std(0)`, then `x = (x - mean) / std` "
+            "for every split; Keras: `norm = keras.layers.Normalization(); norm.adapt(x_train)` as the first layer"
+        ),
+    )
+
+
+def _loss_windows(tl: Timeline) -> tuple[float, float, bool] | None:
+    """(the loss at the start, its smoothed minimum, whether it went non-finite or ended above
+    its start): medians over twentieths of the run (finite ones for the start), so one noisy
+    example (a batch of one) neither starts nor ends it. None without two losses."""
+    _, loss = tl.loss()
+    if loss.size < 2:
+        return None
+    loss = np.where(np.isnan(loss), np.inf, loss)
+    n = max(1, loss.size // 20)
+    meds = np.array([float(np.median(loss[i : i + n])) for i in range(0, loss.size, n)])
+    head = loss[:n][np.isfinite(loss[:n])]
+    finite = loss[np.isfinite(loss)]
+    if not finite.size:
+        return None
+    start = float(np.median(head)) if head.size else float(finite[0])
+    blown = bool(not np.isfinite(loss).all() or meds[-1] > start)
+    return start, float(np.min(meds)), blown
+
+
+def _target_gap(tl: Timeline, records: int = 3) -> tuple[float, float, float] | None:
+    """(sqrt(loss), the output's root mean square, their ratio with the output floored at 1),
+    the median over the first `records` recording steps where both are finite. Loss and
+    output come from the same step, so a batch of one compares one example with itself, and
+    a run that blows up moves both."""
+    if "output_rms" not in tl.records.metrics:
+        return None
+    steps, loss = tl.loss()
+    at = dict(zip(steps.tolist(), loss.tolist(), strict=True))
+    rows = []
+    for step, out in zip(tl.steps.tolist(), tl.records.column("output_rms", "output").tolist(), strict=True):
+        value = at.get(step)
+        if value is None or not (math.isfinite(value) and math.isfinite(out)) or value < 0:
+            continue
+        gap = math.sqrt(value)
+        rows.append((gap / max(out, 1.0), gap, out))
+        if len(rows) == records:
+            break
+    if not rows:
+        return None
+    ratio, gap, out = sorted(rows)[len(rows) // 2]
+    return gap, out, ratio
+
+
+def _output_range(spec: str) -> tuple[float, float] | None:
+    """(low, high) of a bounded activation (from its function), None if it is unbounded."""
+    try:
+        act = activation(spec)
+    except GradwatchValueError:
+        return None
+    lo, hi = (float(v) for v in act.phi(np.array([-1e6, 1e6])))
+    return (lo, hi) if abs(lo) < 1e3 and abs(hi) < 1e3 else None
+
+
+def target_out_of_range(ctx: Context) -> Cause | None:
+    """A bounded output activation asked for targets it cannot produce.
+
+    A site the model returns as it is (`output: true` in the recorded sites) with a bounded
+    function (sigmoid in (0, 1), tanh in (-1, 1), ...: read from the function itself). A
+    squared error against any target inside that range costs at most ``(high - low)^2``
+    per output, and a cross-entropy against one starts at ``log 2`` for a sigmoid at 0.5;
+    so a loss whose smoothed minimum over the run stays above ``(high - low)^2`` times the
+    outputs of a batch (`output_numel`: the bound holds for a summed loss too) is a loss
+    against targets outside the range.
+    """
+    tl = ctx.timeline
+    if tl is None:
+        return None
+    numel = _last(tl, "output_numel", "output")
+    windows = _loss_windows(tl)
+    if numel is None or windows is None:
+        return None
+    _, floor, _ = windows
+    for site, info in tl.sites.items():
+        if not info.get("output") or info.get("family") == "gate":
+            continue
+        fn = str(info.get("fn"))
+        bounds = _output_range(fn)
+        if bounds is None:
+            continue
+        lo, hi = bounds
+        bound = (hi - lo) ** 2 * numel
+        if not floor > bound:
+            continue
+        return Cause(
+            kind=CauseKind.TARGET_OUT_OF_RANGE,
+            score=float(min(1.0, 0.5 + _decades(floor / bound) / 6.0)),
+            layers=[str(info.get("module", site))],
+            evidence={"loss_floor": floor, "bound": bound, "low": lo, "high": hi, "outputs": numel},
+            message=(
+                f"the model's output passes through {fn} (`{site}`), which lies between {lo:g} and {hi:g}, yet the "
+                f"loss never fell below {floor:.3g}: against any target inside that range a squared error costs at "
+                f"most {(hi - lo) ** 2:g} per output ({bound:.3g} for the {numel:.0f} outputs of a batch), so the "
+                f"targets lie outside what the output's {fn} can produce"
+            ),
+            remedy=(
+                f"remove the output activation (a linear output) and standardise the targets, or scale the targets "
+                f"into its range ({lo:g} to {hi:g}) and map the predictions back"
+            ),
+        )
+    return None
+
+
+def target_scale(ctx: Context) -> Cause | None:
+    """Regression targets orders of magnitude beyond what the output layer produces.
+
+    For a squared error, ``sqrt(loss)`` at the start is the typical distance between the
+    outputs and the targets. When it is more than `TARGET_DECADES` decades above the
+    output's own root mean square at the first record (`output_rms`, floored at 1, the
+    scale a default-initialised output layer gives on unit-scale features) and the loss
+    never fell below `LOSS_NOT_FALLEN` of its start (or went non-finite, or ended above
+    it), the output layer cannot bridge the gap at this step size. A cross-entropy cannot
+    start there (it would need a loss of 1e4 at the first step).
+    """
+    tl = ctx.timeline
+    if tl is None:
+        return None
+    windows = _loss_windows(tl)
+    seen = _target_gap(tl)
+    if windows is None or seen is None:
+        return None
+    start, floor, blown = windows
+    gap, out, ratio = seen
+    decades = _decades(ratio)
+    if decades < TARGET_DECADES or not (blown or floor >= LOSS_NOT_FALLEN * start):
+        return None
+    what = "then overflowed or rose" if blown else "never fell below half of that"
+    return Cause(
+        kind=CauseKind.TARGET_SCALE,
+        score=_score(decades),
+        layers=[],
+        evidence={"loss_start": start, "target_distance": gap, "output_rms": out, "decades": decades},
+        message=(
+            f"the loss starts at {start:.3g} and {what}: the targets lie about {gap:.3g} from outputs of root mean "
+            f"square {out:.3g}, {decades:.0f} decades beyond the scale the output layer starts at. Reaching them takes "
+            "weights that much larger, pulled by gradients that much larger than its step size was set for"
+        ),
+        remedy=(
+            "standardise the targets with the training set's statistics and map the predictions back. PyTorch: "
+            "`y_mean, y_std = y_train.mean(0), y_train.std(0)`, train on `(y - y_mean) / y_std`, predict "
+            "`model(x) * y_std + y_mean`; Keras: the same arithmetic on the arrays (or a log transform for "
+            "positive, skewed targets such as prices)"
+        ),
+    )
+
+
 #: Every rule, in the order that breaks ties between equal scores.
 CAUSES: list[Callable[[Context], Cause | None]] = [
     saturating_activations,
     dead_relu_bias,
+    input_not_standardised,
+    target_out_of_range,
+    target_scale,
     vanilla_rnn_long_sequence,
     keep_gate_closed,
     step_size_too_large,

@@ -31,8 +31,23 @@ from typing import Any
 from torch import nn
 
 from gradwatch._errors import GradwatchValueError
+from gradwatch.anatomy.activations import module_spec, parse_spec
 from gradwatch.fix._graph import copy_model, is_saturating, like, order_of
 from gradwatch.types import Change
+
+#: Activations whose units die: zero output and zero slope on a half-line (`dying=True`).
+DYING = frozenset({"relu", "relu6"})
+
+DYING_REASON = (
+    "a ReLU unit that is off for every input passes no gradient and never comes back; in a narrow net a whole "
+    "layer can be off at once, and a leaky slope keeps a gradient flowing through units that are off"
+)
+
+
+def dies(m: nn.Module) -> bool:
+    """Whether `m` is an activation whose units can die outright (ReLU, ReLU6 — not a leaky one)."""
+    spec = module_spec(m)
+    return spec is not None and parse_spec(spec)[0] in DYING
 
 #: The replacements on offer.
 REPLACEMENTS: dict[str, Callable[[], nn.Module]] = {
@@ -64,6 +79,7 @@ def transform(
     example_input: Any = None,
     keep: Collection[str] = (),
     reason: str = REASON,
+    dying: bool = False,
     inplace: bool = False,
 ) -> tuple[nn.Module, list[Change]]:
     """Replace every hidden saturating activation module with `to` (relu, leaky_relu or gelu).
@@ -76,6 +92,7 @@ def transform(
             a frozen layer (kept too), and only activations that ran are swapped;
             otherwise the order in which modules were registered decides.
         keep: module names to leave alone (a gate the forward pass cannot show, say).
+        dying: swap hidden ReLU/ReLU6 modules too (for `to="leaky_relu"`: units that die).
         inplace: change `model` itself instead of a deep copy.
 
     Returns:
@@ -92,7 +109,9 @@ def transform(
     changes: list[Change] = []
     for parent_name, parent in list(new.named_modules()):
         for key, child in list(parent._modules.items()):
-            if child is None or not is_saturating(child) or id(child) in output_ids or id(child) in frozen:
+            if child is None or id(child) in output_ids or id(child) in frozen:
+                continue
+            if not (is_saturating(child) or (dying and to != "relu" and dies(child))):
                 continue
             if order.traced and id(child) not in ran:
                 continue

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -205,3 +206,126 @@ def _round(x: float) -> float:
     if x == 0 or not math.isfinite(x):
         return x
     return float(f"{x:.2g}")
+
+
+# -- the rate for the model `fix` returns ----------------------------------------------------
+
+#: The bottom of the healthy band for the fixed model's predicted typical first update: a
+#: decade under the typical healthy step (`TARGET_UPDATE_RATIO`); `LARGEST_UPDATE_RATIO`
+#: is its top.
+SMALLEST_UPDATE_RATIO = TARGET_UPDATE_RATIO / 10
+
+
+def fixed_model_lr_scale(
+    original: Any,
+    fixed: Any,
+    timeline: Timeline | None,
+    diagnosis: Diagnosis | None,
+    example_input: Any,
+    *,
+    blamed: str | None = None,
+    deeper_path: bool = True,
+) -> tuple[float, str] | None:
+    """The learning-rate factor for the model `fix` returns, from its predicted first update
+    (`fix.first_update.predict`), and why; None when it cannot be predicted (no timeline, no
+    example input, no step measured).
+
+    The predicted typical update ratio is brought into the healthy band
+    ``[SMALLEST_UPDATE_RATIO, LARGEST_UPDATE_RATIO]`` (kept inside it). `blamed` is the
+    step-size verdict on the run: ``"down"`` when the step size did damage — the advice then
+    stays at least `MAX_LR_SCALE` down, one direction with its reason (a divergence may grow
+    from steps that start in the band: the first update is a lower bound of what the rate
+    does later) — or None.
+    """
+    from gradwatch.fix.first_update import predict  # the probe runs the model: import only here
+
+    until = trouble_step(diagnosis, _DAMAGE)
+    # After a step-size divergence the re-drawn model's first steps are its largest (its
+    # gradient shrinks as it fits): brought to the top of the band, as `lr_scale` brings the
+    # largest recorded step. A fix that changed the gradient's path makes every layer learn,
+    # and its steps grow from the first (the loss sharpens as it trains; Cohen et al. 2021):
+    # that first step is a typical one, brought to the healthy centre — unless the optimizer
+    # normalises the gradient away (Adam, RMSprop): then its steps do not grow with it, and
+    # only a step over the top of the band is brought down.
+    # (`deeper_path`: the fix opened the path through depth — new activations, norms, skips;
+    # a gated cell swapped in for a vanilla one carries its gradient through gates instead.)
+    aim = LARGEST_UPDATE_RATIO if blamed == "down" or not deeper_path else TARGET_UPDATE_RATIO
+    pred = predict(
+        original, fixed, timeline, example_input, until=until, top=aim, bottom=SMALLEST_UPDATE_RATIO,
+        adaptive_top=LARGEST_UPDATE_RATIO,
+    )
+    if pred is None:
+        return None
+    scale = pred.scale
+    said = (
+        f"the fixed model's first update is predicted at {pred.ratio:.2g} of its weights at the recipe's rate "
+        f"({pred.why}); aimed at {SMALLEST_UPDATE_RATIO:g} .. {pred.top:g}"
+    )
+    if blamed == "down" and scale > MAX_LR_SCALE:
+        scale = MAX_LR_SCALE
+        return _round(scale), (
+            f"{said}; the step size did damage at the recipe's rate, and a divergence grows from steps that "
+            f"start in the band: at least one decade down"
+        )
+    if scale > 1.0:
+        # Below the band: kept, never raised. The probe calibrates on the run, and a run
+        # whose gradient a defect starved (dead or saturated units) reads too small a loss
+        # scale; a rate raised on that reading is the step that diverges.
+        return 1.0, f"{said}: below it, but a prediction never raises the rate: keep it (try x3 if it trains slowly)"
+    if scale == 1.0:
+        return 1.0, f"{said}: keep the rate"
+    return _round(scale), f"{said}: the rate is scaled down to bring it into the band"
+
+
+#: What to try, and why, for a finding no remedy addressed (fix never leaves a sick run silent).
+WHAT_TO_TRY: dict[str, str] = {
+    Kind.DEAD_UNITS: (
+        "units that output 0 for every input pass no gradient, and no step size moves them. Try: "
+        "standardise the inputs (all-positive inputs against negative weights switch a ReLU off for every "
+        "example), re-draw the layer feeding them, or a leaky activation (`nn.LeakyReLU(0.01)`; Keras "
+        "`LeakyReLU`) so a unit that is off still passes a gradient"
+    ),
+    Kind.SATURATED_UNITS: (
+        "saturated units pass next to no gradient. Try: standardise the inputs, a normalisation before the "
+        "activation (`nn.BatchNorm1d`/`nn.LayerNorm`; Keras `BatchNormalization`), or a ReLU-family activation"
+    ),
+    Kind.VANISHING_GRADIENT: (
+        "the early layers get too little gradient to learn. Try: an initialisation matched to the activation "
+        "(He for ReLU, Xavier for tanh), ReLU-family activations, normalisation, or skip connections"
+    ),
+    Kind.EXPLODING_GRADIENT: (
+        "the gradient grows through depth. Try: a smaller learning rate, gradient clipping "
+        "(`torch.nn.utils.clip_grad_norm_`; Keras `clipnorm`), an initialisation matched to the activation"
+    ),
+    Kind.NONFINITE_GRADIENT: (
+        "the gradient went inf/NaN. Try: a smaller learning rate and gradient clipping, standardised inputs "
+        "and targets, and restarting from fresh weights"
+    ),
+    Kind.DIVERGING_LOSS: (
+        "the loss rose. Try: a smaller learning rate (a third, then a tenth), gradient clipping, and "
+        "standardised inputs and targets"
+    ),
+    Kind.TEMPORAL_VANISHING: (
+        "the gradient does not reach the early time steps. Try: a gated cell (`nn.GRU`/`nn.LSTM`; Keras "
+        "`GRU`/`LSTM`), orthogonal recurrent weights, or shorter sequences (truncated backpropagation)"
+    ),
+    Kind.STALLED_WEIGHTS: (
+        "the weights barely move. Check that the optimizer holds this model's parameters and that the loss "
+        "depends on them; if the gradients are healthy, a larger learning rate"
+    ),
+    Kind.FLAT_LOSS: (
+        "the loss does not fall. Check the labels against the inputs and the loss against the output "
+        "(raw logits for CrossEntropyLoss), standardise inputs and targets, then try another learning rate"
+    ),
+    Kind.CONSTANT_OUTPUT: (
+        "the model ignores its input. Check the labels and the inputs (scale, a constant column), then the "
+        "output activation's range against the targets"
+    ),
+}
+
+
+def what_to_try(kind: str, message: str = "") -> str:
+    """One line for a finding that no remedy addressed: the finding, what to try and why."""
+    k = Kind.parse(kind)
+    head = f"{k}: " + (message.split(";")[0] + ". " if message else "")
+    return head + "No change to the model applies here; " + WHAT_TO_TRY.get(k, "see `gradwatch explain " + str(k) + "`") + "."

@@ -35,6 +35,11 @@ new weights) < ``activations`` (same layers, another nonlinearity) < ``recurrent
 scale still loses 5/6 of the squared gradient per layer, and a fresh GRU wants
 orthogonal recurrent weights. They are applied in the order recurrent, activations,
 norm, residual, init, so the initialisation sees the final activations.
+
+Causes the data holds have their own remedies (`fix.data`): ``output`` (a bounded output
+activation becomes a linear one, applied first), ``inputs`` (a fixed standardisation layer in
+front, applied last) and ``targets`` (advice only); any of them brings fresh weights, and
+their advice (standardise the targets, with the code) is added whatever finding chose them.
 """
 
 from __future__ import annotations
@@ -51,11 +56,14 @@ from gradwatch.detect.thresholds import Thresholds
 from gradwatch.explain.causes import PLAIN_DEPTH_LIMIT
 from gradwatch.explain.link import RELATED
 from gradwatch.fix import activations as _activations
+from gradwatch.fix import data as _data
 from gradwatch.fix import init as _init
+from gradwatch.fix import lsuv as _lsuv
 from gradwatch.fix import manual as _manual
 from gradwatch.fix import norm as _norm
 from gradwatch.fix import recurrent as _recurrent
 from gradwatch.fix import residual as _residual
+from gradwatch.fix import restart as _restart
 from gradwatch.fix._graph import (
     RELU_FAMILY,
     SATURATING_FUNCTIONS,
@@ -67,14 +75,14 @@ from gradwatch.fix._graph import (
     order_of,
     shared_parameters,
 )
-from gradwatch.fix.advice import clip_grad_norm, lr_scale
+from gradwatch.fix.advice import clip_grad_norm, fixed_model_lr_scale, lr_scale, what_to_try
 from gradwatch.record import Timeline
 from gradwatch.types import Cause, CauseKind, Change, Diagnosis, Finding, FixResult, Kind, Severity
 
 #: Remedies by preference (see the module docstring).
-PREFERENCE = ("lr", "init", "activations", "recurrent", "norm", "residual")
+PREFERENCE = ("lr", "init", "activations", "recurrent", "norm", "residual", "output", "inputs", "targets")
 #: The order remedies are applied in.
-APPLY_ORDER = ("recurrent", "activations", "norm", "residual", "init")
+APPLY_ORDER = ("output", "recurrent", "activations", "norm", "residual", "init", "inputs")
 #: Remedies that bring re-initialisation with them.
 BRINGS_INIT = frozenset({"activations", "recurrent"})
 
@@ -88,6 +96,10 @@ CAUSE_REMEDIES: dict[CauseKind, tuple[str, ...]] = {
     CauseKind.STEP_SIZE_TOO_LARGE: ("lr",),
     CauseKind.NO_NORMALIZATION: ("norm",),
     CauseKind.DEPTH_WITHOUT_SKIP: ("residual", "norm"),
+    # causes the data holds (`fix.data`): a layer in front, a linear output, advice on targets
+    CauseKind.INPUT_NOT_STANDARDISED: ("inputs",),
+    CauseKind.TARGET_OUT_OF_RANGE: ("output",),
+    CauseKind.TARGET_SCALE: ("targets",),
 }
 
 _TRANSFORMS: dict[str, Callable[..., tuple[nn.Module, list[Change]]]] = {
@@ -96,6 +108,8 @@ _TRANSFORMS: dict[str, Callable[..., tuple[nn.Module, list[Change]]]] = {
     "norm": _norm.transform,
     "residual": _residual.transform,
     "recurrent": _recurrent.transform,
+    "inputs": _data.standardise_inputs,
+    "output": _data.linear_output,
 }
 
 _GRADIENT_KINDS = (Kind.VANISHING_GRADIENT, Kind.SATURATED_UNITS, Kind.STALLED_WEIGHTS)
@@ -114,6 +128,15 @@ class Plan:
     clip: bool = False
 
     def add(self, remedy: str, reason: str, **options: Any) -> None:
+        if remedy == "lr" and remedy in self.remedies:
+            # One direction: a step blamed for damage (down) is not also too small (up).
+            # Down wins — it rests on damage done; an update too small for dead or
+            # saturated units is their zero gradient, which no rate moves.
+            if bool(options.get("up")) == bool(self.options.get("lr", {}).get("up")) or options.get("up"):
+                return
+            self.reasons["lr"] = reason
+            self.options["lr"] = dict(options)
+            return
         if remedy not in self.remedies:
             self.remedies.append(remedy)
             self.reasons[remedy] = reason
@@ -125,6 +148,8 @@ class Plan:
                 self.remedies.append("init")
                 self.reasons["init"] = f"the new {'activations' if remedy == 'activations' else 'layers'} need a matching initialisation"
             self.options.get("init", {}).pop("layers", None)
+            # weights trained for the old activation carry its structure, not only its scale
+            self.options.setdefault("init", {})["force"] = True
 
 
 # -- causes read from the model when the diagnosis carries none ---------------------------------
@@ -174,8 +199,9 @@ def infer_causes(model: nn.Module, order: Order, kind: Kind, step: int | None = 
             causes.append(CauseKind.DEAD_RELU_BIAS)
         if small:
             causes.append(CauseKind.INIT_MISMATCH)
-        if CauseKind.STEP_SIZE_TOO_LARGE not in causes:
+        if CauseKind.STEP_SIZE_TOO_LARGE not in causes and step is None:
             causes.append(CauseKind.STEP_SIZE_TOO_LARGE)  # large steps knock units off for good
+        # found at step 0 (before any update): dead at the initialisation, no step did it
     elif kind in _EXPLODING_KINDS:
         if rnn_large:
             # A vanilla RNN whose recurrent matrix can grow the gradient through time: an
@@ -346,7 +372,10 @@ def choose(
 
     def applies(remedy: str) -> bool:
         if remedy not in applies_cache:
-            applies_cache[remedy] = _applies(remedy, model, example_input)
+            applies_cache[remedy] = (
+                _data.applies(remedy, model, diagnosis, timeline) if remedy in _data.REMEDIES
+                else _applies(remedy, model, example_input)
+            )
         return applies_cache[remedy]
 
     functional = _manual.hidden_functional_activations(model, order)
@@ -379,7 +408,7 @@ def choose(
                 continue
             why = messages.get(k) or str(k).replace("_", " ")
             reason = f"{finding.kind}: {why}"
-            options: dict[str, Any] = {}
+            options: dict[str, Any] = _data.options(picked, diagnosis, timeline) if picked in _data.REMEDIES else {}
             if picked == "activations" and any(f.kind == Kind.DEAD_UNITS for f in problems):
                 options["to"] = "leaky_relu"
             plan.add(picked, reason, **options)
@@ -390,15 +419,71 @@ def choose(
         else:
             if kinds and not (kinds[0] == CauseKind.SATURATING_ACTIVATIONS and functional):
                 plan.manual.append(_no_remedy(finding, kinds))
+            elif finding.kind == Kind.STALLED_WEIGHTS and any(
+                f.kind in (Kind.DEAD_UNITS, Kind.SATURATED_UNITS) for f in problems
+            ):
+                # zero gradients from dead or saturated units: no rate moves them (one
+                # direction: never "too large" and "x10" at once); say what to try instead
+                plan.manual.append(what_to_try(finding.kind, finding.message))
             elif finding.kind == Kind.STALLED_WEIGHTS:
                 # Weights that barely move, with nothing in the model to blame: the step is
                 # too small for the gradients it gets.
                 plan.add("lr", f"{finding.kind}: updates too small for the weights", up=True)
+    plan.manual.extend(_data.complete(plan, diagnosis, timeline, model))
+    _narrow_relu(plan, problems, model, order, example_input)
     _depth_beyond_plain(plan, problems, diagnosis, applies)
     _predicted_causes(plan, problems, diagnosis, timeline, order, applies)
     _restart_advice(plan, problems, model, order)
     plan.manual = list(dict.fromkeys(plan.manual))
     return plan
+
+
+#: A ReLU net in which a re-draw leaves more than this chance that some hidden layer is off
+#: as a whole for an input (`layer_death_risk`) gets a leaky activation for its dead units.
+LEAKY_RISK = 0.05
+
+
+def layer_death_risk(widths: list[int]) -> float:
+    """The chance, per input, that some hidden ReLU layer of these widths has every unit off
+    at a symmetric initialisation: each unit is off with probability 1/2, a layer of N with
+    ``2^-N``, and one such layer cuts every path (Lu et al. 2019: the probability that a ReLU
+    net is born dead grows with depth and falls with width)."""
+    alive = 1.0
+    for n in widths:
+        alive *= 1.0 - 0.5 ** max(int(n), 1)
+    return 1.0 - alive
+
+
+def _narrow_relu(plan: Plan, problems: list[Finding], model: nn.Module, order: Order, example_input: Any) -> None:
+    """Dead units in a net narrow and deep enough that re-drawn weights re-draw the same risk
+    (`layer_death_risk` over `LEAKY_RISK`): a leaky activation, chosen from the architecture
+    (widths and depth), not from the run — He's weights give every re-draw the same odds."""
+    dead = next((f for f in problems if f.kind == Kind.DEAD_UNITS), None)
+    if dead is None or "activations" in plan.remedies:
+        return
+    kept = order.output_modules() | order.beside_frozen()
+    widths = []
+    for op in order.modules():
+        m = op.module
+        act = order.next_activation(op.name) if isinstance(m, nn.Linear) else None
+        if isinstance(m, nn.Linear) and act is not None and act.module is not None and _activations.dies(act.module) and id(act.module) not in kept:
+            widths.append(int(m.out_features))
+    risk = layer_death_risk(widths)
+    if risk <= LEAKY_RISK:
+        return
+    _, changes = _activations.transform(
+        copy.deepcopy(model), to="leaky_relu", dying=True, example_input=example_input, inplace=True
+    )
+    if not changes:
+        return
+    plan.add(
+        "activations",
+        f"{dead.kind}: hidden ReLU layers of widths {widths}: a re-draw leaves a {risk:.0%} chance per input that "
+        f"a whole layer is off (each unit off with probability 1/2; Lu et al. 2019), so re-drawn weights cannot "
+        "be relied on to revive it: a leaky slope keeps a gradient through units that are off",
+        to="leaky_relu",
+        dying=True,
+    )
 
 
 def _depth_beyond_plain(plan: Plan, problems: list[Finding], diagnosis: Diagnosis, applies: Callable[[str], bool]) -> None:
@@ -507,6 +592,13 @@ def _predicted_causes(
         )
 
 
+#: Causes the data holds: a rate lowered for their scale no longer fits once the data is standardised.
+_DATA_CAUSES = frozenset({"input_not_standardised", "target_scale", "target_out_of_range"})
+
+#: How `_restart_advice`'s note starts (dropped when `restart` re-draws the weights itself).
+_RESTART_NOTE = "The run diverged at step"
+
+
 def _restart_advice(plan: Plan, problems: list[Finding], model: nn.Module, order: Order) -> None:
     """A run that diverged after its first step, with weights now off their initial scale:
     those weights are the divergence's product, and a smaller step starting from them
@@ -519,7 +611,7 @@ def _restart_advice(plan: Plan, problems: list[Finding], model: nn.Module, order
         return
     step = min(int(f.step or 0) for f in late)
     plan.manual.append(
-        f"The run diverged at step {step}, and some layers' weights are now above the scale their "
+        f"{_RESTART_NOTE} {step}, and some layers' weights are now above the scale their "
         "activations want: they carry the divergence. Retrain from a fresh model (build it again and call "
         "gw.fix on it with the same diagnosis) or from a checkpoint saved before that step, with the advised "
         "step size — not from these weights."
@@ -580,6 +672,8 @@ def apply(
     leaves — is given finite ones as well when the diagnosis found a problem
     (`_reset_nonfinite_others` before the transforms, `_redraw_nonfinite_layers` after).
     """
+    # the model as the run left it: the first-update prediction calibrates its probe on it
+    original = copy.deepcopy(model) if inplace and timeline is not None and example_input is not None else model
     new = copy_model(model, inplace)
     changes: list[Change] = []
     broken = any(f.severity > Severity.INFO for f in diagnosis.findings) and bool(_nonfinite_modules(new))
@@ -589,29 +683,88 @@ def apply(
         if remedy not in plan.remedies:
             continue
         opts = plan.options.get(remedy, {})
-        _, done = _TRANSFORMS[remedy](
+        new, done = _TRANSFORMS[remedy](
             new, example_input=example_input, reason=plan.reasons[remedy], inplace=True, **opts
         )
         changes.extend(done)
+    if "init" in plan.remedies and example_input is not None:
+        changes.extend(_calibrate(new, example_input))
     manual = list(plan.manual)  # the plan is the caller's: not extended in place
     if broken:
         more, left = _redraw_nonfinite_layers(new, example_input)
         changes.extend(more)
         manual += [*left, OPTIMIZER_STATE_ADVICE]
+    if _restart.diverged(diagnosis):
+        _, restarted = _restart.transform(new, example_input=example_input, inplace=True)
+        if restarted:
+            changes.extend(restarted)
+            # the weights are re-drawn: the note to retrain from fresh ones is done
+            manual = [m for m in manual if not m.startswith(_RESTART_NOTE)]
+            if not broken:
+                manual.append(_restart.OPTIMIZER_ADVICE)
     advice: dict[str, Any] = {}
     why: dict[str, str] = {}
-    if "lr" in plan.remedies:
-        scale, because = lr_scale(timeline, diagnosis, up=bool(plan.options.get("lr", {}).get("up")))
-        advice["lr_scale"], why["lr_scale"] = scale, f"{plan.reasons['lr']}; {because}"
+    up = bool(plan.options.get("lr", {}).get("up"))
+    # A run that diverged did so at the recipe's rate: whatever the cause blamed, that rate
+    # is not advised again for the model returned (one direction: down).
+    down = ("lr" in plan.remedies and not up) or _restart.diverged(diagnosis)
+    blame = plan.reasons["lr"] if "lr" in plan.remedies and not up else "the run diverged at the recipe's rate"
+    predicted = None
+    if changes:
+        # the advice is for the model returned, not the one it replaced (fix/first_update.py)
+        predicted = fixed_model_lr_scale(
+            original, new, timeline, diagnosis, example_input, blamed="down" if down else None,
+            deeper_path=bool({"activations", "norm", "residual"} & set(plan.remedies)),
+        )
+    if predicted is not None and ("lr" in plan.remedies or down or predicted[0] != 1.0):
+        scale, because = predicted
+        advice["lr_scale"], why["lr_scale"] = scale, (f"{blame}; " if down else "") + because
+    elif "lr" in plan.remedies or down:
+        scale, because = lr_scale(timeline, diagnosis, up=up and not down)
+        advice["lr_scale"], why["lr_scale"] = scale, f"{blame if down else plan.reasons['lr']}; {because}"
+    data = sorted({str(c.kind) for c in diagnosis.causes} & _DATA_CAUSES)
+    if down and data and "lr_scale" in why:
+        # the rate is sized for the data's scale; the data step the advice names removes it
+        why["lr_scale"] += (
+            f"; this rate is for the data as it is ({', '.join(data)}): once the inputs and targets are "
+            "standardised as advised, start again from the recipe's rate"
+        )
+    elif predicted is not None:
+        why["lr_scale"] = predicted[1]
     if plan.clip:
         clip = clip_grad_norm(timeline, diagnosis)
         if clip is not None:
             advice["clip_grad_norm"], why["clip_grad_norm"] = clip
+    if not changes and not manual and "lr_scale" not in advice and "clip_grad_norm" not in advice:
+        # A sick run with nothing to change still hears what to try, and why (never silence).
+        for f in diagnosis.findings:
+            if f.severity > Severity.INFO and not any(m.startswith(f"{f.kind}:") for m in manual):
+                manual.append(what_to_try(f.kind, f.message))
+        manual = list(dict.fromkeys(manual))
     if manual:
         advice["manual"] = manual
     if why:
         advice["why"] = why
     return FixResult(model=new, changes=changes, advice=advice)
+
+
+def _calibrate(model: nn.Module, example_input: Any) -> list[Change]:
+    """LSUV (`fix.lsuv`) where `init`'s closed form cannot hold: a hidden layer followed by a
+    functional activation (its scale or shape is code the map cannot read: ``0.5 *
+    torch.tanh(h)``) and hidden-layer output variances that still drift over `lsuv.DRIFT`."""
+    try:
+        order = order_of(model, example_input)
+        functional = any(
+            is_dense(op.module) and (act := order.next_activation(op.name)) is not None and act.module is None
+            for op in order.modules()
+        )
+        spread = _lsuv.drift(model, example_input) if functional else None
+    except Exception:  # a measurement that fails leaves the closed form in place
+        return []
+    if spread is None or spread <= _lsuv.DRIFT:
+        return []
+    _, done = _lsuv.transform(model, example_input=example_input, inplace=True)
+    return done
 
 
 # -- a model the divergence left non-finite -------------------------------------------------

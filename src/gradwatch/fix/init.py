@@ -212,12 +212,14 @@ def feedforward_target(m: nn.Module, act: Op | None, depth: int = DEFAULT_DEPTH)
     return scheme, label, target_variance(scheme, fan_in, fan_out, sigma_w2), fan_in
 
 
-def _feedforward(name: str, m: nn.Module, act: Op | None, reason: str, depth: int = DEFAULT_DEPTH) -> Change | None:
+def _feedforward(
+    name: str, m: nn.Module, act: Op | None, reason: str, depth: int = DEFAULT_DEPTH, force: bool = False
+) -> Change | None:
     w = m.weight
     assert isinstance(w, torch.Tensor)
     b = getattr(m, "bias", None)
     scheme, label, var, fan_in = feedforward_target(m, act, depth)
-    if _matches_scale(w, var) and _bias_ok(b):
+    if _matches_scale(w, var) and _bias_ok(b) and not (force and not _fresh(w, b)):
         return None
     was = _sigma2(w, fan_in)
     _draw(w, var)
@@ -234,6 +236,21 @@ def _feedforward(name: str, m: nn.Module, act: Op | None, reason: str, depth: in
         ),
         reason=reason,
     )
+
+
+#: A weight whose mean is within this many standard errors of 0 (``|mean| <= k * rms /
+#: sqrt(n)``) and whose biases are 0 looks freshly drawn; `force` leaves such a layer alone.
+FRESH_MEAN_SE = 4.0
+
+
+def _fresh(w: torch.Tensor, b: torch.Tensor | None) -> bool:
+    """Whether a weight (and bias) look like a zero-mean draw rather than trained values."""
+    wd = w.detach().double()
+    rms = float(wd.pow(2).mean().sqrt())
+    if rms == 0 or not math.isfinite(rms):
+        return False
+    centred = abs(float(wd.mean())) <= FRESH_MEAN_SE * rms / math.sqrt(wd.numel())
+    return centred and (b is None or float(b.detach().abs().max()) == 0.0)
 
 
 def _is_orthogonal(block: torch.Tensor) -> bool:
@@ -431,6 +448,7 @@ def transform(
     example_input: Any = None,
     layers: Collection[str] | None = None,
     reason: str = REASON,
+    force: bool = False,
     inplace: bool = False,
 ) -> tuple[nn.Module, list[Change]]:
     """Re-initialise every Linear, convolution and recurrent layer whose scale does not suit its activation.
@@ -442,6 +460,12 @@ def transform(
             A model with lazy modules that have not run yet needs one (their weights
             do not exist until a forward pass creates them).
         layers: only these module names (default: every layer).
+        force: also re-draw Linear/convolution layers whose scale matches but whose values
+            are trained ones (a weight mean off zero, non-zero biases): weights trained for
+            another activation carry its structure, not only its scale — a layer trained
+            under sigmoids has a mean that switches every ReLU after it off. `gw.fix`
+            passes it when it swaps activations. Fresh-looking layers are still left, so
+            the transform stays idempotent.
         inplace: change `model` itself instead of a deep copy.
 
     Returns:
@@ -474,7 +498,7 @@ def transform(
         elif is_dense(m) and isinstance(m.weight, nn.Parameter):
             # (a `weight` that is not a parameter is computed from others on every forward —
             # the older weight_norm — so drawing into it would change nothing)
-            change = _feedforward(op.name, m, order.next_activation(op.name), reason, depth)
+            change = _feedforward(op.name, m, order.next_activation(op.name), reason, depth, force)
         if change is not None:
             changes.append(change)
     return new, changes

@@ -9,7 +9,8 @@
 - that mode sees every activation call — ``nn.ReLU`` modules and ``F.relu`` /
   ``torch.sigmoid`` / ``x.tanh()`` written inside a custom ``forward`` alike — and adds its
   output to the statistics of its *site* (see `docs/metrics.md` for site names);
-- at the end of the model's forward, the output spread;
+- at the start of the model's forward, its input's statistics (`probes.inputs`); at the
+  end, the output's spread and scale;
 - for recurrent layers and cells, the gradient-through-time hooks of `probes.temporal`
   and the gate statistics of `probes.gates`.
 
@@ -34,8 +35,16 @@ from torch.utils.hooks import RemovableHandle
 
 from gradwatch.anatomy._graph import iter_tensors
 from gradwatch.probes import gates, temporal
-from gradwatch.probes.activations import ACTIVATIONS, Activation, DeadCarry, SiteStats, classify, unit_dim
-from gradwatch.probes.output import first_tensor, spread
+from gradwatch.probes.activations import (
+    ACTIVATIONS,
+    Activation,
+    DeadCarry,
+    SiteStats,
+    classify,
+    unit_dim,
+)
+from gradwatch.probes.inputs import InputStats
+from gradwatch.probes.output import first_tensor, scale, spread
 from gradwatch.probes.transfer import Transfer
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -158,6 +167,11 @@ class ForwardProbe:
         # per relu-family site: unit peaks carried across recording steps with too few outputs
         self._dead_carry: dict[str, DeadCarry] = {}
         self._spread: list[torch.Tensor] = []
+        # the model's input (pooled over every recorded batch) and its output's scale
+        first = next((m for m in model.modules() if next(m.parameters(recurse=False), None) is not None), None)
+        self._inputs = InputStats(channels_first=isinstance(first, nn.modules.conv._ConvNd))
+        self._out_scale: list[torch.Tensor] = []
+        self._out_numel = 0
         # id of a saturating site's output (or of a constant shift/scaling of it) -> the site,
         # during one forward pass: to see whether it is used as a gate (`_follow`)
         self._outputs: dict[int, str] = {}
@@ -237,6 +251,8 @@ class ForwardProbe:
             if module is self.model:
                 self._stack.clear()
                 self._calls.clear()
+                if torch.is_grad_enabled() and args and isinstance(args[0], torch.Tensor):
+                    self._inputs.add(args[0])  # before the mode: its reductions are not the model's
                 self._start_mode()
             self._stack.append(module)
             self._calls[id(module)] += 1
@@ -312,6 +328,10 @@ class ForwardProbe:
             s = spread(y)
             if s is not None:
                 self._spread.append(s)
+            r = scale(y)
+            if r is not None:
+                self._out_scale.append(r)
+                self._out_numel = max(self._out_numel, y.numel())
 
     def _gate_stats(self, name: str, module: nn.RNNBase, args: tuple[Any, ...], output: Any) -> None:
         self._busy = True
@@ -421,6 +441,19 @@ class ForwardProbe:
             key = f"fp.{len(layout)}"
             transfer.put(key, torch.stack(self._spread).mean().reshape(1))
             layout.append((key, "output_spread", "output"))
+        if self._out_scale:
+            key = f"fp.{len(layout)}"
+            transfer.put(key, torch.stack(self._out_scale).mean().reshape(1))
+            layout.append((key, "output_rms", "output"))
+            key = f"fp.{len(layout)}"
+            transfer.put(key, float(self._out_numel))
+            layout.append((key, "output_numel", "output"))
+        if self._inputs.fresh:
+            for metric, value in self._inputs.results().items():
+                key = f"fp.{len(layout)}"
+                transfer.put(key, value)
+                vector = metric in ("input_mean", "input_std")
+                layout.append((key, "features", metric) if vector else (key, metric, "input"))
         profiles: dict[str, temporal.SequenceProfile | temporal.CallProfile] = {
             **self._seq_profiles,
             **self._call_profiles,
@@ -433,6 +466,8 @@ class ForwardProbe:
                 layout.append((key, "profile", f"grad_t/{name}"))
         self._stats = {}
         self._spread = []
+        self._out_scale = []
+        self._out_numel = 0
         self._seq_profiles = {}
         self._call_profiles = {}
         return layout
@@ -445,6 +480,8 @@ class ForwardProbe:
             data = host[key]
             if kind == "profile":
                 profiles[name] = [float(v) for v in data]
+            elif kind == "features":  # one column per input feature: "0", "1", ...
+                values[name] = {str(i): float(v) for i, v in enumerate(data)}
             else:
                 values.setdefault(kind, {})[name] = float(data[0])
         out: dict[str, Any] = {}

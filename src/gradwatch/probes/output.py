@@ -1,7 +1,8 @@
-"""Output spread: does the model predict the same thing for every input?"""
+"""The model's output: its spread across the batch (the same prediction for every input?) and its scale."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -36,3 +37,16 @@ def spread(y: torch.Tensor) -> torch.Tensor | None:
         return None
     y = y.detach().double().reshape(y.shape[0], -1)
     return y.std(dim=0).mean() / (y.abs().mean() + 1e-12)
+
+
+def scale(y: torch.Tensor) -> torch.Tensor | None:
+    """Root mean square of the output's elements (on the device); None if not floating.
+
+    Next to the loss it says whether the targets sit at the output's scale: for a squared
+    error, ``sqrt(loss)`` is the typical distance between outputs and targets. One norm in
+    float32 or wider, no copy of a float32 output (a language model's logits are large).
+    """
+    if not y.is_floating_point() or y.numel() == 0:
+        return None
+    wide = None if y.dtype in (torch.float32, torch.float64) else torch.float32
+    return torch.linalg.vector_norm(y.detach(), dtype=wide) / math.sqrt(y.numel())
