@@ -99,6 +99,7 @@ from outside import (  # noqa: E402
     kinds_text,
     label_text,
     relu_mlp,
+    seed_line,
     seq_ce,
 )
 from tasks import bag_of_tokens  # noqa: E402
@@ -731,12 +732,9 @@ def seeds_where(runs: dict[int, Result], test: Callable[[Result], bool]) -> list
 
 
 def print_overall(by_seed: dict[int, list[Result]], scores: dict[int, Score]) -> None:
-    def line(what: str, values: list[float], worst: Callable[[list[float]], float]) -> None:
-        each = " ".join(f"{v:.2f}" for v in values)
-        print(f"  {what:<44} mean {sum(values) / len(values):.2f}   worst seed {worst(values):.2f}   (seeds {each})")
-
     s = list(scores.values())
     print(f"summary over seeds {' '.join(map(str, scores))}:")
+    line = seed_line
     line("recall on faulty runs", [x.recall for x in s], min)
     line("false alarms on healthy runs, at the end", [x.end_alarms for x in s], max)
     line("false alarms on healthy runs, at any point", [x.any_alarms for x in s], max)

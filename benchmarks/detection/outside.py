@@ -1007,6 +1007,12 @@ def main() -> int:
     return 0
 
 
+def seed_line(what: str, values: list[float], worst: Callable[[list[float]], float], width: int = 44) -> None:
+    """One figure over seeds: each seed's value, their mean and the worst seed's (`min` or `max`)."""
+    each = " ".join(f"{v:.2f}" for v in values)
+    print(f"  {what:<{width}} mean {sum(values) / len(values):.2f}   worst seed {worst(values):.2f}   (seeds {each})")
+
+
 def print_over_seeds(per_seed: dict[int, list[Result]], seconds: float) -> None:
     """Recall and false alarms per seed, their mean and the worst seed."""
     rows: dict[str, list[float]] = {"recall on faulty runs": [], "false alarms, at the end": [], "false alarms, at any point": []}
@@ -1018,9 +1024,7 @@ def print_over_seeds(per_seed: dict[int, list[Result]], seconds: float) -> None:
         rows["false alarms, at any point"].append(sum(bool(r.alarms or r.midrun) for r in healthy) / len(healthy))
     print(f"\nover seeds {' '.join(map(str, per_seed))}:")
     for name, values in rows.items():
-        worst_seed = min(values) if name.startswith("recall") else max(values)
-        shown = " ".join(f"{v:.2f}" for v in values)
-        print(f"  {name:<28} mean {sum(values) / len(values):.2f}   worst seed {worst_seed:.2f}   (seeds {shown})")
+        seed_line(name, values, min if name.startswith("recall") else max, 28)
     print(f"{len(per_seed)} seeds in {seconds:.0f} s")
 
 

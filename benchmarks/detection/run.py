@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import suite  # noqa: E402
+from outside import seed_line  # noqa: E402
 from scoring import RunResult, print_report, score_suite  # noqa: E402
 from suite import Outcome, Spec, specs  # noqa: E402
 
@@ -95,14 +96,12 @@ def print_over_seeds(per_seed: dict[int, list[RunResult]]) -> None:
         left_out += [f"{r.spec.name} (seed {seed})" for r in results if not r.outcome_agrees]
         faulty = [r for r in kept if not r.spec.healthy]
         healthy = [r for r in kept if r.spec.healthy]
-        rows["faulty runs, every label found"].append(sum(r.scored_labels <= r.found["gradwatch"] for r in faulty) / len(faulty))
-        rows["false alarms, at the end"].append(sum(bool(r.found["gradwatch"]) for r in healthy) / len(healthy))
-        rows["false alarms, at any point"].append(sum(bool(r.ever["gradwatch"]) for r in healthy) / len(healthy))
+        rows["faulty runs, every label found"].append(sum(r.scored_labels <= r.found["gradwatch"] for r in faulty) / max(len(faulty), 1))
+        rows["false alarms, at the end"].append(sum(bool(r.found["gradwatch"]) for r in healthy) / max(len(healthy), 1))
+        rows["false alarms, at any point"].append(sum(bool(r.ever["gradwatch"]) for r in healthy) / max(len(healthy), 1))
     print(f"\ngradwatch over seeds {' '.join(map(str, per_seed))}:")
     for name, values in rows.items():
-        worst = min(values) if name.startswith("faulty") else max(values)
-        shown = " ".join(f"{v:.2f}" for v in values)
-        print(f"  {name:<32} mean {sum(values) / len(values):.2f}   worst seed {worst:.2f}   (seeds {shown})")
+        seed_line(name, values, min if name.startswith("faulty") else max, 32)
     print(f"  outcome contradicts the label (not scored): {', '.join(left_out) or 'none'}")
 
 

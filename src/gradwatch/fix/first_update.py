@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from gradwatch.fix._graph import _call
+from gradwatch.probes.output import first_tensor
 from gradwatch.record import Timeline
 
 #: The surrogate's random projection is drawn from this seed, so `fix` is deterministic.
@@ -125,19 +126,6 @@ def step_size(timeline: Timeline | None, model: nn.Module, until: int | None = N
     )
 
 
-def _first_tensor(out: Any) -> torch.Tensor | None:
-    if isinstance(out, torch.Tensor):
-        return out if out.is_floating_point() else None
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, list | tuple):
-        for v in out:
-            t = _first_tensor(v)
-            if t is not None:
-                return t
-    return getattr(out, "logits", None) if hasattr(out, "logits") else None
-
-
 def surrogate_gradients(model: nn.Module, example_input: Any) -> dict[str, tuple[float, float]] | None:
     """Per module with trainable parameters of its own: ``(gradient norm, weight norm)`` under
     the surrogate loss (module docstring), on a copy of `model` in training mode; None when
@@ -149,8 +137,8 @@ def surrogate_gradients(model: nn.Module, example_input: Any) -> dict[str, tuple
     state = torch.random.get_rng_state()
     try:
         with torch.enable_grad():
-            out = _first_tensor(_call(probe, example_input))
-            if out is None or out.numel() == 0 or not out.requires_grad:
+            out = first_tensor(_call(probe, example_input))
+            if out is None or not out.is_floating_point() or out.numel() == 0 or not out.requires_grad:
                 return None
             gen = torch.Generator(device="cpu").manual_seed(SURROGATE_SEED)
             r = torch.randn(out.shape, generator=gen, dtype=torch.float32).to(out.device, out.dtype)
