@@ -370,11 +370,13 @@ class Case:
 CASES: list[Case] = []
 
 
-def case(name: str, note: str, expect: Iterable[gw.Kind] = (), allowed: Iterable[gw.Kind] = ()) -> Callable[[Seeded], Seeded]:
-    """Register the decorated `train(log, seed)` as a labelled run (no `expect`: healthy)."""
+def case(name: str, note: str, expect: Iterable[gw.Kind] = (), allowed: Iterable[gw.Kind] = (),
+         into: list[Case] | None = None) -> Callable[[Seeded], Seeded]:
+    """Register the decorated `train(log, seed)` as a labelled run (no `expect`: healthy) in
+    `into` (this set's `CASES` by default)."""
 
     def register(run: Seeded) -> Seeded:
-        CASES.append(Case(Spec(name, note, _unseeded, frozenset(expect), frozenset(allowed)), run))
+        (CASES if into is None else into).append(Case(Spec(name, note, _unseeded, frozenset(expect), frozenset(allowed)), run))
         return run
 
     return register
@@ -759,16 +761,18 @@ def print_overall(by_seed: dict[int, list[Result]], scores: dict[int, Score]) ->
     print(f"  run-seeds whose outcome disagrees with the label (not scored): {len(out)}" + "".join(f"\n    {o}" for o in out))
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, cases: list[Case] | None = None, doc: str | None = None) -> int:
+    """Run `cases` (this set's by default) over the seeds asked for and print the scores."""
+    cases = CASES if cases is None else cases
+    p = argparse.ArgumentParser(description=doc or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run names to include")
     args = p.parse_args(argv)
-    unknown = set(args.only or ()) - {c.spec.name for c in CASES}
+    unknown = set(args.only or ()) - {c.spec.name for c in cases}
     if unknown:
         p.error(f"no such run: {', '.join(sorted(unknown))}")
     torch.set_num_threads(1)
-    chosen = [c for c in CASES if args.only is None or c.spec.name in args.only]
+    chosen = [c for c in cases if args.only is None or c.spec.name in args.only]
     t0 = time.perf_counter()
     legend = ", ".join(f"{v}={k.value}" for k, v in SHORT.items())
     print(f"kinds: {legend}; severities E/W/I = error/warning/info")

@@ -23,7 +23,9 @@ def test_saturated_sigmoids_with_a_stuck_loss_are_an_error_and_gates_only_info()
 
 
 def test_info_while_learning_and_quiet_below_the_share() -> None:
-    tl = build(AN, 31, loss=falling_loss(), sites=SITES, values=lambda s: {"act_sat_frac": {"1": 0.8}})
+    # saturated as training went on (not at the first record): learning put the units there
+    later = lambda s: {"act_sat_frac": {"1": 0.8 if s >= 50 else 0.1}}  # noqa: E731
+    tl = build(AN, 31, loss=falling_loss(), sites=SITES, values=later)
     assert saturated_units(tl, AN, TH)[0].severity == Severity.INFO
     assert saturated_units(build(AN, 31, loss=stuck_loss(), values=lambda s: {"act_sat_frac": {"1": 0.2}}), AN, TH) == []
     assert saturated_units(build(AN, 2), AN, TH) == []
@@ -58,3 +60,19 @@ def test_saturated_outputs_on_a_plateau_after_progress_warn_and_stuck_ones_are_a
     # a hidden site on the same plateau stays an error
     (h,) = saturated_units(build(one, 41, loss=plateau, sites=SITES, values=values), one, TH)
     assert h.severity == Severity.ERROR
+
+
+def test_units_saturated_from_the_first_record_warn_while_the_loss_falls() -> None:
+    tl = build(AN, 31, loss=falling_loss(), sites=SITES, values=lambda s: {"act_sat_frac": {"1": 0.6}})
+    (f,) = saturated_units(tl, AN, TH)
+    assert f.severity == Severity.WARNING
+    assert "saturated at the first record, before training moved them" in f.message
+    assert "initialisation" in f.message
+    # below the share on the first records: saturated by training, not from the start
+    gap = lambda s: {"act_sat_frac": {"1": 0.2 if s <= 30 else 0.6}}  # noqa: E731
+    assert saturated_units(build(AN, 31, loss=falling_loss(), sites=SITES, values=gap), AN, TH)[0].severity == Severity.INFO
+    # a converged run keeps its info, and an output site is never lost capacity
+    conv = build(AN, 31, loss=falling_loss(rate=0.1, floor=0.001), sites=SITES, values=lambda s: {"act_sat_frac": {"1": 0.6}})
+    assert saturated_units(conv, AN, TH)[0].severity == Severity.INFO
+    out = {"1": {"fn": "sigmoid", "module": "1", "family": "saturating", "output": True}}
+    assert saturated_units(build(AN, 31, loss=falling_loss(), sites=out, values=lambda s: {"act_sat_frac": {"1": 0.6}}), AN, TH)[0].severity == Severity.INFO

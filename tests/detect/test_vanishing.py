@@ -197,3 +197,18 @@ def test_a_layer_tied_to_the_head_vouches_for_nothing() -> None:
     assert f.layers == ["2"] and f.severity == Severity.ERROR
     # untied, the same numbers say the gradient got past `2`
     assert vanishing_gradient(build(AN, 31, layers=lambda s: grads(4, [0.5, 1e-6, 0.5, 1.0]), loss=stuck_loss()), AN, TH) == []
+
+
+def test_a_vanishing_that_held_for_most_of_the_run_is_lost_time() -> None:
+    # starved from step 0 to 190 of 300 (the episode ends where it no longer holds: 210), then the share recovers; the loss still falls slowly
+    def early(s: int) -> dict[str, list[float]]:
+        return grads(4, DEEP if s < 200 else [0.3, 0.5, 0.8, 1.0])
+
+    (f,) = vanishing_gradient(build(AN, 31, layers=early, loss=falling_loss(rate=0.002)), AN, TH)
+    assert f.severity == Severity.WARNING and f.layers == ["0", "2"] and f.step == 0
+    assert f.evidence["ratio_during"] == pytest.approx(1e-9) and f.evidence["lost_share"] > 0.6
+    assert "from step 0 to 210 (70% of the run)" in f.message and "before the gradient got through again" in f.message
+    # cleared early (under half the run): nothing; a run that converged all the same: nothing
+    short = lambda s: grads(4, DEEP if s < 100 else [0.3, 0.5, 0.8, 1.0])  # noqa: E731
+    assert vanishing_gradient(build(AN, 31, layers=short, loss=falling_loss(rate=0.002)), AN, TH) == []
+    assert vanishing_gradient(build(AN, 31, layers=early, loss=falling_loss(rate=0.1, floor=0.001)), AN, TH) == []

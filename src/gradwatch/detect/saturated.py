@@ -9,6 +9,11 @@ tenth of the gradient to everything below it. A site whose output the model retu
 sigmoid output under BCELoss) is meant to grow confident, so it never counts as lost
 capacity, and on a plateau after real progress (confident outputs, or outputs pinned
 beyond the targets' reach: the loss does not tell which) it is a `warning`, not an error.
+
+Hidden units saturated from the first record on (and still) count as lost capacity too, at
+any share above `th.saturated_frac`: training saturates units as it grows confident, gradually; units
+saturated before any step was taken were put there by the initialisation (weights drawn
+too large) or by the inputs' scale, and their gradient has been cut since the start.
 """
 
 from __future__ import annotations
@@ -57,8 +62,9 @@ def saturated_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> lis
         # an output the model returns is meant to grow confident: only hidden sites are raised
         hidden = [] if gates else [h for h in group if not site_info(timeline, h[0]).get("output")]
         lost = [h for h in hidden if h[2] >= th.lost_capacity_frac]
+        born = [h for h in hidden if h[1] == 0]  # saturated from the first record, and still
         if hidden:
-            severity = raised(severity, loss, lost_capacity=bool(lost))
+            severity = raised(severity, loss, lost_capacity=bool(lost or born))
         elif not gates and loss.status == "plateau" and not loss.constant:
             # Only outputs saturated, after real progress: confident predictions look the same
             # as outputs pinned out of reach, and the loss cannot tell which; a warning.
@@ -74,6 +80,13 @@ def saturated_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> lis
             tail = (
                 f"their derivative is under 1% of its peak, so `{site_module(timeline, site)}` passes the "
                 f"gradient on through {share}"
+            )
+        elif born:
+            site, _, worst = max(born, key=lambda h: h[2])
+            tail = (
+                "they were saturated at the first record, before training moved them: put there by the "
+                "initialisation (weights too large for the activation) or by inputs far from unit scale, "
+                "and their derivative, under 1% of its peak, has held back the gradient ever since"
             )
         fn = site_info(timeline, site).get("fn", "gate" if gates else "saturating")
         more = f"; {len(group) - 1} more site{'s' if len(group) > 2 else ''} above {pct(th.saturated_frac)}" if len(group) > 1 else ""

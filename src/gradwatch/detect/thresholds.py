@@ -95,6 +95,17 @@ class Thresholds:
     #: Stalled: every layer's update is below this fraction of its weights per step; at
     #: 1e-5 the weights need 1e5 steps to change by their own size.
     stall_update_ratio: float = 1e-5
+    #: Small: every layer's update is below this fraction of its weights per step, the
+    #: bottom of TheDeepChecker's healthy band (10^-4 to 10^-1): the weights need over 1e4
+    #: steps to change by their own size. Reported when the loss is not converging either.
+    small_update_ratio: float = 1e-4
+    #: Set apart: a layer whose update ratio is this many decades below the median of the
+    #: other layers'...
+    set_apart_decades: float = 3.0
+    #: ...while its gradient relative to its weights is within this many decades of theirs:
+    #: the optimizer gives it a far smaller step for a gradient like theirs (a parameter
+    #: group's learning rate).
+    set_apart_grad_decades: float = 1.0
     #: Large: the median layer's update is at least this fraction of its weights per step,
     #: the top of TheDeepChecker's healthy band. Sustained while the loss does not improve,
     #: the step size is too large.

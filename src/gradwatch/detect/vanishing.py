@@ -5,6 +5,10 @@ step changes, per unit of learning rate), compared with the last weight layer's.
 finding is an error only when the loss is stuck as well; a net that learns despite a
 weak early gradient (a shallow sigmoid net, an Adam-trained one) gets an `info` — a
 `warning` if it learns too slowly to finish (`severity.raised`).
+
+A vanishing that held for most of the run and then cleared (an adaptive optimizer, or the
+weights, slowly lifting the early layers' share) is reported as lost time
+(`severity.lost_time`): the early layers had under half the run to learn.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import numpy as np
 
 from gradwatch.anatomy import Anatomy
 from gradwatch.detect._signals import (
+    cleared_span,
     depth_log_ratio,
     input_groups,
     latched_episode,
@@ -27,7 +32,7 @@ from gradwatch.detect._signals import (
     step_at,
     tied,
 )
-from gradwatch.detect.severity import raised
+from gradwatch.detect.severity import lost_time, raised
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
 from gradwatch.types import Finding, Kind, Severity
@@ -63,7 +68,7 @@ def vanishing_gradient(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
     hold = np.asarray(starved(ratio, release).any(axis=1))
     start = latched_episode(enter, hold, th.persist)
     if start is None:
-        return []
+        return _cleared(timeline, anatomy, th, chain, ratio, starved(ratio, limit))
     now = nanmedian(recent_rows(ratio, th.persist), axis=0)  # per layer, over the recent window
     weak = [int(j) for j in np.flatnonzero(starved(now, limit))]
     bar = th.vanish_ratio
@@ -116,5 +121,46 @@ def vanishing_gradient(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
             step=step_at(timeline, start),
             evidence={k: float(v) for k, v in evidence.items()},
             message=message,
+        )
+    ]
+
+
+def _cleared(
+    timeline: Timeline, anatomy: Anatomy, th: Thresholds, chain: list[int], ratio: np.ndarray, low: np.ndarray
+) -> list[Finding]:
+    """Layers starved for most of the run before their share recovered (`severity.lost_time`)."""
+    span = cleared_span(np.asarray(low.any(axis=1)), th.persist)
+    loss = loss_view(timeline, anatomy, th)
+    share = lost_time(timeline.steps, span, loss, th)
+    if span is None or share is None:
+        return []
+    a, b = span
+    weak = [int(j) for j in np.flatnonzero(low[a : b + 1].mean(axis=0) >= 0.5)] or [int(np.argmax(low[a : b + 1].sum(axis=0)))]
+    during = nanmedian(ratio[a : b + 1], axis=0)
+    j_min = weak[int(np.argmin(during[weak]))]
+    now = nanmedian(recent_rows(ratio, th.persist), axis=0)
+    names = [timeline.layers[chain[j]] for j in weak]
+    steps = timeline.steps
+    many = f" ({len(names) - 1} more layer{'s' if len(names) > 2 else ''} with it)" if len(names) > 1 else ""
+    return [
+        Finding(
+            kind=Kind.VANISHING_GRADIENT,
+            severity=Severity.WARNING,
+            layers=names,
+            step=int(steps[a]),
+            evidence={
+                "ratio_min": float(10 ** now[j_min]),
+                "ratio_first_now": float(10 ** now[0]),
+                "ratio_during": float(10 ** during[j_min]),
+                "lost_share": share,
+                **loss.evidence(),
+            },
+            message=(
+                f"layer `{timeline.layers[chain[j_min]]}`{many} received {num(10 ** during[j_min])} of the last "
+                f"layer's (`{timeline.layers[chain[-1]]}`) gradient, relative to its weights, from step "
+                f"{int(steps[a])} to {int(steps[b])} ({share:.0%} of the run) before the gradient got through "
+                f"again (`{timeline.layers[chain[0]]}` now receives {num(10 ** now[0])}): for most of its steps "
+                f"the run could not train its early layers; {loss.describe()}"
+            ),
         )
     ]
