@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
+import gradwatch as gw
 from gradwatch import Kind, Severity
 from gradwatch.detect import Thresholds, exploding_gradient
 from tests.detect._timelines import build, chain_anatomy, falling_loss, grads, stuck_loss
@@ -107,3 +110,30 @@ def test_a_plain_chain_growing_a_decade_from_initialisation_is_the_chaotic_phase
     assert exploding_gradient(build(skips, 31, layers=lambda s: grads(8, chaotic), loss=falling_loss()), skips, TH) == []
     mild = [10 ** (0.1 * (6 - i)) for i in range(7)] + [1.0]
     assert exploding_gradient(build(an, 31, layers=lambda s: grads(8, mild), loss=falling_loss()), an, TH) == []
+
+
+def test_rwkvs_tiny_embedding_is_not_read_as_an_explosion() -> None:
+    # RWKV draws its embedding at std 1e-4 in front of a LayerNorm: relative to that weight the
+    # embedding's gradient is ~100x the head's, with no growth along the layers between
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    cfg = transformers.RwkvConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, attention_hidden_size=32,
+                                  intermediate_size=64, context_length=64)  # fmt: skip
+    model = transformers.RwkvForCausalLM(cfg)
+    assert float(model.rwkv.embeddings.weight.detach().std()) < 1e-3
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with gw.watch(model, every=4) as w:
+        for _ in range(60):
+            ids = 4 + (torch.randint(0, 24, (16, 1), generator=g) + torch.arange(16)) % 24  # a counting pattern
+            loss = model(input_ids=ids, labels=ids).loss
+            opt.zero_grad()
+            loss.backward()
+            w.step(loss=loss)
+            opt.step()
+    d = w.diagnose()
+    rel = w.timeline.layer_metric("grad_norm") / w.timeline.layer_metric("weight_norm")
+    emb = w.timeline.layers.index("rwkv.embeddings")
+    assert float(np.nanmedian(rel[:, emb] / rel[:, -1])) > 30  # the outlier is there...
+    assert d.by_kind(Kind.EXPLODING_GRADIENT) == [] and d.healthy  # ...and is no explosion
