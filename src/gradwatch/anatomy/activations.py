@@ -16,9 +16,18 @@ from torch import nn
 
 __all__ = [
     "ACTIVATION_FAMILIES",
+    "LEAKY",
+    "PIECEWISE_LINEAR",
+    "RELU_FAMILY",
+    "RELU_FUNCTIONS",
+    "SATURATING",
+    "SATURATING_FUNCTIONS",
+    "SELU_FAMILY",
     "family",
     "format_spec",
     "function_spec",
+    "is_activation",
+    "is_saturating",
     "module_spec",
     "parse_spec",
 ]
@@ -47,6 +56,60 @@ ACTIVATION_FAMILIES: dict[str, str] = {
     "hardswish": "smooth",
     "linear": "linear",
 }
+
+#: Activations whose derivative goes to zero on both sides: stacked deep, they vanish.
+#: nn.ReLU6 subclasses nn.Hardtanh but belongs to the ReLU family, hence the explicit check.
+SATURATING: tuple[type[nn.Module], ...] = (
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Softsign,
+    nn.Hardsigmoid,
+)
+
+#: Piecewise-linear or ReLU-like activations: He initialisation for the piecewise-linear
+#: ones, the critical scale of mean-field theory for the smooth ones (`fix.init.scheme_for`).
+RELU_FAMILY: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Softplus,
+)
+
+#: Self-normalising: SELU is designed for LeCun initialisation (sigma_w^2 = 1).
+SELU_FAMILY: tuple[type[nn.Module], ...] = (nn.SELU,)
+
+#: Functional spellings of saturating activations, as attribute names of a call.
+SATURATING_FUNCTIONS = frozenset({"sigmoid", "tanh", "hardtanh", "softsign", "hardsigmoid"})
+RELU_FUNCTIONS = frozenset(
+    {"relu", "relu6", "leaky_relu", "gelu", "silu", "elu", "celu", "selu", "mish", "softplus", "prelu"}
+)
+
+#: Activations that are piecewise linear through 0 (a ReLU with some negative slope), for
+#: which He's ``sigma_w^2 = 2 / (1 + a^2)`` gives chi = 1 exactly, at any depth.
+PIECEWISE_LINEAR = frozenset({"relu", "relu6", "leaky_relu", "prelu"})
+
+#: ReLU-family functions whose negative side still passes a gradient: "never positive" is
+#: not "dead" for them.
+LEAKY = frozenset(
+    {"leaky_relu", "elu", "selu", "celu", "gelu", "silu", "prelu", "rrelu", "mish", "softplus", "hardswish"}
+)
+
+
+def is_saturating(m: nn.Module) -> bool:
+    return isinstance(m, SATURATING) and not isinstance(m, nn.ReLU6)
+
+
+def is_activation(m: nn.Module) -> bool:
+    return is_saturating(m) or isinstance(m, RELU_FAMILY + SELU_FAMILY)
+
 
 # The positional parameters (after the input) of each functional form, so that a call such
 # as F.leaky_relu(x, 0.2) is read the same as F.leaky_relu(x, negative_slope=0.2).

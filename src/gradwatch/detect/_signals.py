@@ -616,13 +616,6 @@ def step_at(timeline: Timeline, index: int | None) -> int | None:
 
 # -- activation sites (Part 2 metrics) ------------------------------------------------------
 
-#: ReLU-family functions whose negative side still passes a gradient: "never positive" is
-#: not "dead" for them.
-LEAKY = frozenset(
-    {"leaky_relu", "elu", "selu", "celu", "gelu", "silu", "prelu", "rrelu", "mish", "softplus", "hardswish"}
-)
-
-
 def site_info(timeline: Timeline, site: str) -> dict[str, Any]:
     """What the probes recorded about an activation site (fn, module, family); {} if nothing."""
     sites = getattr(timeline, "sites", None) or {}

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from gradwatch.anatomy import Anatomy
+from gradwatch.anatomy.activations import LEAKY
 from gradwatch.detect._signals import (
-    LEAKY,
     fill_pooled,
     loss_view,
     pct,

@@ -37,45 +37,14 @@ from gradwatch._compiled import unwrap
 from gradwatch._errors import GradwatchTypeError, GradwatchValueError, ModelError
 from gradwatch.anatomy._graph import iter_tensors
 from gradwatch.anatomy._guard import Preserved
+from gradwatch.anatomy.activations import (
+    RELU_FUNCTIONS,
+    SATURATING_FUNCTIONS,
+    is_activation,
+    is_saturating,
+)
 from gradwatch.anatomy.map import is_hf_conv1d
 from gradwatch.probes.forward import AFFINE, PRODUCTS, is_constant
-
-# -- activation families -----------------------------------------------------------------
-
-#: Activations whose derivative goes to zero on both sides: stacked deep, they vanish.
-#: nn.ReLU6 subclasses nn.Hardtanh but belongs to the ReLU family, hence the explicit check.
-SATURATING: tuple[type[nn.Module], ...] = (
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardtanh,
-    nn.Softsign,
-    nn.Hardsigmoid,
-)
-
-#: Piecewise-linear or ReLU-like activations: He initialisation for the piecewise-linear
-#: ones, the critical scale of mean-field theory for the smooth ones (`fix.init.scheme_for`).
-RELU_FAMILY: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.RReLU,
-    nn.ELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Softplus,
-)
-
-#: Self-normalising: SELU is designed for LeCun initialisation (sigma_w^2 = 1).
-SELU_FAMILY: tuple[type[nn.Module], ...] = (nn.SELU,)
-
-#: Functional spellings of saturating activations, as attribute names of a call.
-SATURATING_FUNCTIONS = frozenset({"sigmoid", "tanh", "hardtanh", "softsign", "hardsigmoid"})
-RELU_FUNCTIONS = frozenset(
-    {"relu", "relu6", "leaky_relu", "gelu", "silu", "elu", "celu", "selu", "mish", "softplus", "prelu"}
-)
 
 #: Modules that sit between a layer and its activation without changing what follows.
 PASS_THROUGH: tuple[type[nn.Module], ...] = (
@@ -91,14 +60,6 @@ PASS_THROUGH: tuple[type[nn.Module], ...] = (
 
 #: Parametric layers that transforms reason about (what "a layer" means to surgery).
 LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd, nn.RNNBase, nn.RNNCellBase)
-
-
-def is_saturating(m: nn.Module) -> bool:
-    return isinstance(m, SATURATING) and not isinstance(m, nn.ReLU6)
-
-
-def is_activation(m: nn.Module) -> bool:
-    return is_saturating(m) or isinstance(m, RELU_FAMILY + SELU_FAMILY)
 
 
 def is_layer(m: nn.Module) -> bool:

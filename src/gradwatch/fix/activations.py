@@ -31,8 +31,8 @@ from typing import Any
 from torch import nn
 
 from gradwatch._errors import GradwatchValueError
-from gradwatch.anatomy.activations import module_spec, parse_spec
-from gradwatch.fix._graph import copy_model, is_saturating, like, order_of
+from gradwatch.anatomy.activations import is_saturating, module_spec, parse_spec
+from gradwatch.fix._graph import copy_model, like, order_of
 from gradwatch.types import Change
 
 #: Activations whose units die: zero output and zero slope on a half-line (`dying=True`).

@@ -52,6 +52,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradwatch.anatomy.activations import RELU_FAMILY, SATURATING_FUNCTIONS, is_saturating
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.explain.causes import PLAIN_DEPTH_LIMIT
 from gradwatch.explain.link import RELATED
@@ -65,13 +66,10 @@ from gradwatch.fix import recurrent as _recurrent
 from gradwatch.fix import residual as _residual
 from gradwatch.fix import restart as _restart
 from gradwatch.fix._graph import (
-    RELU_FAMILY,
-    SATURATING_FUNCTIONS,
     Order,
     copy_model,
     has_frozen_parameter,
     is_dense,
-    is_saturating,
     order_of,
     shared_parameters,
 )

@@ -66,19 +66,23 @@ import torch
 from torch import nn
 
 from gradwatch._lazy import lazy_modules, needs_input_error
-from gradwatch.anatomy.activations import module_spec, parse_spec
-from gradwatch.anatomy.map import is_hf_conv1d, transposed_fan_in
-from gradwatch.explain.theory import critical_sigma_w2
-from gradwatch.fix._graph import (
+from gradwatch.anatomy.activations import (
+    PIECEWISE_LINEAR,
     RELU_FUNCTIONS,
     SATURATING_FUNCTIONS,
     SELU_FAMILY,
+    is_saturating,
+    module_spec,
+    parse_spec,
+)
+from gradwatch.anatomy.map import is_hf_conv1d, transposed_fan_in
+from gradwatch.explain.theory import critical_sigma_w2
+from gradwatch.fix._graph import (
     Op,
     copy_model,
     has_frozen_parameter,
     input_power,
     is_dense,
-    is_saturating,
     order_of,
     shared_parameters,
 )
@@ -107,9 +111,6 @@ def _fans(w: torch.Tensor) -> tuple[int, int]:
     return int(w.shape[1]) * receptive, int(w.shape[0]) * receptive
 
 
-#: Activations that are piecewise linear through 0 (a ReLU with some negative slope), for
-#: which He's ``sigma_w^2 = 2 / (1 + a^2)`` gives chi = 1 exactly, at any depth.
-PIECEWISE_LINEAR = frozenset({"relu", "relu6", "leaky_relu", "prelu"})
 #: The depth the critical scale of a smooth activation is solved for when a model does
 #: not say (the scale drifts slowly with depth: ELU 1.56 at 5 layers, 1.51 at 20).
 DEFAULT_DEPTH = 20

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from gradwatch.fix._graph import SATURATING_FUNCTIONS, Op, Order, get_module
+from gradwatch.anatomy.activations import SATURATING_FUNCTIONS
+from gradwatch.fix._graph import Op, Order, get_module
 
 KERAS_RELU = (
     "Keras: use `tf.keras.layers.ReLU()` (or `activation='relu'`) and "

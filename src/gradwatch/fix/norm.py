@@ -39,9 +39,9 @@ from typing import Any
 from torch import nn
 
 from gradwatch._errors import GradwatchValueError
+from gradwatch.anatomy.activations import is_activation
 from gradwatch.fix._graph import (
     copy_model,
-    is_activation,
     like,
     order_of,
     sequentials,
