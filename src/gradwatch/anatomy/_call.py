@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from gradwatch._errors import GradwatchTypeError, ModelError
+from gradwatch.anatomy.map import ROOT
 
 ExampleInput = torch.Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 
@@ -75,7 +76,7 @@ def call_model(model: nn.Module, example_input: Any) -> Any:
 
     try:
         for name, module in model.named_modules():
-            handles.append(module.register_forward_pre_hook(enter(name or "(root)"), with_kwargs=True))
+            handles.append(module.register_forward_pre_hook(enter(name or ROOT), with_kwargs=True))
             handles.append(module.register_forward_hook(leave))
         try:
             return model(*args, **kwargs)

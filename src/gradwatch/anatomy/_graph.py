@@ -27,7 +27,7 @@ from torch import fx, nn
 from torch.overrides import TorchFunctionMode
 
 from gradwatch.anatomy.activations import function_spec, module_spec
-from gradwatch.anatomy.map import Anatomy
+from gradwatch.anatomy.map import ROOT, Anatomy
 
 __all__ = ["Graph", "Node", "build_fx", "build_modules", "build_trace", "is_norm_module", "iter_tensors"]
 
@@ -108,8 +108,8 @@ def _param_owner(model: nn.Module, anatomy: Anatomy) -> dict[str, str]:
 
 
 def _layers_under(anatomy: Anatomy, prefix: str) -> list[str]:
-    if prefix in ("", "(root)"):
-        return [layer.name for layer in anatomy.layers if layer.name == "(root)"]
+    if prefix in ("", ROOT):
+        return [layer.name for layer in anatomy.layers if layer.name == ROOT]
     return [n for n in anatomy.names if n == prefix or n.startswith(prefix + ".")]
 
 

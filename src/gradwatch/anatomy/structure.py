@@ -53,7 +53,7 @@ from gradwatch.anatomy._graph import (
     is_transparent,
 )
 from gradwatch.anatomy._guard import Preserved
-from gradwatch.anatomy.map import Anatomy, transposed_fan_in
+from gradwatch.anatomy.map import ROOT, Anatomy, transposed_fan_in
 
 __all__ = ["Structure", "analyse", "bias_dead_share"]
 
@@ -398,7 +398,7 @@ def _recurrent_lengths(model: nn.Module, example_input: Any) -> dict[str, int]:
     try:
         for name, module in model.named_modules():
             if isinstance(module, nn.RNNBase | nn.RNNCellBase):
-                handles.append(module.register_forward_pre_hook(hook(name or "(root)")))
+                handles.append(module.register_forward_pre_hook(hook(name or ROOT)))
         if handles:
             call_model(model, example_input)
     finally:
@@ -426,7 +426,7 @@ def analyse(model: nn.Module, example_input: Any = None, anatomy: Anatomy | None
     anatomy = anatomy or Anatomy.from_module(model)
     modules = dict(model.named_modules())
     for layer in anatomy.layers:
-        module = modules[layer.name] if layer.name != "(root)" else model
+        module = modules[layer.name] if layer.name != ROOT else model
         extra = layer.extra
         extra.update(_weight_facts(module))
         extra.setdefault("activation", None)

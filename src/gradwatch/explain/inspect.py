@@ -44,6 +44,7 @@ from gradwatch.anatomy import Anatomy
 from gradwatch.anatomy._call import call_model, split_input
 from gradwatch.anatomy._graph import iter_tensors
 from gradwatch.anatomy._guard import Preserved, keeps_random_states
+from gradwatch.anatomy.map import ROOT
 from gradwatch.anatomy.structure import Structure, analyse
 from gradwatch.explain.link import link
 from gradwatch.explain.theory import (
@@ -186,7 +187,7 @@ def inspect(
         try:
             model.train()
             for layer in anatomy.layers:
-                mod = modules[layer.name] if layer.name != "(root)" else model
+                mod = modules[layer.name] if layer.name != ROOT else model
                 handles.append(mod.register_forward_pre_hook(lambda m, a, n=layer.name: order.append(n)))
             if chain is not None:
                 handles.extend(_capture(modules[chain[0]], modules[chain[-1]], captured))
