@@ -64,3 +64,30 @@ def test_a_fix_repeated_on_many_layers_prints_as_one_line() -> None:
         "- advice: lr_scale = 0.5",
         "- by hand: change line 3",
     ]
+
+
+def test_diagnose_takes_thresholds_live_and_offline(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), 1e-4)  # every update ~1e-5 of the weights: below the band
+    x, y = torch.randn(64, 8), torch.randint(0, 2, (64,))
+    with gw.watch(model, every=5, log=tmp_path / "run.jsonl") as w:
+        for _ in range(150):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            w.step(loss=loss)
+            opt.step()
+    run = gw.load(tmp_path / "run.jsonl")
+    assert w.diagnose().by_kind(gw.Kind.STALLED_WEIGHTS)
+    strict = gw.Thresholds(small_update_ratio=1e-7, stall_update_ratio=1e-8)  # nothing is small to these
+    for d in (w.diagnose(thresholds=strict), run.diagnose(thresholds=strict)):
+        assert not d.by_kind(gw.Kind.STALLED_WEIGHTS)
+    assert str(run.diagnose()) == str(w.diagnose())
+    with pytest.raises(gw.GradwatchTypeError, match=r"thresholds= expects a gradwatch.Thresholds \(e.g. gw.Thresholds"):
+        w.diagnose(thresholds={"vanish_ratio": 1e-4})  # type: ignore[arg-type]

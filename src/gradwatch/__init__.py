@@ -6,8 +6,8 @@
         ...                       # your training loop, calling w.step(loss=loss) after backward
     print(w.diagnose())
 
-`import gradwatch` needs only torch and numpy; plotting, the terminal report, the lab
-and the framework integrations import their extras when first used.
+`import gradwatch` needs only torch and numpy. `w.diagnose(thresholds=gw.Thresholds(...))`
+judges with other numbers than the defaults (docs/detectors.md lists them).
 """
 
 from gradwatch._errors import (
@@ -20,6 +20,7 @@ from gradwatch._errors import (
 )
 from gradwatch._version import __version__
 from gradwatch.anatomy import Anatomy, Layer
+from gradwatch.detect.thresholds import Thresholds
 from gradwatch.explain import inspect
 from gradwatch.fix import RepairResult, fix, repair
 from gradwatch.record import Timeline
@@ -57,6 +58,7 @@ __all__ = [
     "RepairResult",
     "Run",
     "Severity",
+    "Thresholds",
     "Timeline",
     "UsageError",
     "Watcher",

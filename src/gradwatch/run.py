@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gradwatch.anatomy import Anatomy
+from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline, read_log
 from gradwatch.types import Diagnosis
 
@@ -37,12 +38,11 @@ class Run:
     def settings(self) -> dict[str, Any]:
         return dict(self.header.get("settings", {}))
 
-    def diagnose(self) -> Diagnosis:
-        """The same Diagnosis the live watcher gave for the same records."""
-        from gradwatch.detect import diagnose
-        from gradwatch.explain import explain
+    def diagnose(self, thresholds: Thresholds | None = None) -> Diagnosis:
+        """The same Diagnosis the live watcher gave for the same records (and `thresholds`)."""
+        from gradwatch.explain.link import judge
 
-        return explain(diagnose(self.timeline, self.anatomy), self.anatomy, self.timeline, facts=self.header.get("structure"))
+        return judge(self.timeline, self.anatomy, facts=self.header.get("structure"), thresholds=thresholds)
 
     def __repr__(self) -> str:
         return f"<Run {self.path}: {len(self)} records, {len(self.timeline.layers)} layers>"

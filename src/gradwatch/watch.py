@@ -32,6 +32,7 @@ from gradwatch._errors import GradwatchTypeError, GradwatchValueError, UsageErro
 from gradwatch._optim import has_closure
 from gradwatch._version import __version__
 from gradwatch.anatomy import Anatomy
+from gradwatch.detect.thresholds import Thresholds
 from gradwatch.probes import GradientProbe, Transfer
 from gradwatch.probes.forward import ForwardProbe
 from gradwatch.probes.grads import GradSnapshot
@@ -387,14 +388,14 @@ class Watcher:
             self._fprobe.disarm()
 
     # -- results and teardown --------------------------------------------------------------
-    def diagnose(self) -> Diagnosis:
-        """Judge the run so far: findings and per-layer reports (see `gradwatch.Diagnosis`)."""
+    def diagnose(self, thresholds: Thresholds | None = None) -> Diagnosis:
+        """Judge the run so far: findings and per-layer reports (see `gradwatch.Diagnosis`),
+        with the detectors' numbers from `thresholds` (`gw.Thresholds()` if None)."""
         if not self._closed:
             self._flush_losses()
-        from gradwatch.detect import diagnose
-        from gradwatch.explain import explain
+        from gradwatch.explain.link import judge
 
-        return explain(diagnose(self.timeline, self.anatomy), self.anatomy, self.timeline, facts=self._structure)
+        return judge(self.timeline, self.anatomy, facts=self._structure, thresholds=thresholds)
 
     def close(self) -> None:
         """Remove every hook, write what is pending to the log and close it. Safe to call twice."""

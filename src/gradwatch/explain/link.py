@@ -1,10 +1,10 @@
 """Tie a Diagnosis's findings to the causes behind them.
 
 `link` fills ``diagnosis.causes`` (ranked) and each ``finding.causes`` with the kinds of
-the causes that can produce that finding (`RELATED`). `explain` is what
-`Watcher.diagnose()` and `Run.diagnose()` call: it reads the structure (from the model
-when there is one, else from the anatomy's saved facts) and never lets a failure to
-explain hide the findings themselves.
+the causes that can produce that finding (`RELATED`). `explain` reads the structure (from
+the model when there is one, else from the anatomy's saved facts) and never lets a failure
+to explain hide the findings themselves. `judge` is the one judge `Watcher.diagnose()`,
+`Run.diagnose()` and `repair` reach: the detectors, then `explain`.
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ from typing import Any
 
 from torch import nn
 
+from gradwatch._errors import GradwatchTypeError
 from gradwatch.anatomy import Anatomy
 from gradwatch.anatomy.structure import Structure, analyse
+from gradwatch.detect import Thresholds, diagnose
 from gradwatch.explain.causes import find_causes
 from gradwatch.record import Timeline
 from gradwatch.types import Cause, CauseKind, Diagnosis, Finding, Kind
 
-__all__ = ["RELATED", "causes_of", "explain", "link", "structure_facts"]
+__all__ = ["RELATED", "causes_of", "explain", "judge", "link", "structure_facts"]
 
 _C = CauseKind
 #: Which causes can produce each kind of finding (by mechanism).
@@ -133,3 +135,25 @@ def explain(
     except Exception as e:  # explaining is a bonus; it must not take the findings down with it
         diagnosis.notes.append(f"causes not explained ({type(e).__name__}: {e})")
         return diagnosis
+
+
+def judge(
+    timeline: Timeline,
+    anatomy: Anatomy,
+    *,
+    facts: dict[str, Any] | None = None,
+    thresholds: Thresholds | None = None,
+) -> Diagnosis:
+    """Every detector over `timeline` with `thresholds` (`Thresholds()` if None), then the
+    causes behind the findings (`explain`, with the structure from saved `facts`).
+
+    Example::
+
+        d = judge(run.timeline, run.anatomy, thresholds=gw.Thresholds(vanish_ratio=1e-4))
+    """
+    if thresholds is not None and not isinstance(thresholds, Thresholds):
+        raise GradwatchTypeError(
+            f"thresholds= expects a gradwatch.Thresholds (e.g. gw.Thresholds(vanish_ratio=1e-4)), "
+            f"got {type(thresholds).__qualname__}"
+        )
+    return explain(diagnose(timeline, anatomy, thresholds), anatomy, timeline, facts=facts)
