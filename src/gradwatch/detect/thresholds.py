@@ -65,7 +65,9 @@ class Thresholds:
     #: Vanishing: a layer's gradient relative to its weights is below this fraction of the
     #: last layer's. At 1e-3 a layer learns a thousand times slower than the head under SGD.
     vanish_ratio: float = 1e-3
-    #: With no loss to judge by, only a ratio below this is reported above `info`.
+    #: With no loss to judge by, only a ratio below this is reported above `info`; the
+    #: probing pass of `gw.inspect` (one backward pass at initialisation) reports a first-
+    #: to-last gap past it, or past its inverse (`detect.probing`).
     vanish_ratio_blind: float = 1e-6
     #: Exploding: a layer's relative gradient is above this multiple of the last layer's.
     explode_ratio: float = 1e2

@@ -46,6 +46,8 @@ from gradwatch.anatomy._graph import iter_tensors
 from gradwatch.anatomy._guard import Preserved, keeps_random_states
 from gradwatch.anatomy.map import ROOT
 from gradwatch.anatomy.structure import Structure, analyse
+from gradwatch.detect.probing import probing_pass
+from gradwatch.detect.thresholds import Thresholds
 from gradwatch.explain.link import link
 from gradwatch.explain.theory import (
     ChainLayer,
@@ -55,15 +57,9 @@ from gradwatch.explain.theory import (
     predict_chain,
 )
 from gradwatch.probes import GradientProbe, Transfer
-from gradwatch.types import Diagnosis, Finding, Kind, LayerReport, Severity
+from gradwatch.types import Diagnosis, LayerReport
 
-__all__ = ["VANISHING_RATIO", "inspect"]
-
-#: First-to-last gradient ratio beyond which the probing pass reports a finding. Far past
-#: the 1e-3 a training-time detector uses: at initialisation, before any optimizer has
-#: had a say, only a gap this wide (about float32's relative precision, 1.2e-7) means the
-#: first layers cannot move at a learning rate the last ones survive.
-VANISHING_RATIO = 1e-6
+__all__ = ["inspect"]
 
 LossFn = Callable[[Any], torch.Tensor]
 
@@ -220,7 +216,9 @@ def inspect(
     reports = _reports(anatomy, measured, wnorm, zero, prediction)
     if loss_fn is None:
         notes.append("loss: output.loss if present, else sum(output^2)/2 (see docs/inspect.md)")
-    d = Diagnosis(findings=_findings(anatomy, measured, prediction), layers=reports, steps=0, notes=notes)
+    predicted = float(prediction.relative[0]) if prediction is not None and len(prediction.layers) >= 2 else None
+    found = probing_pass(measured, _weight_layers(anatomy, measured), predicted, Thresholds())
+    d = Diagnosis(findings=found, layers=reports, steps=0, notes=notes)
     return link(d, anatomy, structure, None, q0=q0)
 
 
@@ -338,76 +336,6 @@ def _weight_layers(anatomy: Anatomy, measured: dict[str, float]) -> list[str]:
         and (layer.extra.get("sigma_w2") is not None)
         and not layer.extra.get("is_norm")
     ]
-
-
-def _findings(anatomy: Anatomy, measured: dict[str, float], prediction: Prediction | None) -> list[Finding]:
-    findings: list[Finding] = []
-    bad = [n for n, v in measured.items() if not math.isnan(v) and not math.isfinite(v)]
-    if bad:
-        findings.append(
-            Finding(
-                kind=Kind.NONFINITE_GRADIENT,
-                severity=Severity.WARNING,
-                layers=bad,
-                step=0,
-                evidence={"layers": float(len(bad))},
-                message=f"the probing pass gave non-finite gradients in {len(bad)} layer(s), first '{bad[0]}'",
-            )
-        )
-        return findings
-    names = _weight_layers(anatomy, measured)
-    if len(names) < 2:
-        return findings
-    first, last = measured[names[0]], measured[names[-1]]
-    evidence = {"first_grad_norm": first, "last_grad_norm": last}
-    if prediction is not None and len(prediction.layers) >= 2:
-        evidence["predicted_ratio"] = float(prediction.relative[0])
-    if last == 0.0:
-        if first == 0.0:
-            findings.append(
-                Finding(
-                    kind=Kind.VANISHING_GRADIENT,
-                    severity=Severity.WARNING,
-                    layers=names,
-                    step=0,
-                    evidence=evidence,
-                    message="the probing pass gave an all-zero gradient to the first and last weight layers",
-                )
-            )
-        return findings
-    ratio = first / last
-    evidence["ratio"] = ratio
-    if ratio < VANISHING_RATIO:
-        low = [n for n in names if measured[n] < VANISHING_RATIO * last]
-        findings.append(
-            Finding(
-                kind=Kind.VANISHING_GRADIENT,
-                severity=Severity.WARNING,
-                layers=low,
-                step=0,
-                evidence=evidence,
-                message=(
-                    f"at initialisation the first weight layer ('{names[0]}') gets {ratio:.1e} of the "
-                    f"gradient norm of the last ('{names[-1]}')"
-                ),
-            )
-        )
-    elif ratio > 1.0 / VANISHING_RATIO:
-        high = [n for n in names if measured[n] > last / VANISHING_RATIO]
-        findings.append(
-            Finding(
-                kind=Kind.EXPLODING_GRADIENT,
-                severity=Severity.WARNING,
-                layers=high,
-                step=0,
-                evidence=evidence,
-                message=(
-                    f"at initialisation the first weight layer ('{names[0]}') gets {ratio:.1e} times the "
-                    f"gradient norm of the last ('{names[-1]}')"
-                ),
-            )
-        )
-    return findings
 
 
 def _jacobian_note(model: nn.Module, example_input: Any) -> str:
