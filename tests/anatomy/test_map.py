@@ -72,7 +72,7 @@ def test_a_tied_head_that_runs_last_gives_the_models_outputs() -> None:
     import torch
 
     import gradwatch as gw
-    from gradwatch.detect._signals import output_classes
+    from gradwatch.detect.loss import output_classes
 
     class TiedLM(nn.Module):  # an embedding whose weight the output head shares, as in GPT-2
         def __init__(self) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from gradwatch import Severity
 from gradwatch.detect import Thresholds
-from gradwatch.detect._signals import LossView, loss_view
+from gradwatch.detect.loss import LossView, loss_view
 from gradwatch.detect.severity import raised
 from tests.detect._timelines import build, chain_anatomy, falling_loss, slow_loss, stuck_loss
 

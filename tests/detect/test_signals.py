@@ -15,12 +15,12 @@ from gradwatch.detect._signals import (
     fill_pooled,
     first_persistent,
     latched_episode,
-    loss_view,
     num,
     relative_grads,
     still_holds,
     time_profiles,
 )
+from gradwatch.detect.loss import loss_view
 from tests.detect._timelines import build, chain_anatomy, falling_loss, grads, stuck_loss
 
 TH = Thresholds()

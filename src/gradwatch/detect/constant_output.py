@@ -15,15 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from gradwatch.anatomy import Anatomy
-from gradwatch.detect._signals import (
-    episode,
-    loss_view,
-    nanmedian,
-    num,
-    recent_rows,
-    site_values,
-    step_at,
-)
+from gradwatch.detect._signals import episode, nanmedian, num, recent_rows, site_values, step_at
+from gradwatch.detect.loss import LossStatus, loss_view
 from gradwatch.detect.severity import raised
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
@@ -43,9 +36,9 @@ def constant_output(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> lis
     now = float(nanmedian(recent_rows(spread, th.persist)))
     loss = loss_view(timeline, anatomy, th)
     wrong = loss.blew_past_chance(th)
-    if loss.status in ("stuck", "plateau") or wrong:
+    if loss.status in (LossStatus.STUCK, LossStatus.PLATEAU) or wrong:
         severity = Severity.ERROR
-    elif loss.learning or loss.status == "unclear":
+    elif loss.learning or loss.status == LossStatus.UNCLEAR:
         severity = Severity.INFO
     else:
         severity = Severity.WARNING

@@ -21,7 +21,6 @@ from gradwatch.anatomy import Anatomy
 from gradwatch.anatomy.activations import LEAKY
 from gradwatch.detect._signals import (
     fill_pooled,
-    loss_view,
     pct,
     per_site_episodes,
     site_info,
@@ -29,6 +28,7 @@ from gradwatch.detect._signals import (
     site_values,
     step_at,
 )
+from gradwatch.detect.loss import LossStatus, loss_view
 from gradwatch.detect.severity import raised
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
@@ -55,9 +55,9 @@ def dead_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Fin
     site, _, worst = hits[0]
     first = min(h[1] for h in hits)
     loss = loss_view(timeline, anatomy, th)
-    if loss.status in ("stuck", "plateau"):
+    if loss.status in (LossStatus.STUCK, LossStatus.PLATEAU):
         severity = Severity.ERROR
-    elif loss.learning or loss.status == "unclear":
+    elif loss.learning or loss.status == LossStatus.UNCLEAR:
         severity = Severity.INFO
     else:
         severity = Severity.WARNING
@@ -103,7 +103,7 @@ def _dead_outputs(
         return []
     site, first, worst = max(hits, key=lambda h: h[2])
     loss = loss_view(timeline, anatomy, th)
-    severity = Severity.ERROR if loss.status in ("stuck", "plateau") else Severity.WARNING
+    severity = Severity.ERROR if loss.status in (LossStatus.STUCK, LossStatus.PLATEAU) else Severity.WARNING
     fn = site_info(timeline, site).get("fn", "relu")
     return [
         Finding(

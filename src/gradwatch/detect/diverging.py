@@ -13,7 +13,6 @@ import numpy as np
 from gradwatch.anatomy import Anatomy
 from gradwatch.detect._signals import (
     episode,
-    loss_view,
     nanmedian,
     num,
     pct,
@@ -21,6 +20,7 @@ from gradwatch.detect._signals import (
     recent_rows,
     step_at,
 )
+from gradwatch.detect.loss import LossStatus, loss_view
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
 from gradwatch.types import Finding, Kind, Severity
@@ -39,7 +39,7 @@ def diverging_loss(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list
         else ""
     )
     evidence = {**loss.evidence(), "update_ratio_peak": peak}
-    if loss.status == "nonfinite":
+    if loss.status == LossStatus.NONFINITE:
         return [
             Finding(
                 kind=Kind.DIVERGING_LOSS,
@@ -50,7 +50,7 @@ def diverging_loss(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list
                 message=f"the loss became non-finite at step {loss.first_nonfinite} (it started at {num(loss.start)}){hint}",
             )
         ]
-    if loss.status == "diverging":
+    if loss.status == LossStatus.DIVERGING:
         return [
             Finding(
                 kind=Kind.DIVERGING_LOSS,
@@ -64,7 +64,7 @@ def diverging_loss(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list
                 ),
             )
         ]
-    if loss.status in ("stuck", "plateau"):
+    if loss.status in (LossStatus.STUCK, LossStatus.PLATEAU):
         start = episode(typical >= th.large_update_ratio, th.persist)
         if start is None:
             return []

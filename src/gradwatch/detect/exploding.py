@@ -21,11 +21,9 @@ import numpy as np
 
 from gradwatch.anatomy import Anatomy
 from gradwatch.detect._signals import (
-    LossView,
     depth_log_ratio,
     episode,
     latched_episode,
-    loss_view,
     nanmedian,
     num,
     quiet_numpy,
@@ -34,6 +32,7 @@ from gradwatch.detect._signals import (
     tied,
     time_profiles,
 )
+from gradwatch.detect.loss import LossStatus, LossView, loss_view
 from gradwatch.detect.severity import raised
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
@@ -47,7 +46,7 @@ def _severity(loss: LossView) -> Severity:
     # falls, and harmless only once the run has converged.
     if loss.failing:
         return Severity.ERROR
-    if loss.status == "converged":
+    if loss.status == LossStatus.CONVERGED:
         return Severity.INFO
     return Severity.WARNING
 

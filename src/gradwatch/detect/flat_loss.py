@@ -10,7 +10,8 @@ after real progress (`info`; detectors with gradient evidence judge those).
 from __future__ import annotations
 
 from gradwatch.anatomy import Anatomy
-from gradwatch.detect._signals import loss_view, num
+from gradwatch.detect._signals import num
+from gradwatch.detect.loss import LossStatus, loss_view
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
 from gradwatch.types import Finding, Kind, Severity
@@ -22,21 +23,21 @@ def flat_loss(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Find
     if loss.flat_steps < th.flat_min_steps:
         return []
     evidence = {k: float(v) for k, v in loss.evidence().items()}
-    if loss.status == "stuck" and loss.constant:
+    if loss.status == LossStatus.STUCK and loss.constant:
         severity = Severity.WARNING
         message = f"{loss.describe()}: the model is not learning"
-    elif loss.status == "stuck":
+    elif loss.status == LossStatus.STUCK:
         severity = Severity.WARNING
         message = (
             f"{loss.describe()}; it started at {num(loss.start)}: the model is not learning"
         )
-    elif loss.status == "converged":
+    elif loss.status == LossStatus.CONVERGED:
         severity = Severity.INFO
         message = (
             f"the loss has been flat at {num(loss.recent)} for {loss.flat_steps} steps, far below its "
             f"start ({num(loss.start)}): the run has converged"
         )
-    elif loss.status == "plateau":
+    elif loss.status == LossStatus.PLATEAU:
         severity = Severity.INFO
         message = loss.describe()
     else:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from gradwatch.anatomy import Anatomy
-from gradwatch.detect._signals import episode, loss_view, step_at
+from gradwatch.detect._signals import episode, step_at
+from gradwatch.detect.loss import loss_view
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
 from gradwatch.types import Finding, Kind, Severity

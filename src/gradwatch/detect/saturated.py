@@ -23,7 +23,6 @@ import numpy as np
 from gradwatch.anatomy import Anatomy
 from gradwatch.detect._signals import (
     is_gate,
-    loss_view,
     pct,
     per_site_episodes,
     site_info,
@@ -31,6 +30,7 @@ from gradwatch.detect._signals import (
     site_values,
     step_at,
 )
+from gradwatch.detect.loss import LossStatus, loss_view
 from gradwatch.detect.severity import raised
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
@@ -53,9 +53,9 @@ def saturated_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> lis
         if not group:
             continue
         site, _, worst = group[0]
-        if gates or loss.learning or loss.status == "unclear":
+        if gates or loss.learning or loss.status == LossStatus.UNCLEAR:
             severity = Severity.INFO
-        elif loss.status in ("stuck", "plateau"):
+        elif loss.status in (LossStatus.STUCK, LossStatus.PLATEAU):
             severity = Severity.ERROR
         else:
             severity = Severity.WARNING
@@ -65,7 +65,7 @@ def saturated_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> lis
         born = [h for h in hidden if h[1] == 0]  # saturated from the first record, and still
         if hidden:
             severity = raised(severity, loss, lost_capacity=bool(lost or born))
-        elif not gates and loss.status == "plateau" and not loss.constant:
+        elif not gates and loss.status == LossStatus.PLATEAU and not loss.constant:
             # Only outputs saturated, after real progress: confident predictions look the same
             # as outputs pinned out of reach, and the loss cannot tell which; a warning.
             severity = min(severity, Severity.WARNING)

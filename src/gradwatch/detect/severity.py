@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradwatch.detect._signals import LossView
+from gradwatch.detect.loss import LossStatus, LossView
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.types import Severity
 
 
 def raised(severity: Severity, loss: LossView, *, lost_capacity: bool = False) -> Severity:
     """`severity`, raised from `info` to `warning` by slow progress or lost capacity."""
-    if severity > Severity.INFO or loss.status == "converged":
+    if severity > Severity.INFO or loss.status == LossStatus.CONVERGED:
         return severity
     if loss.slow or lost_capacity:
         return Severity.WARNING
@@ -41,7 +41,7 @@ def raised(severity: Severity, loss: LossView, *, lost_capacity: bool = False) -
 def lost_time(steps: np.ndarray, span: tuple[int, int] | None, loss: LossView, th: Thresholds) -> float | None:
     """The share of the recorded steps a cleared episode `span` (record indices) held, if it
     is over `th.lost_time_share` and the loss did not converge; None otherwise."""
-    if span is None or len(steps) < 2 or loss.status in ("converged", "unknown"):
+    if span is None or len(steps) < 2 or loss.status in (LossStatus.CONVERGED, LossStatus.UNKNOWN):
         return None
     total = float(steps[-1] - steps[0])
     share = float(steps[span[1]] - steps[span[0]]) / total if total > 0 else 0.0

@@ -35,15 +35,8 @@ import numpy as np
 
 from gradwatch.anatomy import Anatomy
 from gradwatch.anatomy.map import encloses
-from gradwatch.detect._signals import (
-    episode,
-    loss_view,
-    nanmedian,
-    num,
-    quiet_numpy,
-    recent_rows,
-    step_at,
-)
+from gradwatch.detect._signals import episode, nanmedian, num, quiet_numpy, recent_rows, step_at
+from gradwatch.detect.loss import LossStatus, loss_view
 from gradwatch.detect.severity import raised
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
@@ -84,7 +77,7 @@ def _set_apart(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Fin
     if not found:
         return []
     loss = loss_view(timeline, anatomy, th)
-    severity = Severity.INFO if loss.status == "converged" else Severity.WARNING
+    severity = Severity.INFO if loss.status == LossStatus.CONVERGED else Severity.WARNING
     names = [timeline.layers[j] for j, *_ in found]
     j, start, mine, rest = min(found, key=lambda f: f[2])
     moves = "does not move at all" if mine == 0 else f"moves by {num(mine)} of its size per step"
@@ -129,7 +122,7 @@ def _cut_off(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Findi
         return []
     names = [timeline.layers[i] for i in keep[:lead]]
     loss = loss_view(timeline, anatomy, th)
-    severity = Severity.INFO if loss.status == "converged" else Severity.WARNING
+    severity = Severity.INFO if loss.status == LossStatus.CONVERGED else Severity.WARNING
     shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
     first = "the first layer to run" if lead == 1 else f"the first {lead} layers to run"
     return [
@@ -161,9 +154,9 @@ def _everywhere(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Fi
     now = float(nanmedian(recent_rows(top, th.persist)))
     stalled = episode(top < th.stall_update_ratio, th.persist) is not None
     loss = loss_view(timeline, anatomy, th)
-    if loss.status == "stuck":
+    if loss.status == LossStatus.STUCK:
         severity = Severity.ERROR if stalled else Severity.WARNING
-    elif loss.status == "plateau" or (stalled and loss.status in ("unknown", "unclear")):
+    elif loss.status == LossStatus.PLATEAU or (stalled and loss.status in (LossStatus.UNKNOWN, LossStatus.UNCLEAR)):
         severity = Severity.WARNING
     else:
         severity = Severity.INFO

@@ -26,12 +26,12 @@ from gradwatch.detect._signals import (
     cleared_span,
     cut_steps,
     episode,
-    loss_view,
     nanmedian,
     num,
     recent_rows,
     time_reach,
 )
+from gradwatch.detect.loss import LossStatus, loss_view
 from gradwatch.detect.severity import lost_time, raised
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
@@ -66,7 +66,7 @@ def temporal_vanishing(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
         rise = late - early if np.isfinite(late) and np.isfinite(early) else 0.0
         gated = module in anatomy and anatomy[module].type in GATED
         loss = loss_view(timeline, anatomy, th)
-        stalled = loss.status in ("stuck", "plateau")
+        stalled = loss.status in (LossStatus.STUCK, LossStatus.PLATEAU)
         cut, total = cuts[-1], len(rows[-1][1])
         if cut:
             # No gradient at all reaches the first steps: not a gain too small, a cut. It

@@ -23,7 +23,6 @@ from gradwatch.detect._signals import (
     depth_log_ratio,
     input_groups,
     latched_episode,
-    loss_view,
     nanmedian,
     num,
     peer_max,
@@ -32,6 +31,7 @@ from gradwatch.detect._signals import (
     step_at,
     tied,
 )
+from gradwatch.detect.loss import LossStatus, loss_view
 from gradwatch.detect.severity import lost_time, raised
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
@@ -89,10 +89,10 @@ def vanishing_gradient(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
         slope = float(np.polyfit(x, np.append(now[finite], 0.0), 1)[0])
     loss = loss_view(timeline, anatomy, th)
 
-    if loss.status == "stuck":
+    if loss.status == LossStatus.STUCK:
         severity = Severity.ERROR
-    elif loss.status == "plateau" or (
-        loss.status in ("unknown", "unclear") and lowest < math.log10(th.vanish_ratio_blind)
+    elif loss.status == LossStatus.PLATEAU or (
+        loss.status in (LossStatus.UNKNOWN, LossStatus.UNCLEAR) and lowest < math.log10(th.vanish_ratio_blind)
     ):
         severity = Severity.WARNING
     else:
