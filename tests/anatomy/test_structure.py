@@ -9,7 +9,8 @@ from torch import nn
 
 from gradwatch.anatomy import Anatomy
 from gradwatch.anatomy.activations import family, function_spec, module_spec, parse_spec
-from gradwatch.anatomy.structure import Structure, analyse, bias_dead_share
+from gradwatch.anatomy.structure import Structure, analyse
+from gradwatch.explain.theory import bias_dead_share
 from gradwatch.lab.models import mlp
 
 

@@ -39,7 +39,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -55,7 +54,7 @@ from gradwatch.anatomy._graph import (
 from gradwatch.anatomy._guard import Preserved
 from gradwatch.anatomy.map import ROOT, Anatomy, transposed_fan_in
 
-__all__ = ["Structure", "analyse", "bias_dead_share"]
+__all__ = ["Structure", "analyse"]
 
 _WEIGHT_LAYER_TYPES = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd, nn.RNNBase, nn.RNNCellBase, nn.Embedding, nn.EmbeddingBag)
 
@@ -465,23 +464,3 @@ def analyse(model: nn.Module, example_input: Any = None, anatomy: Anatomy | None
                 anatomy[name].extra["seq_len"] = t
     structure.recurrent = {layer.name: layer.extra["seq_len"] for layer in anatomy.layers if layer.extra["recurrent"]}
     return structure
-
-
-def bias_dead_share(ratio_q: list[float], input_rms: float, z: float) -> float:
-    """Share of units whose bias sits more than `z` pre-activation std below zero.
-
-    A unit's pre-activation is ``W_i . a + b_i`` with std about ``||W_i|| * rms(a)``, so it
-    is below ``-z`` std when ``b_i / ||W_i|| < -z * rms(a)``. `ratio_q` holds the deciles
-    of ``b_i / ||W_i||`` (10%..90%); the share is read off them by linear interpolation.
-    """
-    q = np.asarray(ratio_q, dtype=float)
-    probs = np.linspace(0.1, 0.9, len(q))
-    cut = -z * input_rms
-    if cut <= q[0]:
-        return 0.0 if cut < q[0] else 0.1
-    if cut >= q[-1]:
-        return 1.0 if cut > q[-1] else 0.9
-    return float(np.interp(cut, q, probs))
-
-
-

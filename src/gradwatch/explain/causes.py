@@ -25,9 +25,16 @@ import numpy as np
 from gradwatch._errors import GradwatchValueError
 from gradwatch.anatomy import Anatomy, Layer
 from gradwatch.anatomy.activations import family, parse_spec
-from gradwatch.anatomy.structure import Structure, bias_dead_share
+from gradwatch.anatomy.structure import Structure
 from gradwatch.detect.thresholds import Thresholds
-from gradwatch.explain.theory import ChainLayer, Gains, activation, critical_sigma_w2, gains
+from gradwatch.explain.theory import (
+    ChainLayer,
+    Gains,
+    activation,
+    bias_dead_share,
+    critical_sigma_w2,
+    gains,
+)
 from gradwatch.probes.activations import SATURATION_FRACTION
 from gradwatch.record import Timeline
 from gradwatch.types import Cause, CauseKind

@@ -43,6 +43,7 @@ __all__ = [
     "Gains",
     "Prediction",
     "activation",
+    "bias_dead_share",
     "bivariate_moments",
     "chi",
     "critical_sigma_w2",
@@ -471,3 +472,20 @@ def jacobian_singular_values(model: torch.nn.Module, inputs: torch.Tensor, sampl
         j = torch.autograd.functional.jacobian(f, x.reshape(-1))
         out.append(torch.linalg.svdvals(j.double()).numpy())
     return np.concatenate(out) if out else np.zeros(0)
+
+
+def bias_dead_share(ratio_q: list[float], input_rms: float, z: float) -> float:
+    """Share of units whose bias sits more than `z` pre-activation std below zero.
+
+    A unit's pre-activation is ``W_i . a + b_i`` with std about ``||W_i|| * rms(a)``, so it
+    is below ``-z`` std when ``b_i / ||W_i|| < -z * rms(a)``. `ratio_q` holds the deciles
+    of ``b_i / ||W_i||`` (10%..90%); the share is read off them by linear interpolation.
+    """
+    q = np.asarray(ratio_q, dtype=float)
+    probs = np.linspace(0.1, 0.9, len(q))
+    cut = -z * input_rms
+    if cut <= q[0]:
+        return 0.0 if cut < q[0] else 0.1
+    if cut >= q[-1]:
+        return 1.0 if cut > q[-1] else 0.9
+    return float(np.interp(cut, q, probs))
