@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from gradwatch.fix._graph import _call
+from gradwatch.fix.advice import RUNUP_FACTOR
 from gradwatch.probes.output import first_tensor
 from gradwatch.record import Timeline
 
@@ -85,7 +86,8 @@ def step_size(timeline: Timeline | None, model: nn.Module, until: int | None = N
     Each (record, layer) with a finite, positive gradient and update gives a point. Under
     SGD (with or without momentum) the update follows the gradient, ``u = eta g``; under an
     adaptive optimizer the per-parameter update stays near the rate whatever the gradient.
-    The slope of log(update rms) against log(gradient rms) over all points tells them apart.
+    The slope of log(update rms) against log(gradient rms) tells them apart: across the layers'
+    medians over the records where the layers' gradients differ, else over all points.
     """
     if timeline is None or len(timeline) < 2:
         return None
@@ -98,6 +100,14 @@ def step_size(timeline: Timeline | None, model: nn.Module, until: int | None = N
     n = np.asarray([float(numel.get(name, 0)) for name in timeline.layers])
     keep = np.ones(len(steps), dtype=bool) if until is None else steps <= until
     keep[:2] = True  # the first update is measured at the second record
+    # A record's update was made by the previous step's gradient, its gradient is this step's
+    # (see below). In the run-up to a blow-up the gradient grows by orders of magnitude in that
+    # one step, and their ratio says nothing of the step size (a record at the first diverging
+    # step read 6e-25 for SGD at 0.01): records whose loss grew over `RUNUP_FACTOR`^2 in the
+    # step before them (a squared error's gradient grows like its square root), or went
+    # non-finite in it, are left out, in a run that had trouble (`until`).
+    if until is not None:
+        keep &= _after_one_step_runup(timeline)
     g, u = g[keep].astype(np.float64), u[keep].astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         ok = np.isfinite(g) & np.isfinite(u) & (g > 0) & (u > 0) & (n[None, :] > 0)
@@ -114,8 +124,19 @@ def step_size(timeline: Timeline | None, model: nn.Module, until: int | None = N
         float(np.median(u[ok[:, j], j]) / np.median(g[ok[:, j], j])) for j in range(g.shape[1]) if ok[:, j].any()
     ]
     lg, lu = np.log10(g_rms), np.log10(u_rms)
+    # The slope is read across layers, from each layer's medians over the records, where the
+    # layers' gradients differ: a record's update and gradient come from two minibatches, and
+    # with small batches (one example) their sizes scatter independently from record to
+    # record, which flattens a slope read over (record, layer) points toward 0 (an SGD run
+    # read as adaptive). Without two layers whose gradients differ, the points are used.
+    cols = [j for j in range(g.shape[1]) if ok[:, j].any()]
+    root = np.sqrt(np.maximum(n, 1.0))
+    mg = np.log10([float(np.median(g[ok[:, j], j])) / root[j] for j in cols]) if cols else np.zeros(0)
+    mu = np.log10([float(np.median(u[ok[:, j], j])) / root[j] for j in cols]) if cols else np.zeros(0)
+    if mg.size >= 2 and float(np.std(mg)) >= SLOPE_SPREAD:
+        lg, lu = mg, mu
     adaptive = False
-    if lg.size >= 3 and float(np.std(lg)) >= SLOPE_SPREAD:
+    if lg.size >= 2 and float(np.std(lg)) >= SLOPE_SPREAD and (lg.size >= 3 or lg is mg):
         slope = float(np.cov(lg, lu, bias=True)[0, 1] / np.var(lg))
         adaptive = slope < ADAPTIVE_SLOPE
     return StepSize(
@@ -124,6 +145,20 @@ def step_size(timeline: Timeline | None, model: nn.Module, until: int | None = N
         rms=float(np.median(u_rms)),
         points=int(g_rms.size),
     )
+
+
+def _after_one_step_runup(timeline: Timeline) -> np.ndarray:
+    """Per record: False when the loss grew over `RUNUP_FACTOR` squared in the one step before
+    it, or turned non-finite in it (True where the losses are not known)."""
+    steps, loss = timeline.loss()
+    at = dict(zip(steps.tolist(), loss.tolist(), strict=True))
+    ok = np.ones(len(timeline), dtype=bool)
+    for i, s in enumerate(timeline.steps.tolist()):
+        now, before = at.get(int(s)), at.get(int(s) - 1)
+        if now is None or before is None or not (math.isfinite(before) and before > 0):
+            continue
+        ok[i] = math.isfinite(now) and now <= RUNUP_FACTOR**2 * before
+    return ok
 
 
 def surrogate_gradients(model: nn.Module, example_input: Any) -> dict[str, tuple[float, float]] | None:
