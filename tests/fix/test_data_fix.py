@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 import gradwatch as gw
-from gradwatch.fix.data import InputStandardized, Standardize, linear_output, standardise_inputs
+from gradwatch.fix.advice import overflow
+from gradwatch.fix.data import (
+    InputStandardized,
+    OutputScaled,
+    ScaleOutput,
+    Standardize,
+    linear_output,
+    output_scale,
+    scale_output,
+    standardise_inputs,
+    target_scale,
+)
 
 
 def test_standardize_against_hand_computation() -> None:
@@ -88,27 +102,162 @@ def test_fix_standardises_raw_inputs_inside_the_model() -> None:
     assert not any("Standardise the inputs" in m for m in r.advice.get("manual", []))  # done in the model
 
 
+#: Words that would tell a person to standardise the targets (done twice with the layer).
+STANDARDISE_TARGETS = re.compile(r"(standardi[sz]e|normali[sz]e|rescale)[^.;\n]{0,40}\btargets?\b", re.I)
+
+
 def test_fix_removes_a_sigmoid_output_asked_for_large_targets() -> None:
+    torch.manual_seed(0)
     x = torch.randn(200, 5)
     y = 100 * torch.sigmoid(x @ torch.randn(5, 1))
     model = nn.Sequential(nn.Linear(5, 8), nn.Sigmoid(), nn.Linear(8, 1), nn.Sigmoid())
     w = _watched(model, x, y, F.mse_loss, 0.1, 200)
     r = gw.fix(model, w.diagnose(), timeline=w.timeline)
     assert isinstance(r.model[3], nn.Identity) and isinstance(model[3], nn.Sigmoid)
+    # targets of root mean square ~55, far beyond the unit scale a linear output starts at
+    assert isinstance(r.model[-1], ScaleOutput)
+    rms = float(y.pow(2).mean().sqrt())
+    assert rms / 2 < float(r.model[-1].scale) < 2 * rms
     manual = " ".join(r.advice.get("manual", []))
-    assert "targets lie outside what the output activation can produce (0 to 1)" in manual
-    assert "Standardise the targets" in manual and "model(x) * y_std + y_mean" in manual
+    assert "beyond its range (0 to 1)" in manual and "`scale_output`" in manual
+    assert not STANDARDISE_TARGETS.search(manual), manual  # the layer does it: never twice
 
 
-def test_fix_for_targets_far_beyond_the_output_is_advice_to_standardise_them() -> None:
+def test_fix_gives_targets_far_beyond_the_output_a_fixed_output_scale() -> None:
+    torch.manual_seed(0)
     x = torch.randn(300, 8)
     y = (x @ torch.randn(8, 1)) * 3e4 + 2e5
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
     w = _watched(model, x, y, F.mse_loss, 1e-3, 60)
     d = w.diagnose()
     assert gw.CauseKind.TARGET_SCALE in {c.kind for c in d.causes}
-    r = gw.fix(model, d, timeline=w.timeline)
+    r = gw.fix(model, d, timeline=w.timeline, example_input=x[:64])
+    assert list(dict(r.model.named_children()))[-1] == "scale_output"
+    rms = float(y.pow(2).mean().sqrt())
+    assert rms / 2 < output_scale(r.model) < 2 * rms
+    with torch.no_grad():  # the model predicts in the targets' units: its layers at order one
+        torch.testing.assert_close(r.model(x[:4]), r.model[:-1](x[:4]) * output_scale(r.model))
     manual = " ".join(r.advice.get("manual", []))
-    assert "Standardise the targets" in manual and "y_std" in manual
-    assert "lr_scale" not in r.advice and "Keep the learning rate" in manual
+    assert "`scale_output`" in manual and not STANDARDISE_TARGETS.search(manual), manual
+    assert float(r.advice.get("lr_scale", 1.0)) == 1.0  # Adam divides the scale out
     assert "inputs" not in {c.kind for c in r.changes}  # the inputs were standard normal already
+
+
+def test_scale_output_against_hand_computation() -> None:
+    layer = ScaleOutput(1e5)
+    torch.testing.assert_close(layer(torch.tensor([[1.5, -2.0]])), torch.tensor([[1.5e5, -2e5]]))
+    assert list(dict(layer.named_buffers())) == ["scale"] and not list(layer.parameters())
+    for bad in (0.0, -3.0, float("nan"), float("inf")):
+        with pytest.raises(gw.GradwatchError, match="finite and positive"):
+            ScaleOutput(bad)
+
+
+def test_scale_output_goes_last_or_around_and_composes() -> None:
+    seq = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    new, changes = scale_output(seq, scale=40.0)
+    assert list(dict(new.named_children())) == ["0", "1", "2", "scale_output"] and len(seq) == 3
+    assert changes[0].kind == "targets" and "raw targets" in changes[0].description
+    again, _ = scale_output(new, scale=2.0)
+    assert len(again) == 4 and output_scale(again) == pytest.approx(80.0)  # multiplied, not stacked
+    assert scale_output(seq, scale=None) == (seq, []) and scale_output(seq, scale=0.5) == (seq, [])
+
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2, 1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.fc(x), x
+
+    wrapped, _ = scale_output(Pair(), scale=10.0)
+    assert isinstance(wrapped, OutputScaled)
+    x = torch.randn(3, 2)
+    out, rest = wrapped(x)
+    torch.testing.assert_close(out, wrapped.model.fc(x) * 10.0)
+    torch.testing.assert_close(rest, x)  # only the first tensor is the prediction
+
+
+def _out_of_range(distance: float) -> gw.Diagnosis:
+    cause = gw.Cause(
+        gw.CauseKind.TARGET_OUT_OF_RANGE, 0.8, ["1"],
+        {"loss_floor": 9.0, "bound": 1.0, "low": 0.0, "high": 1.0, "outputs": 1.0, "target_distance": distance}, "m",
+    )
+    finding = gw.Finding(gw.Kind.DIVERGING_LOSS, gw.Severity.ERROR, [], 5, {}, "the loss rose")
+    return gw.Diagnosis(findings=[finding], causes=[cause])
+
+
+def test_output_scale_only_for_targets_a_decade_beyond_the_activation() -> None:
+    assert target_scale(_out_of_range(3.0)) is None  # within reach of a linear output: no layer
+    assert target_scale(_out_of_range(50.0)) == pytest.approx(50.0)
+
+
+def test_no_rate_for_raw_targets_beside_advice_to_standardise_them() -> None:
+    # Regression: a rate sized for the targets as they are was advised together with advice to
+    # standardise them, which shrinks every gradient by their scale squared.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1), nn.Sigmoid())
+    r = gw.fix(model, _out_of_range(3.0), example_input=torch.randn(8, 2))
+    manual = " ".join(r.advice.get("manual", []))
+    assert STANDARDISE_TARGETS.search(manual)  # no layer: the targets are the user's to scale
+    assert "lr_scale" not in r.advice and "does not carry over" in r.advice["why"]["lr_scale"]
+
+
+def test_sgd_rate_for_the_scaled_model_counts_the_scale_twice() -> None:
+    """Through `scale_output` a squared error's gradient is scale^2 times the standardised one:
+    the advised rate must bring that down, and the fixed model must then train."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 4)
+    y = x @ torch.randn(4, 1) * 300.0 + 1000.0
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gw.watch(model, every=5) as w:
+        for i in range(40):
+            j = slice(32 * (i % 8), 32 * (i % 8) + 32)
+            loss = F.mse_loss(model(x[j]), y[j])
+            opt.zero_grad()
+            loss.backward()
+            w.step(loss=loss)
+            opt.step()
+    d = w.diagnose()
+    assert gw.CauseKind.TARGET_SCALE in {c.kind for c in d.causes}
+    r = gw.fix(model, d, timeline=w.timeline, example_input=x[:64])
+    scale = output_scale(r.model)
+    rate = float(r.advice["lr_scale"])
+    assert rate < 1.0 / scale  # one factor of the scale would not do: the error carries the other
+    fixed = r.model
+    opt = torch.optim.SGD(fixed.parameters(), lr=0.01 * rate)
+    with torch.no_grad():
+        start = float(F.mse_loss(fixed(x), y))
+    for i in range(300):
+        j = slice(32 * (i % 8), 32 * (i % 8) + 32)
+        loss = F.mse_loss(fixed(x[j]), y[j])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        end = float(F.mse_loss(fixed(x), y))
+    assert math.isfinite(end) and end < 0.1 * start
+
+
+def test_overflow_bound_follows_the_float_type() -> None:
+    assert overflow(1e21, torch.float32) and not overflow(1e10, torch.float32)
+    assert overflow(1e3, torch.float16) and not overflow(10.0, torch.float16)
+    assert not overflow(math.nan, torch.float32) and overflow(math.inf, torch.float32)
+
+
+def test_targets_whose_gradient_would_overflow_adam_are_scaled_outside_the_model() -> None:
+    """Through a scale of 1e10 a squared error's gradient is ~1e20 per element: Adam's squared
+    state and the clipping norm overflow float32 and every step stops. No layer then, and the
+    targets are the user's to scale (with no rate sized for them as they are)."""
+    torch.manual_seed(0)
+    x = torch.randn(300, 8)
+    y = (x @ torch.randn(8, 1)) * 3e9 + 2e10
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    w = _watched(model, x, y, F.mse_loss, 1e-3, 60)
+    d = w.diagnose()
+    assert gw.CauseKind.TARGET_SCALE in {c.kind for c in d.causes}
+    r = gw.fix(model, d, timeline=w.timeline, example_input=x[:64])
+    assert output_scale(r.model) == 1.0 and "targets" not in {c.kind for c in r.changes}
+    manual = " ".join(r.advice.get("manual", []))
+    assert STANDARDISE_TARGETS.search(manual) and "would overflow" in manual
+    assert "lr_scale" not in r.advice

@@ -739,6 +739,7 @@ def target_out_of_range(ctx: Context) -> Cause | None:
     if numel is None or windows is None:
         return None
     _, floor, _ = windows
+    seen = _target_gap(tl)
     for site, info in tl.sites.items():
         if not info.get("output") or info.get("family") == "gate":
             continue
@@ -754,7 +755,11 @@ def target_out_of_range(ctx: Context) -> Cause | None:
             kind=CauseKind.TARGET_OUT_OF_RANGE,
             score=float(min(1.0, 0.5 + _decades(floor / bound) / 6.0)),
             layers=[str(info.get("module", site))],
-            evidence={"loss_floor": floor, "bound": bound, "low": lo, "high": hi, "outputs": numel},
+            evidence={
+                "loss_floor": floor, "bound": bound, "low": lo, "high": hi, "outputs": numel,
+                # sqrt(loss) at the first records: how far the targets lie (`target_scale`)
+                **({"target_distance": seen[0]} if seen is not None else {}),
+            },
             message=(
                 f"the model's output passes through {fn} (`{site}`), which lies between {lo:g} and {hi:g}, yet the "
                 f"loss never fell below {floor:.3g}: against any target inside that range a squared error costs at "

@@ -225,6 +225,7 @@ def fixed_model_lr_scale(
     *,
     blamed: str | None = None,
     deeper_path: bool = True,
+    found: list[Any] | None = None,
 ) -> tuple[float, str] | None:
     """The learning-rate factor for the model `fix` returns, from its predicted first update
     (`fix.first_update.predict`), and why; None when it cannot be predicted (no timeline, no
@@ -256,6 +257,8 @@ def fixed_model_lr_scale(
     )
     if pred is None:
         return None
+    if found is not None:
+        found.append(pred)  # the caller reads the predicted gradient too (`overflow_clip`)
     scale = pred.scale
     said = (
         f"the fixed model's first update is predicted at {pred.ratio:.2g} of its weights at the recipe's rate "
@@ -275,6 +278,28 @@ def fixed_model_lr_scale(
     if scale == 1.0:
         return 1.0, f"{said}: keep the rate"
     return _round(scale), f"{said}: the rate is scaled down to bring it into the band"
+
+
+#: A predicted gradient norm within this factor of the square root of the float type's
+#: largest number counts as overflowing (`overflow`): the prediction is an estimate.
+OVERFLOW_MARGIN = 10.0
+
+
+def overflow(grad: float, dtype: Any) -> bool:
+    """Whether a gradient of total norm `grad` overflows an adaptive optimizer in `dtype`.
+
+    Adam and RMSprop keep a running mean of the squared gradient, element by element, and
+    `clip_grad_norm_` squares it to take its norm: past ``sqrt(finfo(dtype).max)`` (1.8e19 in
+    float32) both turn inf, the step's denominator is inf and the parameter stops (and a clip
+    scales every gradient to 0). A model ending in a large `ScaleOutput` (targets at 1e10 send
+    gradients of order 1e20 through it under a squared error) gets there."""
+    import torch  # only here: the advice module itself needs no torch
+
+    try:
+        bound = math.sqrt(float(torch.finfo(dtype).max)) / OVERFLOW_MARGIN
+    except TypeError:
+        return False
+    return (math.isfinite(grad) and grad > bound) or grad == math.inf
 
 
 #: What to try, and why, for a finding no remedy addressed (fix never leaves a sick run silent).

@@ -38,8 +38,8 @@ norm, residual, init, so the initialisation sees the final activations.
 
 Causes the data holds have their own remedies (`fix.data`): ``output`` (a bounded output
 activation becomes a linear one, applied first), ``inputs`` (a fixed standardisation layer in
-front, applied last) and ``targets`` (advice only); any of them brings fresh weights, and
-their advice (standardise the targets, with the code) is added whatever finding chose them.
+front) and ``targets`` (a fixed `ScaleOutput` layer after the model, applied last); any of
+them brings fresh weights, and their advice is added whatever finding chose them.
 """
 
 from __future__ import annotations
@@ -75,14 +75,20 @@ from gradwatch.fix._graph import (
     order_of,
     shared_parameters,
 )
-from gradwatch.fix.advice import clip_grad_norm, fixed_model_lr_scale, lr_scale, what_to_try
+from gradwatch.fix.advice import (
+    clip_grad_norm,
+    fixed_model_lr_scale,
+    lr_scale,
+    overflow,
+    what_to_try,
+)
 from gradwatch.record import Timeline
 from gradwatch.types import Cause, CauseKind, Change, Diagnosis, Finding, FixResult, Kind, Severity
 
 #: Remedies by preference (see the module docstring).
 PREFERENCE = ("lr", "init", "activations", "recurrent", "norm", "residual", "output", "inputs", "targets")
 #: The order remedies are applied in.
-APPLY_ORDER = ("output", "recurrent", "activations", "norm", "residual", "init", "inputs")
+APPLY_ORDER = ("output", "recurrent", "activations", "norm", "residual", "init", "inputs", "targets")
 #: Remedies that bring re-initialisation with them.
 BRINGS_INIT = frozenset({"activations", "recurrent"})
 
@@ -110,6 +116,7 @@ _TRANSFORMS: dict[str, Callable[..., tuple[nn.Module, list[Change]]]] = {
     "recurrent": _recurrent.transform,
     "inputs": _data.standardise_inputs,
     "output": _data.linear_output,
+    "targets": _data.scale_output,
 }
 
 _GRADIENT_KINDS = (Kind.VANISHING_GRADIENT, Kind.SATURATED_UNITS, Kind.STALLED_WEIGHTS)
@@ -592,9 +599,6 @@ def _predicted_causes(
         )
 
 
-#: Causes the data holds: a rate lowered for their scale no longer fits once the data is standardised.
-_DATA_CAUSES = frozenset({"input_not_standardised", "target_scale", "target_out_of_range"})
-
 #: How `_restart_advice`'s note starts (dropped when `restart` re-draws the weights itself).
 _RESTART_NOTE = "The run diverged at step"
 
@@ -710,24 +714,55 @@ def apply(
     down = ("lr" in plan.remedies and not up) or _restart.diverged(diagnosis)
     blame = plan.reasons["lr"] if "lr" in plan.remedies and not up else "the run diverged at the recipe's rate"
     predicted = None
+    found: list[Any] = []  # the fixed model's first-update prediction, when one was made
     if changes:
         # the advice is for the model returned, not the one it replaced (fix/first_update.py)
         predicted = fixed_model_lr_scale(
             original, new, timeline, diagnosis, example_input, blamed="down" if down else None,
-            deeper_path=bool({"activations", "norm", "residual"} & set(plan.remedies)),
+            deeper_path=bool({"activations", "norm", "residual"} & set(plan.remedies)), found=found,
         )
+    scaled = _data.output_scale(new) / _data.output_scale(model) if any(c.kind == "targets" for c in changes) else 1.0
+    dtype = next((p.dtype for p in new.parameters() if p.is_floating_point()), None)
+    if scaled > 1.0 and found and found[0].adaptive and dtype is not None and overflow(found[0].grad, dtype):
+        # The layer would send gradients whose squares (an adaptive optimizer's state) and
+        # norms overflow the parameters' float type: the step stops, and clipping cannot help
+        # (its norm is inf too). The targets are then scaled outside the model, as advice.
+        new = _data.drop_output_scale(new)
+        changes = [c for c in changes if c.kind != "targets"]
+        manual = [m for m in manual if "`scale_output`" not in m]
+        manual[:0] = _data.target_lines(diagnosis, model, None, lowered="lr" in plan.remedies)
+        manual[0] += (
+            f" (A fixed output scale of {scaled:.3g} inside the model was not used: its gradients, predicted at "
+            f"{found[0].grad:.2g}, would overflow {dtype} in the optimizer's squared-gradient state.)"
+        )
+        scaled, predicted = 1.0, None
     if predicted is not None and ("lr" in plan.remedies or down or predicted[0] != 1.0):
         scale, because = predicted
         advice["lr_scale"], why["lr_scale"] = scale, (f"{blame}; " if down else "") + because
+    elif scaled > 1.0 and predicted is None:
+        # No step size to predict from (the run overflowed before a second record): the rate
+        # that makes the layer and standardised targets one training — the recipe's rate on
+        # targets it can reach, the divergence being the targets' doing.
+        scale = _data.standardised_rate(scaled)
+        advice["lr_scale"] = float(f"{scale:.2g}")
+        why["lr_scale"] = (
+            f"no step size was measured to predict the fixed model's first update from; the squared error through "
+            f"`scale_output` ({scaled:.3g}) is {scaled:.3g}^2 times the one on targets divided by it, so under SGD "
+            f"the recipe's rate times {advice['lr_scale']:.2g} takes the steps those targets would take at the "
+            "recipe's rate (an adaptive optimizer such as Adam divides the factor out: keep its rate)"
+        )
     elif "lr" in plan.remedies or down:
         scale, because = lr_scale(timeline, diagnosis, up=up and not down)
         advice["lr_scale"], why["lr_scale"] = scale, f"{blame if down else plan.reasons['lr']}; {because}"
-    data = sorted({str(c.kind) for c in diagnosis.causes} & _DATA_CAUSES)
-    if down and data and "lr_scale" in why:
-        # the rate is sized for the data's scale; the data step the advice names removes it
-        why["lr_scale"] += (
-            f"; this rate is for the data as it is ({', '.join(data)}): once the inputs and targets are "
-            "standardised as advised, start again from the recipe's rate"
+    if _data.TARGET_ADVICE in "\n".join(manual) and "lr_scale" in advice:
+        # The targets are left to the user to standardise: a rate sized for them as they are
+        # does not carry over (standardised targets shrink every gradient of a squared error by
+        # their scale squared), and advising both would contradict itself. The data step is
+        # the remedy, at the recipe's rate.
+        del advice["lr_scale"]
+        why["lr_scale"] = (
+            "no rate advised: the targets are to be standardised as advised, and a rate sized for them as they "
+            "are does not carry over; start from the recipe's rate"
         )
     elif predicted is not None:
         why["lr_scale"] = predicted[1]
@@ -735,6 +770,13 @@ def apply(
         clip = clip_grad_norm(timeline, diagnosis)
         if clip is not None:
             advice["clip_grad_norm"], why["clip_grad_norm"] = clip
+            if scaled > 1.0:
+                # measured on the model without `scale_output`: the same error sends gradients
+                # `scaled` times larger back through it (the chain rule through a product)
+                advice["clip_grad_norm"] = float(f"{clip[0] * scaled:.2g}")
+                why["clip_grad_norm"] += (
+                    f"; times {scaled:.3g} for `scale_output`, which multiplies every gradient by its scale"
+                )
     if not changes and not manual and "lr_scale" not in advice and "clip_grad_norm" not in advice:
         # A sick run with nothing to change still hears what to try, and why (never silence).
         for f in diagnosis.findings:

@@ -25,6 +25,11 @@ are needed about the fixed model:
   is the factor by which the real loss differs (targets in the thousands, a summed loss);
 - its weights' norms, read directly.
 
+A fixed model that ends in a `fix.data.ScaleOutput` layer (targets far beyond the output's
+scale) is probed with the layer — the surrogate's gradient passes back through it, one
+factor of the scale — and calibrated without it, against the run that had none: the
+calibration factor carries the other (the run's errors were at the targets' scale).
+
 The predicted update ratio ``||dW|| / ||W||`` of a layer is brought into the healthy band:
 the median over layers (the typical step) at most `advice.LARGEST_UPDATE_RATIO` — the
 top of the band the step-size rule also aims the largest typical step at — and at least
@@ -44,6 +49,7 @@ from torch import nn
 
 from gradwatch.fix._graph import _call
 from gradwatch.fix.advice import RUNUP_FACTOR
+from gradwatch.fix.data import without_output_scale
 from gradwatch.probes.output import first_tensor
 from gradwatch.record import Timeline
 
@@ -253,6 +259,10 @@ class Prediction:
     scale: float
     why: str
     top: float = 0.0
+    #: The fixed model's predicted total gradient norm under the run's loss (the calibrated
+    #: surrogate's; NaN when it could not be calibrated), and whether the optimizer normalises it.
+    grad: float = math.nan
+    adaptive: bool = False
 
 
 def predict(
@@ -284,15 +294,24 @@ def predict(
     same = recorded == set(probe) and all(
         numel.get(n) == v for n, v in layer_numels(original, list(recorded)).items()
     )
+    try:
+        # Calibrating fresh weights against the first record compares them with the model as
+        # the run built it: without a `ScaleOutput` layer `fix` appended. The layer's factor
+        # then enters once, through `probe` (the gradient it sends back), while `c` carries
+        # the run's error size; under a squared error the two make the scale^2 the layer
+        # puts on every gradient (`fix.data`).
+        plain = without_output_scale(fixed)
+        base = probe if plain is None else surrogate_gradients(plain, example_input) or probe
+        c, where = calibration(original, base, timeline, example_input, same_architecture=same)
+        calibrated = not where.startswith("the run's gradient taken")
+    except Exception:
+        c, where, calibrated = 1.0, "the run's gradient taken to be the surrogate's", False
+    grad = c * math.sqrt(sum(gs * gs for gs, _ in probe.values())) if calibrated else math.nan
     if step.adaptive:
         updates = {n: step.rms * math.sqrt(max(numel.get(n, 0), 1)) for n in probe}
         how = f"the run's optimizer normalises its steps (typical per-parameter update {step.rms:.2g})"
         top = adaptive_top if adaptive_top is not None else top
     else:
-        try:
-            c, where = calibration(original, probe, timeline, example_input, same_architecture=same)
-        except Exception:
-            c, where = 1.0, "the run's gradient taken to be the surrogate's"
         updates = {n: step.eta * c * gs for n, (gs, _) in probe.items()}
         how = f"the run's step was {step.eta:.2g} x its gradient; {where}"
     ratios = [updates[n] / ws for n, (_, ws) in probe.items() if ws > 0 and math.isfinite(updates[n])]
@@ -306,4 +325,4 @@ def predict(
         scale = top / ratio
     elif ratio < bottom:
         scale = bottom / ratio
-    return Prediction(ratio=ratio, scale=scale, why=how, top=top)
+    return Prediction(ratio=ratio, scale=scale, why=how, top=top, grad=grad, adaptive=step.adaptive)
