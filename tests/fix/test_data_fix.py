@@ -261,3 +261,55 @@ def test_targets_whose_gradient_would_overflow_adam_are_scaled_outside_the_model
     manual = " ".join(r.advice.get("manual", []))
     assert STANDARDISE_TARGETS.search(manual) and "would overflow" in manual
     assert "lr_scale" not in r.advice
+
+
+def _sigmoid_run_out_of_range(trouble_step: int) -> tuple[nn.Module, gw.Diagnosis, gw.Timeline, torch.Tensor]:
+    """A sigmoid-output net asked for targets of root mean square 50: its output saturated (tiny
+    recorded gradients, no update measured), and the loss diverged at `trouble_step`."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Sigmoid(), nn.Linear(4, 1), nn.Sigmoid())
+    tl = gw.Timeline(layers=["0", "2"])
+    for step in (0, 10, 20, 30):
+        tl.ingest({"type": "record", "step": step, "losses": [(s, 2500.0) for s in range(step, step + 10)],
+                   "layers": {"grad_norm": [1e-4, 2e-3], "update_norm": [math.nan, math.nan], "weight_norm": [1.0, 1.0]}})
+    cause = gw.Cause(
+        gw.CauseKind.TARGET_OUT_OF_RANGE, 0.9, ["3"],
+        {"loss_floor": 2400.0, "bound": 1.0, "low": 0.0, "high": 1.0, "outputs": 1.0, "target_distance": 50.0,
+         "target_rms": 50.0}, "m",
+    )
+    finding = gw.Finding(gw.Kind.NONFINITE_GRADIENT, gw.Severity.ERROR, [], trouble_step, {}, "inf")
+    return model, gw.Diagnosis(findings=[finding], causes=[cause]), tl, torch.randn(16, 3)
+
+
+def test_clip_read_through_a_removed_output_activation_is_not_advised() -> None:
+    model, d, tl, x = _sigmoid_run_out_of_range(trouble_step=25)
+    r = gw.fix(model, d, timeline=tl, example_input=x)
+    assert isinstance(r.model[3], nn.Identity) and output_scale(r.model) == pytest.approx(50.0)
+    # gradients read through a saturated sigmoid (2e-3) would cut the fixed model's to nothing
+    assert "clip_grad_norm" not in r.advice and "removed" in r.advice["why"]["clip_grad_norm"]
+
+
+def test_a_late_divergence_takes_a_decade_off_the_standardised_rate() -> None:
+    model, d, tl, x = _sigmoid_run_out_of_range(trouble_step=25)
+    late = gw.fix(model, d, timeline=tl, example_input=x).advice
+    assert late["lr_scale"] == pytest.approx(0.1 / 50.0**2) and "after it had trained" in late["why"]["lr_scale"]
+    # the twin: a divergence within the first recording interval is the targets' own doing
+    model, d, tl, x = _sigmoid_run_out_of_range(trouble_step=5)
+    early = gw.fix(model, d, timeline=tl, example_input=x).advice
+    assert early["lr_scale"] == pytest.approx(1 / 50.0**2)
+
+
+def test_target_rms_counts_every_step_and_leaves_a_blow_up_out() -> None:
+    from gradwatch.explain.causes import _early_rms
+
+    def timeline(losses: list[float]) -> gw.Timeline:
+        tl = gw.Timeline(layers=["0"])
+        tl.ingest({"type": "record", "step": 0, "losses": list(enumerate(losses)), "layers": {"grad_norm": [1.0]}})
+        tl.ingest({"type": "record", "step": len(losses), "losses": [], "layers": {"grad_norm": [1.0]}})
+        return tl
+
+    # a batch of one: each loss is one example's squared distance; the first is a small one
+    scattered = [0.02, 130.0, 220.0, 90.0, 5900.0, 1900.0, 680.0, 9000.0, 1800.0, 0.6]
+    assert _early_rms(timeline(scattered)) == pytest.approx(math.sqrt(sum(scattered) / 10))
+    # a run that blew up in its first interval: the rise before the overflow is left out
+    assert _early_rms(timeline([3e10, 2.5e10, 6e18, float("inf")])) == pytest.approx(math.sqrt(2.75e10))

@@ -76,10 +76,12 @@ from gradwatch.fix._graph import (
     shared_parameters,
 )
 from gradwatch.fix.advice import (
+    MAX_LR_SCALE,
     clip_grad_norm,
     fixed_model_lr_scale,
     lr_scale,
     overflow,
+    trouble_step,
     what_to_try,
 )
 from gradwatch.record import Timeline
@@ -744,13 +746,23 @@ def apply(
         # that makes the layer and standardised targets one training — the recipe's rate on
         # targets it can reach, the divergence being the targets' doing.
         scale = _data.standardised_rate(scaled)
-        advice["lr_scale"] = float(f"{scale:.2g}")
         why["lr_scale"] = (
             f"no step size was measured to predict the fixed model's first update from; the squared error through "
             f"`scale_output` ({scaled:.3g}) is {scaled:.3g}^2 times the one on targets divided by it, so under SGD "
-            f"the recipe's rate times {advice['lr_scale']:.2g} takes the steps those targets would take at the "
-            "recipe's rate (an adaptive optimizer such as Adam divides the factor out: keep its rate)"
+            f"the recipe's rate times {scale:.2g} takes the steps those targets would take at the recipe's rate "
+            "(an adaptive optimizer such as Adam divides the factor out: keep its rate)"
         )
+        late = trouble_step(diagnosis)
+        if down and timeline is not None and len(timeline) > 1 and late is not None and late > int(timeline.steps[1]):
+            # The run trained past its first recording interval before it diverged: not the
+            # targets' scale throwing fresh weights at once, but the recipe's step, too large
+            # for the model as it trained. One decade down from there, as for any divergence.
+            scale *= MAX_LR_SCALE
+            why["lr_scale"] += (
+                f"; the run diverged at step {late}, after it had trained: the recipe's rate itself was too large, "
+                "so one decade down from that"
+            )
+        advice["lr_scale"] = float(f"{scale:.2g}")
     elif "lr" in plan.remedies or down:
         scale, because = lr_scale(timeline, diagnosis, up=up and not down)
         advice["lr_scale"], why["lr_scale"] = scale, f"{blame if down else plan.reasons['lr']}; {because}"
@@ -770,7 +782,17 @@ def apply(
         clip = clip_grad_norm(timeline, diagnosis)
         if clip is not None:
             advice["clip_grad_norm"], why["clip_grad_norm"] = clip
-            if scaled > 1.0:
+            if any(c.kind == "output" for c in changes):
+                # The recorded gradients passed through the bounded output's derivative, which
+                # a saturated output drives toward 0 and the fix removed: they say nothing of
+                # the size of the fixed model's, and a threshold read from them can cut every
+                # step of it to nothing.
+                del advice["clip_grad_norm"]
+                why["clip_grad_norm"] = (
+                    "no clipping advised: the recorded gradients passed through the output activation the fix "
+                    "removed, and do not measure the fixed model's"
+                )
+            elif scaled > 1.0:
                 # measured on the model without `scale_output`: the same error sends gradients
                 # `scaled` times larger back through it (the chain rule through a product)
                 advice["clip_grad_norm"] = float(f"{clip[0] * scaled:.2g}")

@@ -18,9 +18,12 @@ Three remedies, each tied to one cause (`gradwatch.explain.causes`):
   order one, as they would on standardised targets, while the model still predicts in the
   targets' own units (train it on the raw targets, keep the layer at inference).
 
-The scale is the cause's ``target_distance``: ``sqrt(loss)`` at the first records, the root
-mean square distance between the targets and outputs that start near zero — for a mean
-squared error, the targets' root mean square ``sqrt(mean^2 + std^2)``. Of what the run
+The scale is the cause's ``target_rms``: the root of the mean loss over every step of the first
+recording interval (a run that overflowed in it cut before its rise), the root mean square
+distance between the targets and outputs that start near zero — for a mean squared error,
+the targets' root mean square ``sqrt(mean^2 + std^2)``; every step counts, so a batch of one
+gives the targets' spread rather than one example's (``target_distance``, the first records'
+``sqrt(loss)`` alone, stands in without it). Of what the run
 measured it is the one number that is the targets' own scale; their mean and spread are not
 recorded apart, so the scale is one factor, and the output layer's bias learns the offset
 (``mean / scale``, at most 1). A summed loss over B outputs reads ``sqrt(B)`` times larger
@@ -269,20 +272,25 @@ def applies(remedy: str, model: nn.Module, diagnosis: Diagnosis, timeline: Timel
 
 
 def target_scale(diagnosis: Diagnosis) -> float | None:
-    """The scale the targets lie at, when a `ScaleOutput` layer is wanted: the ``target_distance``
-    of `target_scale`, or of `target_out_of_range` when it is over `FAR_TARGETS` times beyond
-    both 1 and the removed activation's range (``high - low``); else None."""
+    """The scale the targets lie at, when a `ScaleOutput` layer is wanted, from `target_scale`,
+    or from `target_out_of_range` when it is over `FAR_TARGETS` times beyond both 1 and the
+    removed activation's range (``high - low``); else None. The scale is the cause's
+    ``target_rms`` (every step's loss over the first recording interval), else its
+    ``target_distance`` (the first records' alone: one example each with a batch of one)."""
     cause = _cause(diagnosis, CauseKind.TARGET_SCALE)
+    far = cause is not None
     if cause is None:
         cause = _cause(diagnosis, CauseKind.TARGET_OUT_OF_RANGE)
         if cause is None:
             return None
+    scale = cause.evidence.get("target_rms", cause.evidence.get("target_distance"))
+    if scale is None or not math.isfinite(scale):
+        return None
+    if not far:
         width = cause.evidence.get("high", 1.0) - cause.evidence.get("low", 0.0)
-        distance = cause.evidence.get("target_distance")
-        if distance is None or not distance > FAR_TARGETS * max(1.0, width):
+        if not scale > FAR_TARGETS * max(1.0, width):
             return None
-    scale = cause.evidence.get("target_distance")
-    return float(scale) if scale is not None and math.isfinite(scale) and scale > 1.0 else None
+    return float(scale) if scale > 1.0 else None
 
 
 def options(remedy: str, diagnosis: Diagnosis, timeline: Timeline | None) -> dict[str, Any]:
