@@ -110,7 +110,7 @@ def suite_cases(quick: bool) -> list[Case]:
         if not {"make", "make_opt", "steps"} <= env.keys():
             continue  # a special loop (AMP, embedding): none of the faulty runs
         steps = int(env["steps"]) // (2 if quick else 1)
-        seed = int(env["seed"])
+        seed = S.SEED if env["seed"] is None else int(env["seed"])  # the suite as written (run.py --seeds)
         if "task_name" in env:
             case = _suite_seq(spec, env, steps, seed, sequence_task)
         else:
