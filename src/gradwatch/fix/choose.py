@@ -731,20 +731,22 @@ def apply(
         # (its norm is inf too). The targets are then scaled outside the model, as advice.
         new = _data.drop_output_scale(new)
         changes = [c for c in changes if c.kind != "targets"]
-        manual = [m for m in manual if "`scale_output`" not in m]
-        manual[:0] = _data.target_lines(diagnosis, model, None, lowered="lr" in plan.remedies)
-        manual[0] += (
-            f" (A fixed output scale of {scaled:.3g} inside the model was not used: its gradients, predicted at "
+        lines = _data.target_lines(diagnosis, model, None, lowered="lr" in plan.remedies)
+        note = (
+            f"(A fixed output scale of {scaled:.3g} inside the model was not used: its gradients, predicted at "
             f"{found[0].grad:.2g}, would overflow {dtype} in the optimizer's squared-gradient state.)"
         )
+        manual = [*lines[:-1], f"{lines[-1]} {note}" if lines else note] + [
+            m for m in manual if "`scale_output`" not in m
+        ]
         scaled, predicted = 1.0, None
     if predicted is not None and ("lr" in plan.remedies or down or predicted[0] != 1.0):
         scale, because = predicted
         advice["lr_scale"], why["lr_scale"] = scale, (f"{blame}; " if down else "") + because
     elif scaled > 1.0 and predicted is None:
-        # No step size to predict from (the run overflowed before a second record): the rate
-        # that makes the layer and standardised targets one training — the recipe's rate on
-        # targets it can reach, the divergence being the targets' doing.
+        # No step size to predict from (the run overflowed before a second record, or a
+        # saturated output left every update 0): the rate that makes the layer and targets
+        # divided by its scale one training — the recipe's rate on targets it can reach.
         scale = _data.standardised_rate(scaled)
         why["lr_scale"] = (
             f"no step size was measured to predict the fixed model's first update from; the squared error through "
