@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 
@@ -245,10 +246,10 @@ def test_overflow_bound_follows_the_float_type() -> None:
     assert not overflow(math.nan, torch.float32) and overflow(math.inf, torch.float32)
 
 
-def test_targets_whose_gradient_would_overflow_adam_are_scaled_outside_the_model() -> None:
+def test_targets_whose_gradient_would_overflow_adam_get_a_normalised_gradient() -> None:
     """Through a scale of 1e10 a squared error's gradient is ~1e20 per element: Adam's squared
-    state and the clipping norm overflow float32 and every step stops. No layer then, and the
-    targets are the user's to scale (with no rate sized for them as they are)."""
+    state and the clipping norm overflow float32 and every step stops. The layer then passes
+    back the gradient of loss / scale^2, and the fixed model trains at Adam's rate."""
     torch.manual_seed(0)
     x = torch.randn(300, 8)
     y = (x @ torch.randn(8, 1)) * 3e9 + 2e10
@@ -257,10 +258,32 @@ def test_targets_whose_gradient_would_overflow_adam_are_scaled_outside_the_model
     d = w.diagnose()
     assert gw.CauseKind.TARGET_SCALE in {c.kind for c in d.causes}
     r = gw.fix(model, d, timeline=w.timeline, example_input=x[:64])
-    assert output_scale(r.model) == 1.0 and "targets" not in {c.kind for c in r.changes}
+    layer = r.model[-1]
+    assert isinstance(layer, ScaleOutput) and layer.normalised_gradient
     manual = " ".join(r.advice.get("manual", []))
-    assert STANDARDISE_TARGETS.search(manual) and "would overflow" in manual
-    assert "lr_scale" not in r.advice
+    assert "would overflow" in manual and not STANDARDISE_TARGETS.search(manual)
+    assert float(r.advice.get("lr_scale", 1.0)) == 1.0
+    fixed, exact = r.model, copy.deepcopy(r.model)
+    exact[-1].normalised_gradient = False
+    for net in (fixed, exact):
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+        for _ in range(300):
+            loss = F.mse_loss(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        r2 = [1 - float(F.mse_loss(net(x), y) / y.var()) for net in (fixed, exact)]
+    assert r2[0] > 0.5 and not r2[1] > 0.5  # the exact gradient overflows Adam: nothing learns
+
+
+def test_normalised_gradient_against_autograd() -> None:
+    x = torch.randn(5, 1, requires_grad=True)
+    ScaleOutput(1e3, normalised_gradient=True)(x).sum().backward()
+    assert x.grad is not None
+    torch.testing.assert_close(x.grad, torch.full((5, 1), 1e-3))  # 1 / scale, where the exact one is scale
+    y = ScaleOutput(1e3, normalised_gradient=True)(torch.ones(2, 1))
+    torch.testing.assert_close(y, torch.full((2, 1), 1e3))  # the forward pass is the same
 
 
 def _sigmoid_run_out_of_range(trouble_step: int) -> tuple[nn.Module, gw.Diagnosis, gw.Timeline, torch.Tensor]:

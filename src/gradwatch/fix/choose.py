@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -725,21 +725,21 @@ def apply(
         )
     scaled = _data.output_scale(new) / _data.output_scale(model) if any(c.kind == "targets" for c in changes) else 1.0
     dtype = next((p.dtype for p in new.parameters() if p.is_floating_point()), None)
-    if scaled > 1.0 and found and found[0].adaptive and dtype is not None and overflow(found[0].grad, dtype):
-        # The layer would send gradients whose squares (an adaptive optimizer's state) and
-        # norms overflow the parameters' float type: the step stops, and clipping cannot help
-        # (its norm is inf too). The targets are then scaled outside the model, as advice.
-        new = _data.drop_output_scale(new)
-        changes = [c for c in changes if c.kind != "targets"]
-        lines = _data.target_lines(diagnosis, model, None, lowered="lr" in plan.remedies)
-        note = (
-            f"(A fixed output scale of {scaled:.3g} inside the model was not used: its gradients, predicted at "
-            f"{found[0].grad:.2g}, would overflow {dtype} in the optimizer's squared-gradient state.)"
-        )
-        manual = [*lines[:-1], f"{lines[-1]} {note}" if lines else note] + [
-            m for m in manual if "`scale_output`" not in m
+    normalised = scaled > 1.0 and bool(found) and found[0].adaptive and dtype is not None and overflow(found[0].grad, dtype)
+    if normalised:
+        # The exact gradient through the layer would overflow the parameters' float type in an
+        # adaptive optimizer's squared-gradient state (and in a clipping norm): every step would
+        # stop. The layer passes the gradient of loss / scale^2 back instead, whose size the
+        # optimizer divides out anyway: its rate stands.
+        _data.normalise_output_gradient(new)
+        note = _data.NORMALISED_ADVICE.format(grad=found[0].grad, dtype=dtype)
+        manual = [m + note if "`scale_output`" in m else m for m in manual]
+        changes = [
+            replace(c, description=c.description + "; its backward pass divides the gradient by the scale "
+                    "(the gradient of loss / scale^2), since the exact one would overflow " + str(dtype))
+            if c.kind == "targets" else c
+            for c in changes
         ]
-        scaled, predicted = 1.0, None
     if predicted is not None and ("lr" in plan.remedies or down or predicted[0] != 1.0):
         scale, because = predicted
         advice["lr_scale"], why["lr_scale"] = scale, (f"{blame}; " if down else "") + because
@@ -796,10 +796,13 @@ def apply(
                 )
             elif scaled > 1.0:
                 # measured on the model without `scale_output`: the same error sends gradients
-                # `scaled` times larger back through it (the chain rule through a product)
-                advice["clip_grad_norm"] = float(f"{clip[0] * scaled:.2g}")
+                # `scaled` times larger back through it (the chain rule through a product), or
+                # `scaled` times smaller where the layer normalises them
+                factor = 1.0 / scaled if normalised else scaled
+                advice["clip_grad_norm"] = float(f"{clip[0] * factor:.2g}")
                 why["clip_grad_norm"] += (
-                    f"; times {scaled:.3g} for `scale_output`, which multiplies every gradient by its scale"
+                    f"; times {factor:.3g} for `scale_output`, which "
+                    + ("divides every gradient by its scale" if normalised else "multiplies every gradient by its scale")
                 )
     if not changes and not manual and "lr_scale" not in advice and "clip_grad_norm" not in advice:
         # A sick run with nothing to change still hears what to try, and why (never silence).

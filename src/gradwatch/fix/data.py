@@ -35,7 +35,10 @@ What the layer does to the step size: the squared error on raw targets through t
 targets give, and the rate must be ``scale^-2`` of the one those would take (adaptive
 optimizers divide the factor out). `fix.first_update` predicts it for the model with the
 layer; where no step size was measured, `standardised_rate` gives the rate that makes the
-layer and standardised targets the same training (`fix.choose.apply`).
+layer and standardised targets the same training (`fix.choose.apply`). Where the exact
+gradient would overflow an adaptive optimizer's squared-gradient state (targets near 1e10
+in float32), the layer passes back the gradient of ``loss / scale^2`` instead
+(``normalised_gradient``).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ __all__ = [
     "applies",
     "complete",
     "linear_output",
+    "normalise_output_gradient",
     "options",
     "output_scale",
     "scale_output",
@@ -157,10 +161,30 @@ class InputStandardized(nn.Module):
         return self.model(self.standardize(x), *args, **kwargs)
 
 
+class _NormalisedScale(torch.autograd.Function):
+    """``x * scale`` forward; backward the gradient divided by `scale` (not multiplied)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        return x * scale
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (scale,) = ctx.saved_tensors
+        return grad / scale, None
+
+
 class ScaleOutput(nn.Module):
     """``scale * x``, with a fixed `scale` (a buffer, not trained): the mirror of `Standardize`
     on the output side. Put after a model whose targets lie at `scale`, it lets the layers
     before it learn numbers of order one while the model predicts in the targets' units.
+
+    With ``normalised_gradient=True`` the backward pass divides the incoming gradient by the
+    scale instead of multiplying it: the layers before it get the gradient of ``loss /
+    scale^2`` — for a squared error, the loss on the targets divided by the scale, whose
+    minimiser is the same. `fix` uses it only where the exact gradient (``scale^2`` times that
+    one) would overflow the float type in an adaptive optimizer's squared-gradient state.
 
     Example::
 
@@ -168,18 +192,24 @@ class ScaleOutput(nn.Module):
         layer(torch.tensor([[1.5]]))  # tensor([[150000.]])
     """
 
-    def __init__(self, scale: float) -> None:
+    def __init__(self, scale: float, *, normalised_gradient: bool = False) -> None:
         super().__init__()
         scale = float(scale)
         if not (math.isfinite(scale) and scale > 0):
             raise GradwatchValueError(f"ScaleOutput: the scale must be finite and positive, got {scale!r}")
         self.register_buffer("scale", torch.tensor(scale))
+        self.normalised_gradient = bool(normalised_gradient)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.get_buffer("scale").to(x.dtype)
+        scale = self.get_buffer("scale").to(x.dtype)
+        if self.normalised_gradient:
+            out: torch.Tensor = _NormalisedScale.apply(x, scale)
+            return out
+        return x * scale
 
     def extra_repr(self) -> str:
-        return f"scale={float(self.get_buffer('scale')):.4g}"
+        more = ", normalised_gradient=True" if self.normalised_gradient else ""
+        return f"scale={float(self.get_buffer('scale')):.4g}{more}"
 
 
 class OutputScaled(nn.Module):
@@ -495,11 +525,16 @@ def target_lines(diagnosis: Diagnosis, model: nn.Module, layer: float | None, *,
     return []
 
 
-def drop_output_scale(model: nn.Module) -> nn.Module:
-    """`model` without the `ScaleOutput` that `scale_output` put last (in place for a Sequential;
-    the inner model of an `OutputScaled`)."""
-    if isinstance(model, OutputScaled):
-        return model.model
-    if isinstance(model, nn.Sequential) and len(model) and isinstance(model[-1], ScaleOutput):
-        del model[len(model) - 1]
-    return model
+def normalise_output_gradient(model: nn.Module) -> None:
+    """Switch every `ScaleOutput` in `model` to its normalised gradient (in place)."""
+    for m in model.modules():
+        if isinstance(m, ScaleOutput):
+            m.normalised_gradient = True
+
+
+NORMALISED_ADVICE = (
+    " Its backward pass divides the gradient by the scale instead of multiplying it: the layers get the "
+    "gradient of the loss divided by the scale squared (the same minimum), since the exact one, predicted at "
+    "{grad:.2g}, would overflow {dtype} in the optimizer's squared-gradient state and stop every step. Use the "
+    "rate as it was."
+)
