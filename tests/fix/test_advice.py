@@ -93,3 +93,24 @@ def test_clip_stops_at_the_run_up_to_a_divergence() -> None:
     tl = _timeline([[3.0, 4.0], [6.0, 8.0], [12.0, 16.0], [3e4, 4e4]])
     value, _ = advice.clip_grad_norm(tl, Diagnosis(findings=[Finding("diverging_loss", "error", [], 30, {}, "")]))
     assert value == pytest.approx(10.0)
+
+
+def _blown(losses: list[float]) -> Timeline:
+    """One finite record at step 0, then overflow: no update ratio was ever measured."""
+    tl = _timeline([[1.0, 1.0], [float("inf")] * 2], ratios=[[float("nan")] * 2, [float("nan")] * 2])
+    tl.ingest({"type": "losses", "losses": list(enumerate(losses))})
+    return tl
+
+
+def test_a_run_that_overflowed_unmeasured_is_sized_by_the_loss_run_up() -> None:
+    # a batch of one scatters the start (100, 130, 70); the first loss a decade above their
+    # median comes at step 3: growth (2700 / 100)^(1/3) = 3 per step, eta * lambda ~ 1 + sqrt(3)
+    scale, why = advice.lr_scale(_blown([100.0, 130.0, 70.0, 2700.0, 1e12, float("inf")]))
+    assert scale == pytest.approx(advice.EDGE_AIM / (1 + math.sqrt(3.0)), rel=0.02)
+    assert "rose from 100 to 2.7e+03 in 3 steps" in why
+    # one step that multiplies the loss by 1e8: the step was ~1e4 past the limit, floored at 1e-3
+    assert advice.lr_scale(_blown([1.0, 1e8, float("nan")]))[0] == advice.MIN_LR_SCALE
+    # the twins: a loss that went NaN without rising first, or no losses, keep the two decades
+    assert advice.lr_scale(_blown([5.0, 4.0, 6.0, float("nan")]))[0] == advice.NO_MEASURE_LR_SCALE
+    assert advice.lr_scale(_blown([]))[0] == advice.NO_MEASURE_LR_SCALE
+    assert advice.runup_growth(_blown([-3.0, 50.0, float("nan")])) is None  # not a squared error

@@ -284,3 +284,47 @@ def test_dead_units_in_a_narrow_deep_relu_net_get_a_leaky_activation() -> None:
     wide = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
     r = gw.fix(wide, dead, example_input=x)
     assert not any(isinstance(m, nn.LeakyReLU) for m in r.model.modules())
+
+
+def test_batch_of_one_sgd_is_not_read_as_adaptive() -> None:
+    """A record pairs the previous step's update with this step's gradient: with one example
+    per batch their sizes scatter independently from record to record, which flattens a slope
+    read over (record, layer) points. Read across the layers' medians, SGD is SGD."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+    rng = torch.Generator().manual_seed(0)
+    tl = gw.Timeline(layers=["0", "2"])
+    previous = [1e-3, 1e-2]
+    for i in range(12):
+        noise = torch.exp(2.0 * torch.randn(2, generator=rng)).tolist()  # example-to-example scatter
+        g = [1e-3 * noise[0], 1e-2 * noise[1]]
+        tl.ingest({"type": "record", "step": 10 * i, "losses": [], "layers": {
+            "grad_norm": g, "update_norm": [0.1 * p for p in previous], "weight_norm": [1.0, 1.0]}})
+        previous = g
+    step = first_update.step_size(tl, model)
+    assert step is not None and not step.adaptive
+    # the twin: Adam's steps stay near its rate across layers whose gradients differ
+    tl = gw.Timeline(layers=["0", "2"])
+    for i in range(12):
+        noise = torch.exp(2.0 * torch.randn(2, generator=rng)).tolist()
+        tl.ingest({"type": "record", "step": 10 * i, "losses": [], "layers": {
+            "grad_norm": [1e-3 * noise[0], 1e-1 * noise[1]], "update_norm": [1e-3 * math.sqrt(20), 1e-3 * math.sqrt(5)],
+            "weight_norm": [1.0, 1.0]}})
+    step = first_update.step_size(tl, model)
+    assert step is not None and step.adaptive
+
+
+def test_step_size_leaves_out_a_record_after_a_one_step_blow_up() -> None:
+    """A record whose loss grew by 1e10 in the step before it pairs a sane update with a blown-up
+    gradient: its ratio is no step size."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+    tl = gw.Timeline(layers=["0", "2"])
+    rows = [(0, [1.0, 2.0], [math.nan, math.nan]), (10, [1.2, 2.1], [0.12, 0.21]), (20, [1e9, 2e9], [0.13, 0.2])]
+    for step, g, u in rows:
+        loss = 1e12 if step == 20 else 1.0
+        tl.ingest({"type": "record", "step": step, "losses": [(step - 1, 1.0), (step, loss)], "layers": {
+            "grad_norm": g, "update_norm": u, "weight_norm": [1.0, 1.0]}})
+    blown = first_update.step_size(tl, model, until=20)
+    assert blown is not None and blown.eta == pytest.approx(0.1)
+    # the twin: a loss that grows gently between steps keeps its records
+    calm = first_update.step_size(tl, model)
+    assert calm is not None and calm.eta < 0.1  # without trouble nothing is left out

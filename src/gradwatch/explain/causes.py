@@ -693,6 +693,32 @@ def _loss_windows(tl: Timeline) -> tuple[float, float, bool] | None:
     return start, float(np.min(meds)), blown
 
 
+def _early_rms(tl: Timeline) -> float | None:
+    """The root of the mean loss over the steps before the second record (the first recording
+    interval): for a squared error against outputs that start near zero, the targets' root
+    mean square. Every step's loss counts, so a batch of one (each loss one example's squared
+    distance, easily ten times the median) gives the targets' spread, not one example's; the
+    first interval, so the outputs have barely moved toward them. A run that went non-finite
+    within it is cut there, and the rise that led to it (the losses after the last one that
+    did not exceed its predecessor) is left out: a blow-up, not the targets. None without a
+    finite loss."""
+    steps, loss = tl.loss()
+    end = int(tl.steps[1]) if len(tl) > 1 else (int(steps[-1]) + 1 if steps.size else 0)
+    kept: list[float] = []
+    blown = False
+    for step, value in zip(steps.tolist(), loss.tolist(), strict=True):
+        if step >= end:
+            break
+        if not math.isfinite(value) or value < 0:
+            blown = True
+            break
+        kept.append(value)
+    if blown:
+        while len(kept) > 1 and kept[-1] > kept[-2]:
+            kept.pop()
+    return math.sqrt(float(np.mean(kept))) if kept else None
+
+
 def _target_gap(tl: Timeline, records: int = 3) -> tuple[float, float, float] | None:
     """(sqrt(loss), the output's root mean square, their ratio with the output floored at 1),
     the median over the first `records` recording steps where both are finite. Loss and
@@ -746,6 +772,7 @@ def target_out_of_range(ctx: Context) -> Cause | None:
     if numel is None or windows is None:
         return None
     _, floor, _ = windows
+    seen, rms = _target_gap(tl), _early_rms(tl)
     for site, info in tl.sites.items():
         if not info.get("output") or info.get("family") == "gate":
             continue
@@ -761,7 +788,12 @@ def target_out_of_range(ctx: Context) -> Cause | None:
             kind=CauseKind.TARGET_OUT_OF_RANGE,
             score=float(min(1.0, 0.5 + _decades(floor / bound) / 6.0)),
             layers=[str(info.get("module", site))],
-            evidence={"loss_floor": floor, "bound": bound, "low": lo, "high": hi, "outputs": numel},
+            evidence={
+                "loss_floor": floor, "bound": bound, "low": lo, "high": hi, "outputs": numel,
+                # how far the targets lie (`target_scale`)
+                **({"target_distance": seen[0]} if seen is not None else {}),
+                **({"target_rms": rms} if rms is not None else {}),
+            },
             message=(
                 f"the model's output passes through {fn} (`{site}`), which lies between {lo:g} and {hi:g}, yet the "
                 f"loss never fell below {floor:.3g}: against any target inside that range a squared error costs at "
@@ -804,7 +836,10 @@ def target_scale(ctx: Context) -> Cause | None:
         kind=CauseKind.TARGET_SCALE,
         score=_score(decades),
         layers=[],
-        evidence={"loss_start": start, "target_distance": gap, "output_rms": out, "decades": decades},
+        evidence={
+            "loss_start": start, "target_distance": gap, "output_rms": out, "decades": decades,
+            **({"target_rms": rms} if (rms := _early_rms(tl)) is not None else {}),
+        },
         message=(
             f"the loss starts at {start:.3g} and {what}: the targets lie about {gap:.3g} from outputs of root mean "
             f"square {out:.3g}, {decades:.0f} decades beyond the scale the output layer starts at. Reaching them takes "

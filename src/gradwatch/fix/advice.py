@@ -36,7 +36,18 @@ Two cases in which the recorded steps understate the one that did the damage:
   a decade more margin: ``min(0.1, 1e-3 / r)``.
 - *No finite ratio at all* in a timeline of two records or more (every update was
   already non-finite when first measured: the step overflowed within one recording
-  interval): ``1e-2``, two decades. One decade
+  interval): read from the loss, recorded every step (`runup_growth`). A step beyond the
+  curvature's stability limit multiplies the error along the sharpest direction by
+  ``|1 - eta lambda|`` per step, the squared error by its square, so a loss that grows by G
+  per step as the blow-up begins had ``eta lambda ~ 1 + sqrt(G)``. The advice puts
+  ``eta lambda`` a decade under the edge of stability (2), at `EDGE_AIM` (0.2):
+  ``0.2 / (1 + sqrt(G))``, between 1e-3 and 0.1 — room for the curvature to grow as the
+  model trains (progressive sharpening; Cohen et al. 2021) and for the scatter of small
+  batches. G is the growth from the start's level (the median of the losses before the
+  run-up) to the first loss a decade above it, per step from the first: the onset, before a
+  weight that has grown makes the next step's curvature larger still (a run-up fitted to
+  the overflow itself reads that acceleration and advises a rate too small to train).
+  Without that reading (no losses, or none that rose): ``1e-2``, two decades. One decade
   is what a step measured at the very top of the band (0.1 .. 1 of the weights) gets; a
   step too large to be measured at all is at least that bad, so it gets one more.
 """
@@ -62,6 +73,9 @@ MAX_LR_SCALE = 0.1
 MIN_LR_SCALE = 1e-3
 #: Advised when the step size is blamed and no finite update was ever measured (two decades).
 NO_MEASURE_LR_SCALE = 1e-2
+#: Where the run-up of the loss gives the step's excess (`runup_growth`), eta * lambda is
+#: aimed here: a decade under the edge of stability, 2.
+EDGE_AIM = 0.2
 #: For stalled weights (updates far below 1e-3 of the weights): at least one decade up,
 #: at most three — a larger jump would trade a stall for a blow-up.
 MIN_UP_SCALE = 10.0
@@ -177,6 +191,15 @@ def lr_scale(timeline: Timeline | None, diagnosis: Diagnosis | None = None, *, u
         )
     if not typical and (timeline is None or len(timeline) < 2):
         return MAX_LR_SCALE, "no update ratio is known (pass the run's timeline): one decade down"
+    growth = runup_growth(timeline) if not typical and timeline is not None else None
+    if growth is not None:
+        g, start, peak, span = growth
+        scale = min(MAX_LR_SCALE, max(MIN_LR_SCALE, EDGE_AIM / (1.0 + math.sqrt(g))))
+        return _round(scale), (
+            f"no finite update ratio was measured, but the loss rose from {start:.3g} to {peak:.3g} in {span} "
+            f"step{'s' if span != 1 else ''}, x{g:.3g} per step: a step that far beyond the curvature's limit has "
+            f"eta * lambda ~ 1 + sqrt({g:.3g}); brought to {EDGE_AIM:g}, a decade under the edge of stability (2)"
+        )
     if not typical:
         return NO_MEASURE_LR_SCALE, (
             "no finite update ratio was measured (the updates overflowed before the first record "
@@ -199,6 +222,29 @@ def lr_scale(timeline: Timeline | None, diagnosis: Diagnosis | None = None, *, u
         f"largest per-record median update ratio ||dW||/||W|| is {top:.2g}; "
         f"steps up to about {aim:g} are healthy"
     )
+
+
+def runup_growth(timeline: Timeline) -> tuple[float, float, float, int] | None:
+    """``(growth per step, start, first loss of the run-up, steps)`` of the loss at the onset of a
+    blow-up: the start's level is the median of the finite losses before the first one over
+    `RUNUP_FACTOR` times the median of those before it; the growth is per step from the first
+    loss to that one. None without such a rise (or with fewer than two finite losses)."""
+    steps, loss = timeline.loss()
+    finite = np.isfinite(loss)
+    if finite.sum() < 2:
+        return None
+    stop = int(np.argmin(finite)) if not finite.all() else len(loss)  # up to the first non-finite
+    kept: list[float] = []
+    for i in range(stop):
+        v = float(loss[i])
+        if v <= 0:
+            return None  # not a squared error (a log-likelihood can be negative)
+        if kept and v > RUNUP_FACTOR * float(np.median(kept)):
+            span = int(steps[i] - steps[0])
+            start = float(np.median(kept))
+            return (v / start) ** (1.0 / max(span, 1)), start, v, span
+        kept.append(v)
+    return None
 
 
 def _round(x: float) -> float:
@@ -225,6 +271,7 @@ def fixed_model_lr_scale(
     *,
     blamed: str | None = None,
     deeper_path: bool = True,
+    found: list[Any] | None = None,
 ) -> tuple[float, str] | None:
     """The learning-rate factor for the model `fix` returns, from its predicted first update
     (`fix.first_update.predict`), and why; None when it cannot be predicted (no timeline, no
@@ -256,6 +303,8 @@ def fixed_model_lr_scale(
     )
     if pred is None:
         return None
+    if found is not None:
+        found.append(pred)  # the caller reads the predicted gradient too (`overflow_clip`)
     scale = pred.scale
     said = (
         f"the fixed model's first update is predicted at {pred.ratio:.2g} of its weights at the recipe's rate "
@@ -275,6 +324,28 @@ def fixed_model_lr_scale(
     if scale == 1.0:
         return 1.0, f"{said}: keep the rate"
     return _round(scale), f"{said}: the rate is scaled down to bring it into the band"
+
+
+#: A predicted gradient norm within this factor of the square root of the float type's
+#: largest number counts as overflowing (`overflow`): the prediction is an estimate.
+OVERFLOW_MARGIN = 10.0
+
+
+def overflow(grad: float, dtype: Any) -> bool:
+    """Whether a gradient of total norm `grad` overflows an adaptive optimizer in `dtype`.
+
+    Adam and RMSprop keep a running mean of the squared gradient, element by element, and
+    `clip_grad_norm_` squares it to take its norm: past ``sqrt(finfo(dtype).max)`` (1.8e19 in
+    float32) both turn inf, the step's denominator is inf and the parameter stops (and a clip
+    scales every gradient to 0). A model ending in a large `ScaleOutput` (targets at 1e10 send
+    gradients of order 1e20 through it under a squared error) gets there."""
+    import torch  # only here: the advice module itself needs no torch
+
+    try:
+        bound = math.sqrt(float(torch.finfo(dtype).max)) / OVERFLOW_MARGIN
+    except TypeError:
+        return False
+    return (math.isfinite(grad) and grad > bound) or grad == math.inf
 
 
 #: What to try, and why, for a finding no remedy addressed (fix never leaves a sick run silent).

@@ -38,15 +38,15 @@ norm, residual, init, so the initialisation sees the final activations.
 
 Causes the data holds have their own remedies (`fix.data`): ``output`` (a bounded output
 activation becomes a linear one, applied first), ``inputs`` (a fixed standardisation layer in
-front, applied last) and ``targets`` (advice only); any of them brings fresh weights, and
-their advice (standardise the targets, with the code) is added whatever finding chose them.
+front) and ``targets`` (a fixed `ScaleOutput` layer after the model, applied last); any of
+them brings fresh weights, and their advice is added whatever finding chose them.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -73,14 +73,22 @@ from gradwatch.fix._graph import (
     order_of,
     shared_parameters,
 )
-from gradwatch.fix.advice import clip_grad_norm, fixed_model_lr_scale, lr_scale, what_to_try
+from gradwatch.fix.advice import (
+    MAX_LR_SCALE,
+    clip_grad_norm,
+    fixed_model_lr_scale,
+    lr_scale,
+    overflow,
+    trouble_step,
+    what_to_try,
+)
 from gradwatch.record import Timeline
 from gradwatch.types import Cause, CauseKind, Change, Diagnosis, Finding, FixResult, Kind, Severity
 
 #: Remedies by preference (see the module docstring).
 PREFERENCE = ("lr", "init", "activations", "recurrent", "norm", "residual", "output", "inputs", "targets")
 #: The order remedies are applied in.
-APPLY_ORDER = ("output", "recurrent", "activations", "norm", "residual", "init", "inputs")
+APPLY_ORDER = ("output", "recurrent", "activations", "norm", "residual", "init", "inputs", "targets")
 #: Remedies that bring re-initialisation with them.
 BRINGS_INIT = frozenset({"activations", "recurrent"})
 
@@ -108,6 +116,7 @@ _TRANSFORMS: dict[str, Callable[..., tuple[nn.Module, list[Change]]]] = {
     "recurrent": _recurrent.transform,
     "inputs": _data.standardise_inputs,
     "output": _data.linear_output,
+    "targets": _data.scale_output,
 }
 
 _GRADIENT_KINDS = (Kind.VANISHING_GRADIENT, Kind.SATURATED_UNITS, Kind.STALLED_WEIGHTS)
@@ -590,9 +599,6 @@ def _predicted_causes(
         )
 
 
-#: Causes the data holds: a rate lowered for their scale no longer fits once the data is standardised.
-_DATA_CAUSES = frozenset({"input_not_standardised", "target_scale", "target_out_of_range"})
-
 #: How `_restart_advice`'s note starts (dropped when `restart` re-draws the weights itself).
 _RESTART_NOTE = "The run diverged at step"
 
@@ -708,24 +714,67 @@ def apply(
     down = ("lr" in plan.remedies and not up) or _restart.diverged(diagnosis)
     blame = plan.reasons["lr"] if "lr" in plan.remedies and not up else "the run diverged at the recipe's rate"
     predicted = None
+    found: list[Any] = []  # the fixed model's first-update prediction, when one was made
     if changes:
         # the advice is for the model returned, not the one it replaced (fix/first_update.py)
         predicted = fixed_model_lr_scale(
             original, new, timeline, diagnosis, example_input, blamed="down" if down else None,
-            deeper_path=bool({"activations", "norm", "residual"} & set(plan.remedies)),
+            deeper_path=bool({"activations", "norm", "residual"} & set(plan.remedies)), found=found,
         )
+    scaled = _data.output_scale(new) / _data.output_scale(model) if any(c.kind == "targets" for c in changes) else 1.0
+    dtype = next((p.dtype for p in new.parameters() if p.is_floating_point()), None)
+    normalised = scaled > 1.0 and bool(found) and found[0].adaptive and dtype is not None and overflow(found[0].grad, dtype)
+    if normalised:
+        # The exact gradient through the layer would overflow the parameters' float type in an
+        # adaptive optimizer's squared-gradient state (and in a clipping norm): every step would
+        # stop. The layer passes the gradient of loss / scale^2 back instead, whose size the
+        # optimizer divides out anyway: its rate stands.
+        _data.normalise_output_gradient(new)
+        note = _data.NORMALISED_ADVICE.format(grad=found[0].grad, dtype=dtype)
+        manual = [m + note if "`scale_output`" in m else m for m in manual]
+        changes = [
+            replace(c, description=c.description + "; its backward pass divides the gradient by the scale "
+                    "(the gradient of loss / scale^2), since the exact one would overflow " + str(dtype))
+            if c.kind == "targets" else c
+            for c in changes
+        ]
     if predicted is not None and ("lr" in plan.remedies or down or predicted[0] != 1.0):
         scale, because = predicted
         advice["lr_scale"], why["lr_scale"] = scale, (f"{blame}; " if down else "") + because
+    elif scaled > 1.0 and predicted is None:
+        # No step size to predict from (the run overflowed before a second record, or a
+        # saturated output left every update 0): the rate that makes the layer and targets
+        # divided by its scale one training — the recipe's rate on targets it can reach.
+        scale = _data.standardised_rate(scaled)
+        why["lr_scale"] = (
+            f"no step size was measured to predict the fixed model's first update from; the squared error through "
+            f"`scale_output` ({scaled:.3g}) is {scaled:.3g}^2 times the one on targets divided by it, so under SGD "
+            f"the recipe's rate times {scale:.2g} takes the steps those targets would take at the recipe's rate "
+            "(an adaptive optimizer such as Adam divides the factor out: keep its rate)"
+        )
+        late = trouble_step(diagnosis)
+        if down and timeline is not None and len(timeline) > 1 and late is not None and late > int(timeline.steps[1]):
+            # The run trained past its first recording interval before it diverged: not the
+            # targets' scale throwing fresh weights at once, but the recipe's step, too large
+            # for the model as it trained. One decade down from there, as for any divergence.
+            scale *= MAX_LR_SCALE
+            why["lr_scale"] += (
+                f"; the run diverged at step {late}, after it had trained: the recipe's rate itself was too large, "
+                "so one decade down from that"
+            )
+        advice["lr_scale"] = float(f"{scale:.2g}")
     elif "lr" in plan.remedies or down:
         scale, because = lr_scale(timeline, diagnosis, up=up and not down)
         advice["lr_scale"], why["lr_scale"] = scale, f"{blame if down else plan.reasons['lr']}; {because}"
-    data = sorted({str(c.kind) for c in diagnosis.causes} & _DATA_CAUSES)
-    if down and data and "lr_scale" in why:
-        # the rate is sized for the data's scale; the data step the advice names removes it
-        why["lr_scale"] += (
-            f"; this rate is for the data as it is ({', '.join(data)}): once the inputs and targets are "
-            "standardised as advised, start again from the recipe's rate"
+    if _data.TARGET_ADVICE in "\n".join(manual) and "lr_scale" in advice:
+        # The targets are left to the user to standardise: a rate sized for them as they are
+        # does not carry over (standardised targets shrink every gradient of a squared error by
+        # their scale squared), and advising both would contradict itself. The data step is
+        # the remedy, at the recipe's rate.
+        del advice["lr_scale"]
+        why["lr_scale"] = (
+            "no rate advised: the targets are to be standardised as advised, and a rate sized for them as they "
+            "are does not carry over; start from the recipe's rate"
         )
     elif predicted is not None:
         why["lr_scale"] = predicted[1]
@@ -733,6 +782,26 @@ def apply(
         clip = clip_grad_norm(timeline, diagnosis)
         if clip is not None:
             advice["clip_grad_norm"], why["clip_grad_norm"] = clip
+            if any(c.kind == "output" for c in changes):
+                # The recorded gradients passed through the bounded output's derivative, which
+                # a saturated output drives toward 0 and the fix removed: they say nothing of
+                # the size of the fixed model's, and a threshold read from them can cut every
+                # step of it to nothing.
+                del advice["clip_grad_norm"]
+                why["clip_grad_norm"] = (
+                    "no clipping advised: the recorded gradients passed through the output activation the fix "
+                    "removed, and do not measure the fixed model's"
+                )
+            elif scaled > 1.0:
+                # measured on the model without `scale_output`: the same error sends gradients
+                # `scaled` times larger back through it (the chain rule through a product), or
+                # `scaled` times smaller where the layer normalises them
+                factor = 1.0 / scaled if normalised else scaled
+                advice["clip_grad_norm"] = float(f"{clip[0] * factor:.2g}")
+                why["clip_grad_norm"] += (
+                    f"; times {factor:.3g} for `scale_output`, which "
+                    + ("divides every gradient by its scale" if normalised else "multiplies every gradient by its scale")
+                )
     if not changes and not manual and "lr_scale" not in advice and "clip_grad_norm" not in advice:
         # A sick run with nothing to change still hears what to try, and why (never silence).
         for f in diagnosis.findings:

@@ -9,15 +9,42 @@ Three remedies, each tied to one cause (`gradwatch.explain.causes`):
   al. (1998) prescribe. Feed the fixed model raw inputs, as before. Without recorded
   statistics (many features, a log without them) the remedy is advice with the code.
 - ``output`` (`target_out_of_range`): the bounded activation the model returns, when it is
-  a module, replaced by `nn.Identity` (a linear output), with advice to standardise the
-  targets; an activation called in ``forward()`` is named in the advice instead.
-- ``targets`` (`target_scale`): advice only, since the targets live outside the model:
-  standardise them and map the predictions back.
+  a module, replaced by `nn.Identity` (a linear output); an activation called in
+  ``forward()`` is named in the advice instead.
+- ``targets`` (`target_scale`; and `target_out_of_range` when the targets also lie more
+  than `FAR_TARGETS` times beyond the unit scale a linear output starts at): a fixed
+  `ScaleOutput` layer after the model, the mirror of `Standardize`, that multiplies its
+  output by the scale the targets lie at. The layers before it then learn numbers of
+  order one, as they would on standardised targets, while the model still predicts in the
+  targets' own units (train it on the raw targets, keep the layer at inference).
+
+The scale is the cause's ``target_rms``: the root of the mean loss over every step of the first
+recording interval (a run that overflowed in it cut before its rise), the root mean square
+distance between the targets and outputs that start near zero — for a mean squared error,
+the targets' root mean square ``sqrt(mean^2 + std^2)``; every step counts, so a batch of one
+gives the targets' spread rather than one example's (``target_distance``, the first records'
+``sqrt(loss)`` alone, stands in without it). Of what the run
+measured it is the one number that is the targets' own scale; their mean and spread are not
+recorded apart, so the scale is one factor, and the output layer's bias learns the offset
+(``mean / scale``, at most 1). A summed loss over B outputs reads ``sqrt(B)`` times larger
+(the outputs are then ``1 / sqrt(B)`` of unit scale: still far nearer than before).
+
+What the layer does to the step size: the squared error on raw targets through the layer is
+``scale^2`` times the one on standardised targets, ``sum (scale f - y)^2 = scale^2 sum
+(f - y / scale)^2``, so under SGD every gradient is ``scale^2`` times larger than standardised
+targets give, and the rate must be ``scale^-2`` of the one those would take (adaptive
+optimizers divide the factor out). `fix.first_update` predicts it for the model with the
+layer; where no step size was measured, `standardised_rate` gives the rate that makes the
+layer and standardised targets the same training (`fix.choose.apply`). Where the exact
+gradient would overflow an adaptive optimizer's squared-gradient state (targets near 1e10
+in float32), the layer passes back the gradient of ``loss / scale^2`` instead
+(``normalised_gradient``).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import numpy as np
@@ -31,11 +58,16 @@ from gradwatch.types import Cause, CauseKind, Change, Diagnosis
 __all__ = [
     "REMEDIES",
     "InputStandardized",
+    "OutputScaled",
+    "ScaleOutput",
     "Standardize",
     "applies",
     "complete",
     "linear_output",
+    "normalise_output_gradient",
     "options",
+    "output_scale",
+    "scale_output",
     "standardise_inputs",
 ]
 
@@ -47,6 +79,14 @@ REMEDIES: dict[str, CauseKind] = {
 }
 #: Bounded activation modules a model may return (what `linear_output` replaces).
 BOUNDED = (nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Softsign, nn.Hardsigmoid)
+#: Targets whose root mean square distance from the starting outputs is over this factor
+#: beyond the unit scale a fresh linear output starts at (and beyond a bounded activation's
+#: range, when one is removed) get the `ScaleOutput` layer with `target_out_of_range`: a
+#: decade, a squared error a hundred times a unit one, is where the output layer's weights
+#: must grow well past anything its initialisation draws. (`target_scale` itself fires only
+#: at two decades; below one decade standardising the targets is still good practice, but the
+#: linear output reaches them.)
+FAR_TARGETS = 10.0
 #: A feature whose recorded spread is below this is left as it is (divided by 1): a
 #: constant column (an always-zero pixel, a one-hot level never seen) has nothing to scale.
 MIN_STD = 1e-8
@@ -121,6 +161,105 @@ class InputStandardized(nn.Module):
         return self.model(self.standardize(x), *args, **kwargs)
 
 
+class _NormalisedScale(torch.autograd.Function):
+    """``x * scale`` forward; backward the gradient divided by `scale` (not multiplied)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        return x * scale
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (scale,) = ctx.saved_tensors
+        return grad / scale, None
+
+
+class ScaleOutput(nn.Module):
+    """``scale * x``, with a fixed `scale` (a buffer, not trained): the mirror of `Standardize`
+    on the output side. Put after a model whose targets lie at `scale`, it lets the layers
+    before it learn numbers of order one while the model predicts in the targets' units.
+
+    With ``normalised_gradient=True`` the backward pass divides the incoming gradient by the
+    scale instead of multiplying it: the layers before it get the gradient of ``loss /
+    scale^2`` — for a squared error, the loss on the targets divided by the scale, whose
+    minimiser is the same. `fix` uses it only where the exact gradient (``scale^2`` times that
+    one) would overflow the float type in an adaptive optimizer's squared-gradient state.
+
+    Example::
+
+        layer = ScaleOutput(1e5)
+        layer(torch.tensor([[1.5]]))  # tensor([[150000.]])
+    """
+
+    def __init__(self, scale: float, *, normalised_gradient: bool = False) -> None:
+        super().__init__()
+        scale = float(scale)
+        if not (math.isfinite(scale) and scale > 0):
+            raise GradwatchValueError(f"ScaleOutput: the scale must be finite and positive, got {scale!r}")
+        self.register_buffer("scale", torch.tensor(scale))
+        self.normalised_gradient = bool(normalised_gradient)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.get_buffer("scale").to(x.dtype)
+        if self.normalised_gradient:
+            out: torch.Tensor = _NormalisedScale.apply(x, scale)
+            return out
+        return x * scale
+
+    def extra_repr(self) -> str:
+        more = ", normalised_gradient=True" if self.normalised_gradient else ""
+        return f"scale={float(self.get_buffer('scale')):.4g}{more}"
+
+
+class OutputScaled(nn.Module):
+    """A model whose output (its first tensor, for a tuple or list) passes through `scale` last."""
+
+    def __init__(self, model: nn.Module, scale: ScaleOutput) -> None:
+        super().__init__()
+        self.model = model
+        self.scale_output = scale
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.model(*args, **kwargs)
+        if isinstance(out, torch.Tensor):
+            return self.scale_output(out)
+        if isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
+            return type(out)([self.scale_output(out[0]), *out[1:]])
+        raise GradwatchValueError(
+            f"OutputScaled: the model returned {type(out).__name__}; the scale applies to a tensor or the first "
+            "tensor of a tuple or list"
+        )
+
+
+def output_scale(model: nn.Module) -> float:
+    """The product of the `ScaleOutput` scales in `model` (1 without one)."""
+    scale = 1.0
+    for m in model.modules():
+        if isinstance(m, ScaleOutput):
+            scale *= float(m.get_buffer("scale"))
+    return scale
+
+
+def without_output_scale(model: nn.Module) -> nn.Module | None:
+    """A copy of `model` whose `ScaleOutput` layers multiply by 1, or None when it has none
+    (what the model's layers give before the scale: `fix.first_update` calibrates on it)."""
+    if not any(isinstance(m, ScaleOutput) for m in model.modules()):
+        return None
+    plain = copy.deepcopy(model)
+    for m in plain.modules():
+        if isinstance(m, ScaleOutput):
+            m.get_buffer("scale").fill_(1.0)
+    return plain
+
+
+def standardised_rate(scale: float) -> float:
+    """The SGD rate factor that makes a model ending in ``ScaleOutput(scale)``, trained with a
+    squared error on raw targets, take the steps the same model without it would take on the
+    targets divided by `scale`: ``scale^-2`` (module docstring)."""
+    return 1.0 / (scale * scale)
+
+
 def _cause(diagnosis: Diagnosis, kind: CauseKind) -> Cause | None:
     return next((c for c in diagnosis.causes if c.kind == kind), None)
 
@@ -162,11 +301,37 @@ def applies(remedy: str, model: nn.Module, diagnosis: Diagnosis, timeline: Timel
     return _cause(diagnosis, REMEDIES[remedy]) is not None
 
 
+def target_scale(diagnosis: Diagnosis) -> float | None:
+    """The scale the targets lie at, when a `ScaleOutput` layer is wanted, from `target_scale`,
+    or from `target_out_of_range` when it is over `FAR_TARGETS` times beyond both 1 and the
+    removed activation's range (``high - low``); else None. The scale is the cause's
+    ``target_rms`` (every step's loss over the first recording interval), else its
+    ``target_distance`` (the first records' alone: one example each with a batch of one)."""
+    cause = _cause(diagnosis, CauseKind.TARGET_SCALE)
+    far = cause is not None
+    if cause is None:
+        cause = _cause(diagnosis, CauseKind.TARGET_OUT_OF_RANGE)
+        if cause is None:
+            return None
+    scale = cause.evidence.get("target_rms", cause.evidence.get("target_distance"))
+    if scale is None or not math.isfinite(scale):
+        return None
+    if not far:
+        width = cause.evidence.get("high", 1.0) - cause.evidence.get("low", 0.0)
+        if not scale > FAR_TARGETS * max(1.0, width):
+            return None
+    return float(scale) if scale > 1.0 else None
+
+
 def options(remedy: str, diagnosis: Diagnosis, timeline: Timeline | None) -> dict[str, Any]:
-    """The transform's options: the statistics for ``inputs``, the module for ``output``."""
+    """The transform's options: the statistics for ``inputs``, the module for ``output``, the
+    scale for ``targets``."""
     if remedy == "inputs":
         stats = _statistics(timeline)
         return {} if stats is None else {"mean": stats[0].tolist(), "std": stats[1].tolist()}
+    if remedy == "targets":
+        scale = target_scale(diagnosis)
+        return {} if scale is None else {"scale": scale}
     cause = _cause(diagnosis, REMEDIES[remedy])
     if remedy == "output" and cause is not None:
         return {"layers": list(cause.layers)}
@@ -251,6 +416,61 @@ def linear_output(
     return new, changes
 
 
+def scale_output(
+    model: nn.Module,
+    *,
+    scale: float | None = None,
+    reason: str = "",
+    inplace: bool = False,
+    example_input: Any = None,
+) -> tuple[nn.Module, list[Change]]:
+    """Put a fixed ``ScaleOutput(scale)`` after `model` (last in an `nn.Sequential`, as
+    `scale_output`; else a wrapper, `OutputScaled`, whose `model` is the old one). A model
+    that already ends in one has that one's scale multiplied. Without a scale nothing changes."""
+    if scale is None or not (math.isfinite(scale) and scale > 1.0):
+        return model, []
+    new = model if inplace else copy.deepcopy(model)
+    out: nn.Module
+    last = list(new.children())[-1] if isinstance(new, nn.Sequential) and len(new) else None
+    if isinstance(last, ScaleOutput):
+        last.get_buffer("scale").mul_(float(scale))
+        out, where = new, "in its last layer, whose scale is multiplied"
+    elif isinstance(new, nn.Sequential):
+        name = "scale_output" if "scale_output" not in new._modules else f"scale_output_{len(new)}"
+        new.add_module(name, ScaleOutput(scale))
+        out, where = new, f"as its last layer, `{name}`"
+    elif isinstance(new, OutputScaled):
+        new.scale_output.get_buffer("scale").mul_(float(scale))
+        out, where = new, "in its `scale_output`, whose scale is multiplied"
+    else:
+        out, where = OutputScaled(new, ScaleOutput(scale)), "in a wrapper (`OutputScaled`: the old model is its `model`)"
+    return out, [
+        Change(
+            kind="targets",
+            target="scale_output",
+            description=(
+                f"outputs multiplied by {scale:.3g}, the scale the targets lie at (their root mean square distance "
+                f"from the outputs at the start), {where}: a fixed buffer, not trained, so the layers before it "
+                "learn numbers of order one; train on the raw targets and keep this layer at inference"
+            ),
+            reason=reason,
+        )
+    ]
+
+
+def _layer_advice(scale: float, removed: str) -> str:
+    """The manual advice that goes with the `ScaleOutput` layer. It must not ask for the
+    targets to be standardised as well: with the layer, that would scale them twice."""
+    return (
+        removed
+        + f"The fixed model ends in `scale_output`, a fixed multiplication by {scale:.3g} (the distance of the "
+        "targets from the starting outputs), so the layers before it learn numbers of order one. Train it on the "
+        "raw y as before, with the advised rate, and keep the layer at inference. (Doing the same outside the "
+        f"model instead: drop the layer, divide y by {scale:.3g} to train and multiply the predictions by it. "
+        "One or the other, never both.)"
+    )
+
+
 def complete(plan: Any, diagnosis: Diagnosis, timeline: Timeline | None, model: nn.Module) -> list[str]:
     """Add the data remedies for every data cause in the diagnosis to `plan` (a `fix.choose.Plan`)
     if no finding chose them, and return the manual advice that goes with them."""
@@ -259,6 +479,17 @@ def complete(plan: Any, diagnosis: Diagnosis, timeline: Timeline | None, model: 
         cause = _cause(diagnosis, kind)
         if cause is not None and remedy not in plan.remedies:
             plan.add(remedy, f"{kind}: {cause.message}", **options(remedy, diagnosis, timeline))
+    scale = target_scale(diagnosis)
+    ranged = _cause(diagnosis, CauseKind.TARGET_OUT_OF_RANGE)
+    if scale is not None and ranged is not None and "targets" not in plan.remedies:
+        # A linear output in place of the bounded one starts at unit scale, and the targets lie
+        # a decade or more beyond it: the scale goes with the new output.
+        plan.add(
+            "targets",
+            f"{CauseKind.TARGET_OUT_OF_RANGE}: the targets lie about {scale:.3g} from the outputs, over "
+            f"{FAR_TARGETS:g} times the unit scale the linear output starts at",
+            scale=scale,
+        )
     if any(r in plan.remedies for r in REMEDIES):
         # Weights trained on the unscaled data carry its scale: biases and the output layer
         # pushed toward raw targets, first-layer weights shrunk against raw inputs. The
@@ -266,16 +497,44 @@ def complete(plan: Any, diagnosis: Diagnosis, timeline: Timeline | None, model: 
         plan.add("init", f"{FRESH_REASON}", force=True)
     if _cause(diagnosis, CauseKind.INPUT_NOT_STANDARDISED) is not None and "mean" not in plan.options.get("inputs", {}):
         out.append(INPUT_ADVICE)  # no statistics to build the layer from: the user does it
-    cause = _cause(diagnosis, CauseKind.TARGET_OUT_OF_RANGE)
-    if cause is not None:
-        lo, hi = cause.evidence.get("low", 0.0), cause.evidence.get("high", 1.0)
-        removed = _output_module(model, cause) is not None
-        out.append(
-            f"The targets lie outside what the output activation can produce ({lo:g} to {hi:g})"
-            + (": it is removed (a linear output). " if removed else ": remove it from forward() (a linear output). ")
-            + TARGET_ADVICE
-        )
-    elif _cause(diagnosis, CauseKind.TARGET_SCALE) is not None:
-        keep = "" if "lr" in plan.remedies else KEEP_RATE
-        out.append("The targets are orders of magnitude beyond the output's scale. " + TARGET_ADVICE + keep)
+    layer = plan.options.get("targets", {}).get("scale") if "targets" in plan.remedies else None
+    out += target_lines(diagnosis, model, None if layer is None else float(layer), lowered="lr" in plan.remedies)
     return out
+
+
+def target_lines(diagnosis: Diagnosis, model: nn.Module, layer: float | None, *, lowered: bool = False) -> list[str]:
+    """The manual advice on the targets: the `ScaleOutput` layer's (`layer`, its scale), or the
+    advice to standardise them when there is no layer. `lowered`: a rate is advised anyway."""
+    ranged = _cause(diagnosis, CauseKind.TARGET_OUT_OF_RANGE)
+    if ranged is not None:
+        lo, hi = ranged.evidence.get("low", 0.0), ranged.evidence.get("high", 1.0)
+        removed = _output_module(model, ranged) is not None
+        gone = ": it is removed (a linear output). " if removed else ": remove it from forward() (a linear output). "
+        if layer is not None:
+            return [
+                _layer_advice(
+                    layer, f"The output activation cannot produce the targets, which lie beyond its range ({lo:g} to {hi:g})" + gone
+                )
+            ]
+        return [f"The targets lie outside what the output activation can produce ({lo:g} to {hi:g})" + gone + TARGET_ADVICE]
+    if _cause(diagnosis, CauseKind.TARGET_SCALE) is not None:
+        if layer is not None:
+            return [_layer_advice(layer, f"The targets lie about {layer:.3g} from the outputs the model starts at. ")]
+        keep = "" if lowered else KEEP_RATE
+        return ["The targets are orders of magnitude beyond the output's scale. " + TARGET_ADVICE + keep]
+    return []
+
+
+def normalise_output_gradient(model: nn.Module) -> None:
+    """Switch every `ScaleOutput` in `model` to its normalised gradient (in place)."""
+    for m in model.modules():
+        if isinstance(m, ScaleOutput):
+            m.normalised_gradient = True
+
+
+NORMALISED_ADVICE = (
+    " Its backward pass divides the gradient by the scale instead of multiplying it: the layers get the "
+    "gradient of the loss divided by the scale squared (the same minimum), since the exact one, predicted at "
+    "{grad:.2g}, would overflow {dtype} in the optimizer's squared-gradient state and stop every step. Use the "
+    "rate as it was."
+)

@@ -25,6 +25,11 @@ are needed about the fixed model:
   is the factor by which the real loss differs (targets in the thousands, a summed loss);
 - its weights' norms, read directly.
 
+A fixed model that ends in a `fix.data.ScaleOutput` layer (targets far beyond the output's
+scale) is probed with the layer — the surrogate's gradient passes back through it, one
+factor of the scale — and calibrated without it, against the run that had none: the
+calibration factor carries the other (the run's errors were at the targets' scale).
+
 The predicted update ratio ``||dW|| / ||W||`` of a layer is brought into the healthy band:
 the median over layers (the typical step) at most `advice.LARGEST_UPDATE_RATIO` — the
 top of the band the step-size rule also aims the largest typical step at — and at least
@@ -43,6 +48,8 @@ import torch
 from torch import nn
 
 from gradwatch.fix._graph import _call
+from gradwatch.fix.advice import RUNUP_FACTOR
+from gradwatch.fix.data import without_output_scale
 from gradwatch.probes.output import first_tensor
 from gradwatch.record import Timeline
 
@@ -85,7 +92,8 @@ def step_size(timeline: Timeline | None, model: nn.Module, until: int | None = N
     Each (record, layer) with a finite, positive gradient and update gives a point. Under
     SGD (with or without momentum) the update follows the gradient, ``u = eta g``; under an
     adaptive optimizer the per-parameter update stays near the rate whatever the gradient.
-    The slope of log(update rms) against log(gradient rms) over all points tells them apart.
+    The slope of log(update rms) against log(gradient rms) tells them apart: across the layers'
+    medians over the records where the layers' gradients differ, else over all points.
     """
     if timeline is None or len(timeline) < 2:
         return None
@@ -98,6 +106,14 @@ def step_size(timeline: Timeline | None, model: nn.Module, until: int | None = N
     n = np.asarray([float(numel.get(name, 0)) for name in timeline.layers])
     keep = np.ones(len(steps), dtype=bool) if until is None else steps <= until
     keep[:2] = True  # the first update is measured at the second record
+    # A record's update was made by the previous step's gradient, its gradient is this step's
+    # (see below). In the run-up to a blow-up the gradient grows by orders of magnitude in that
+    # one step, and their ratio says nothing of the step size (a record at the first diverging
+    # step read 6e-25 for SGD at 0.01): records whose loss grew over `RUNUP_FACTOR`^2 in the
+    # step before them (a squared error's gradient grows like its square root), or went
+    # non-finite in it, are left out, in a run that had trouble (`until`).
+    if until is not None:
+        keep &= _after_one_step_runup(timeline)
     g, u = g[keep].astype(np.float64), u[keep].astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         ok = np.isfinite(g) & np.isfinite(u) & (g > 0) & (u > 0) & (n[None, :] > 0)
@@ -114,8 +130,19 @@ def step_size(timeline: Timeline | None, model: nn.Module, until: int | None = N
         float(np.median(u[ok[:, j], j]) / np.median(g[ok[:, j], j])) for j in range(g.shape[1]) if ok[:, j].any()
     ]
     lg, lu = np.log10(g_rms), np.log10(u_rms)
+    # The slope is read across layers, from each layer's medians over the records, where the
+    # layers' gradients differ: a record's update and gradient come from two minibatches, and
+    # with small batches (one example) their sizes scatter independently from record to
+    # record, which flattens a slope read over (record, layer) points toward 0 (an SGD run
+    # read as adaptive). Without two layers whose gradients differ, the points are used.
+    cols = [j for j in range(g.shape[1]) if ok[:, j].any()]
+    root = np.sqrt(np.maximum(n, 1.0))
+    mg = np.log10([float(np.median(g[ok[:, j], j])) / root[j] for j in cols]) if cols else np.zeros(0)
+    mu = np.log10([float(np.median(u[ok[:, j], j])) / root[j] for j in cols]) if cols else np.zeros(0)
+    if mg.size >= 2 and float(np.std(mg)) >= SLOPE_SPREAD:
+        lg, lu = mg, mu
     adaptive = False
-    if lg.size >= 3 and float(np.std(lg)) >= SLOPE_SPREAD:
+    if lg.size >= 2 and float(np.std(lg)) >= SLOPE_SPREAD and (lg.size >= 3 or lg is mg):
         slope = float(np.cov(lg, lu, bias=True)[0, 1] / np.var(lg))
         adaptive = slope < ADAPTIVE_SLOPE
     return StepSize(
@@ -124,6 +151,20 @@ def step_size(timeline: Timeline | None, model: nn.Module, until: int | None = N
         rms=float(np.median(u_rms)),
         points=int(g_rms.size),
     )
+
+
+def _after_one_step_runup(timeline: Timeline) -> np.ndarray:
+    """Per record: False when the loss grew over `RUNUP_FACTOR` squared in the one step before
+    it, or turned non-finite in it (True where the losses are not known)."""
+    steps, loss = timeline.loss()
+    at = dict(zip(steps.tolist(), loss.tolist(), strict=True))
+    ok = np.ones(len(timeline), dtype=bool)
+    for i, s in enumerate(timeline.steps.tolist()):
+        now, before = at.get(int(s)), at.get(int(s) - 1)
+        if now is None or before is None or not (math.isfinite(before) and before > 0):
+            continue
+        ok[i] = math.isfinite(now) and now <= RUNUP_FACTOR**2 * before
+    return ok
 
 
 def surrogate_gradients(model: nn.Module, example_input: Any) -> dict[str, tuple[float, float]] | None:
@@ -218,6 +259,10 @@ class Prediction:
     scale: float
     why: str
     top: float = 0.0
+    #: The fixed model's predicted total gradient norm under the run's loss (the calibrated
+    #: surrogate's; NaN when it could not be calibrated), and whether the optimizer normalises it.
+    grad: float = math.nan
+    adaptive: bool = False
 
 
 def predict(
@@ -249,15 +294,24 @@ def predict(
     same = recorded == set(probe) and all(
         numel.get(n) == v for n, v in layer_numels(original, list(recorded)).items()
     )
+    try:
+        # Calibrating fresh weights against the first record compares them with the model as
+        # the run built it: without a `ScaleOutput` layer `fix` appended. The layer's factor
+        # then enters once, through `probe` (the gradient it sends back), while `c` carries
+        # the run's error size; under a squared error the two make the scale^2 the layer
+        # puts on every gradient (`fix.data`).
+        plain = without_output_scale(fixed)
+        base = probe if plain is None else surrogate_gradients(plain, example_input) or probe
+        c, where = calibration(original, base, timeline, example_input, same_architecture=same)
+        calibrated = not where.startswith("the run's gradient taken")
+    except Exception:
+        c, where, calibrated = 1.0, "the run's gradient taken to be the surrogate's", False
+    grad = c * math.sqrt(sum(gs * gs for gs, _ in probe.values())) if calibrated else math.nan
     if step.adaptive:
         updates = {n: step.rms * math.sqrt(max(numel.get(n, 0), 1)) for n in probe}
         how = f"the run's optimizer normalises its steps (typical per-parameter update {step.rms:.2g})"
         top = adaptive_top if adaptive_top is not None else top
     else:
-        try:
-            c, where = calibration(original, probe, timeline, example_input, same_architecture=same)
-        except Exception:
-            c, where = 1.0, "the run's gradient taken to be the surrogate's"
         updates = {n: step.eta * c * gs for n, (gs, _) in probe.items()}
         how = f"the run's step was {step.eta:.2g} x its gradient; {where}"
     ratios = [updates[n] / ws for n, (_, ws) in probe.items() if ws > 0 and math.isfinite(updates[n])]
@@ -271,4 +325,4 @@ def predict(
         scale = top / ratio
     elif ratio < bottom:
         scale = bottom / ratio
-    return Prediction(ratio=ratio, scale=scale, why=how, top=top)
+    return Prediction(ratio=ratio, scale=scale, why=how, top=top, grad=grad, adaptive=step.adaptive)
