@@ -72,10 +72,14 @@ DEAD_Z = 3.0
 #: share TheDeepChecker flags).
 DEAD_SHARE = 0.5
 #: Update-to-weight ratio above which a step is too large: the top of TheDeepChecker's
-#: healthy band (log10 in [-4, -1]); above it one step moves weights by over 10%.
-MAX_UPDATE_RATIO = 0.1
-#: The update-to-weight ratio the learning-rate advice aims at.
-TARGET_UPDATE_RATIO = 1e-2
+#: healthy band (log10 in [-4, -1]; the detectors' `Thresholds.large_update_ratio`).
+MAX_UPDATE_RATIO = Thresholds().large_update_ratio
+#: The typical healthy update-to-weight ratio, the band's centre: learning-rate advice aims
+#: a stalled run's typical step here (`fix.advice`).
+TARGET_UPDATE_RATIO = 1e-3
+#: The top of the healthy band for the largest typical step: advice that scales a rate
+#: down aims there (the typical steps then sit below it, around the centre).
+LARGEST_UPDATE_RATIO = 1e-2
 #: Inputs whose root mean square is this many decades from 1 are not standardised. Every
 #: standard initialisation (LeCun, Glorot, He) draws weights for inputs of unit variance and
 #: biases at unit scale, and an optimizer moves a bias by about its step size: at input scale
@@ -480,7 +484,7 @@ def step_size_too_large(ctx: Context) -> Cause | None:
 
     Reads the recorded update-to-weight ratios: the worst recording step's median over
     layers. Also reports the effective step size (update norm / gradient norm, the
-    learning rate under plain SGD) and the scale that brings the ratio to `TARGET_UPDATE_RATIO`.
+    learning rate under plain SGD) and the scale that brings the ratio to `LARGEST_UPDATE_RATIO`.
     """
     tl = ctx.timeline
     if tl is None or len(tl) == 0 or not tl.layers:
@@ -502,7 +506,7 @@ def step_size_too_large(ctx: Context) -> Cause | None:
         eff = upd / grad
     eff_k = eff[k][np.isfinite(eff[k])]
     layers = [n for n, r in zip(tl.layers, ratio[k], strict=True) if np.isfinite(r) and r > MAX_UPDATE_RATIO]
-    scale = TARGET_UPDATE_RATIO / worst
+    scale = LARGEST_UPDATE_RATIO / worst
     step = int(tl.steps[k])
     return Cause(
         kind=CauseKind.STEP_SIZE_TOO_LARGE,

@@ -60,13 +60,10 @@ from typing import Any
 
 import numpy as np
 
+from gradwatch.explain.causes import LARGEST_UPDATE_RATIO, TARGET_UPDATE_RATIO
 from gradwatch.record import Timeline
 from gradwatch.types import Diagnosis, Kind
 
-#: The typical healthy update ratio (aimed at when scaling a stalled run's rate up).
-TARGET_UPDATE_RATIO = 1e-3
-#: The top of the healthy band for the largest typical step (aimed at when scaling down).
-LARGEST_UPDATE_RATIO = 1e-2
 #: Smallest learning-rate change advised when the step size is blamed (one decade).
 MAX_LR_SCALE = 0.1
 #: Largest learning-rate reduction ever advised.

@@ -31,9 +31,9 @@ factor of the scale — and calibrated without it, against the run that had none
 calibration factor carries the other (the run's errors were at the targets' scale).
 
 The predicted update ratio ``||dW|| / ||W||`` of a layer is brought into the healthy band:
-the median over layers (the typical step) at most `advice.LARGEST_UPDATE_RATIO` — the
+the median over layers (the typical step) at most `explain.causes.LARGEST_UPDATE_RATIO` — the
 top of the band the step-size rule also aims the largest typical step at — and at least
-``advice.TARGET_UPDATE_RATIO / 10``; inside the band the rate is kept.
+``explain.causes.TARGET_UPDATE_RATIO / 10``; inside the band the rate is kept.
 """
 
 from __future__ import annotations
