@@ -114,3 +114,18 @@ def test_a_run_that_overflowed_unmeasured_is_sized_by_the_loss_run_up() -> None:
     assert advice.lr_scale(_blown([5.0, 4.0, 6.0, float("nan")]))[0] == advice.NO_MEASURE_LR_SCALE
     assert advice.lr_scale(_blown([]))[0] == advice.NO_MEASURE_LR_SCALE
     assert advice.runup_growth(_blown([-3.0, 50.0, float("nan")])) is None  # not a squared error
+
+
+def test_an_explosion_from_initialisation_is_not_the_rates_doing() -> None:
+    from gradwatch.fix.restart import blew_up, diverged
+
+    def d(*found: tuple[str, str, int]) -> Diagnosis:
+        return Diagnosis(findings=[Finding(k, s, [], step, {}, "") for k, s, step in found])
+
+    # a recurrent weight of spectral radius 3: the gradient through time explodes from step 0, the loss holds
+    from_init = d(("exploding_gradient", "error", 0), ("flat_loss", "info", 160))
+    assert diverged(from_init) and not blew_up(from_init)  # inflated weights may be restarted; the rate stands
+    assert blew_up(d(("exploding_gradient", "warning", 120)))  # grew while training at the rate
+    assert blew_up(d(("exploding_gradient", "error", 0), ("diverging_loss", "error", 90)))
+    assert blew_up(d(("nonfinite_gradient", "error", 0)))
+    assert not blew_up(d(("diverging_loss", "info", 90)))

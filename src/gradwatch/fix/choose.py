@@ -714,9 +714,9 @@ def apply(
     advice: dict[str, Any] = {}
     why: dict[str, str] = {}
     up = bool(plan.options.get("lr", {}).get("up"))
-    # A run that diverged did so at the recipe's rate: whatever the cause blamed, that rate
+    # A run that blew up did so at the recipe's rate: whatever the cause blamed, that rate
     # is not advised again for the model returned (one direction: down).
-    down = ("lr" in plan.remedies and not up) or _restart.diverged(diagnosis)
+    down = ("lr" in plan.remedies and not up) or _restart.blew_up(diagnosis)
     blame = plan.reasons["lr"] if "lr" in plan.remedies and not up else "the run diverged at the recipe's rate"
     predicted = None
     found: list[Any] = []  # the fixed model's first-update prediction, when one was made

@@ -50,6 +50,20 @@ def diverged(diagnosis: Diagnosis) -> bool:
     return any(f.kind in _DIVERGENCE and f.severity > Severity.INFO for f in diagnosis.findings)
 
 
+def blew_up(diagnosis: Diagnosis) -> bool:
+    """Whether the steps taken at the recipe's rate blew the run up: a loss that diverged or
+    went non-finite, or a gradient that grew into an explosion after the first record. A
+    gradient that explodes from initialisation on while the loss holds (a recurrent weight
+    of spectral radius 3, a chain in the chaotic phase) is the model's doing, not the rate's.
+    """
+    for f in diagnosis.findings:
+        if f.severity <= Severity.INFO or f.kind not in _DIVERGENCE:
+            continue
+        if f.kind != Kind.EXPLODING_GRADIENT or (f.step or 0) > 0:
+            return True
+    return False
+
+
 def _rms(t: torch.Tensor) -> float:
     return math.sqrt(float(t.detach().double().pow(2).mean()))
 
