@@ -328,3 +328,35 @@ def test_step_size_leaves_out_a_record_after_a_one_step_blow_up() -> None:
     # the twin: a loss that grows gently between steps keeps its records
     calm = first_update.step_size(tl, model)
     assert calm is not None and calm.eta < 0.1  # without trouble nothing is left out
+
+
+def test_the_surrogate_is_calibrated_on_the_model_as_built_when_the_user_rebuilt_it() -> None:
+    # A cross-entropy's gradient is ~1/sqrt(C) per logit at the start, the surrogate's 1: the
+    # record the model's weights match calibrates it, the last (a trained model) or the first
+    # (the model built afresh with the same seed)
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 10))
+
+    model = build()
+    opt = torch.optim.SGD(model.parameters(), 0.5)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 16, generator=g), torch.randint(0, 10, (64,), generator=g)
+    with gw.watch(model, every=5) as w:
+        for _ in range(60):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            w.step(loss=loss)
+            opt.step()
+    probe = first_update.surrogate_gradients(build(), x)
+    assert probe is not None
+    c_fresh, where_fresh = first_update.calibration(build(), probe, w.timeline, x, same_architecture=False)
+    c_trained, where_trained = first_update.calibration(model, probe, w.timeline, x, same_architecture=False)
+    assert "(the original model at step 0)" in where_fresh and f"at step {int(w.timeline.steps[-1])})" in where_trained
+    assert 0.1 < c_fresh < 0.6  # about 1/sqrt(10) per logit: the surrogate overstates it
+    other = build()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(3.0)  # weights no record measured: nothing to read
+    assert first_update.calibration(other, probe, w.timeline, x, same_architecture=False)[0] == 1.0

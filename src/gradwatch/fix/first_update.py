@@ -236,10 +236,13 @@ def calibration(
     if rows:
         last = rows[-1]
         probe = surrogate_gradients(original, example_input)
-        if probe is not None:
-            c = _ratio(probe, _record_row(timeline, "grad_norm", last), _record_row(timeline, "weight_norm", last))
+        # the original as a record measured it: as the last record saw it (the model a user
+        # holds after the run), or as the first did (the model built afresh, as the run began)
+        for row in dict.fromkeys((last, rows[0])) if probe is not None else ():
+            assert probe is not None
+            c = _ratio(probe, _record_row(timeline, "grad_norm", row), _record_row(timeline, "weight_norm", row))
             if c is not None:
-                return c, f"the run's gradient is {c:.2g} x the surrogate's (the original model at step {int(timeline.steps[last])})"
+                return c, f"the run's gradient is {c:.2g} x the surrogate's (the original model at step {int(timeline.steps[row])})"
         first = rows[0]
         if same_architecture and int(timeline.steps[first]) == int(timeline.steps[0]):
             grads = _record_row(timeline, "grad_norm", first)
