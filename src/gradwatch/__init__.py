@@ -23,6 +23,7 @@ from gradwatch.anatomy import Anatomy, Layer
 from gradwatch.explain import inspect
 from gradwatch.fix import RepairResult, fix, repair
 from gradwatch.record import Timeline
+from gradwatch.recorder import Recorder
 from gradwatch.run import Run, load
 from gradwatch.types import (
     Cause,
@@ -54,6 +55,7 @@ __all__ = [
     "LayerReport",
     "LogFormatError",
     "ModelError",
+    "Recorder",
     "RepairResult",
     "Run",
     "Severity",
