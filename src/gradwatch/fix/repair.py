@@ -9,7 +9,7 @@ optimizer step); other keys (``manual``, ``why``) are for people.
 
 The loop, with N = `steps` (one full training run) and B = `budget` (1.5):
 
-1. the original trains for s steps under `gradwatch.watch` (gradients read in a global
+1. the original trains for s steps watched by a `gradwatch.Recorder` (gradients read in a global
    optimizer-step hook, the loss caught where ``loss.backward()`` is called, the first
    forward's input kept as the example input for `gw.fix`) — unless a `diagnosis` is
    passed. While it looks healthy it is watched on in chunks of s steps, up to
