@@ -418,8 +418,8 @@ def test_a_schedule_that_never_records_keeps_nothing_piling_up() -> None:
     model = tiny_mlp()
     with gw.watch(model, every=lambda s: False) as w:
         train_steps(model, w, 1100)
-        assert len(w._losses) < 1024
-        assert not w._order_handles  # the order hooks went after the first forward pass
+        assert len(w.recorder._losses) < 1024
+        assert not w.recorder._order.handles  # the order hooks went after the first forward pass
     assert len(w.timeline.loss()[0]) == 1100
     assert w.timeline.recorded == 0
 

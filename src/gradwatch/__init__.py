@@ -24,6 +24,7 @@ from gradwatch.detect.thresholds import Thresholds
 from gradwatch.explain import inspect
 from gradwatch.fix import RepairResult, fix, repair
 from gradwatch.record import Timeline
+from gradwatch.recorder import Recorder
 from gradwatch.run import Run, load
 from gradwatch.types import (
     Cause,
@@ -55,6 +56,7 @@ __all__ = [
     "LayerReport",
     "LogFormatError",
     "ModelError",
+    "Recorder",
     "RepairResult",
     "Run",
     "Severity",

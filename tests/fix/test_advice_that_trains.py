@@ -352,7 +352,7 @@ def test_the_surrogate_is_calibrated_on_the_model_as_built_when_the_user_rebuilt
     probe = first_update.surrogate_gradients(build(), x)
     assert probe is not None
     c_fresh, where_fresh = first_update.calibration(build(), probe, w.timeline, x, same_architecture=False)
-    c_trained, where_trained = first_update.calibration(model, probe, w.timeline, x, same_architecture=False)
+    _, where_trained = first_update.calibration(model, probe, w.timeline, x, same_architecture=False)
     assert "(the original model at step 0)" in where_fresh and f"at step {int(w.timeline.steps[-1])})" in where_trained
     assert 0.1 < c_fresh < 0.6  # about 1/sqrt(10) per logit: the surrogate overstates it
     other = build()

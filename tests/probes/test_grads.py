@@ -209,3 +209,14 @@ def test_tiny_gradients_do_not_underflow_to_zero() -> None:
     assert got["grad_norm"][0] == pytest.approx(64e-25, rel=1e-6)
     assert got["grad_norm"][1] == pytest.approx(3e-30 * math.sqrt(10), rel=1e-6)
     assert got["grad_rms"][0] == pytest.approx(1e-25, rel=1e-6)
+
+
+def test_zero_count_agrees_on_every_path() -> None:
+    # CPU float tensors are counted by numpy, others (bfloat16, a lazily negated view) by torch:
+    # each must count -0.0 as zero and NaN as non-zero, as torch.count_nonzero does.
+    from gradwatch.probes.grads import _count_nonzero
+
+    base = torch.tensor([0.0, -0.0, 1.0, math.nan, -2.0, math.inf, 0.0])
+    for g in (base, base.double(), base.half(), base.bfloat16(), base.neg()._neg_view()):
+        got = _count_nonzero([g, g[:3]])
+        assert [float(x) for x in got] == [4.0, 1.0], g.dtype

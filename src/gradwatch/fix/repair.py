@@ -9,7 +9,7 @@ optimizer step); other keys (``manual``, ``why``) are for people.
 
 The loop, with N = `steps` (one full training run) and B = `budget` (1.5):
 
-1. the original trains for s steps under `gradwatch.watch` (gradients read in a global
+1. the original trains for s steps watched by a `gradwatch.Recorder` (gradients read in a global
    optimizer-step hook, the loss caught where ``loss.backward()`` is called, the first
    forward's input kept as the example input for `gw.fix`) — unless a `diagnosis` is
    passed. While it looks healthy it is watched on in chunks of s steps, up to
@@ -266,24 +266,25 @@ class _Watching:
         self._broken: list[str] = []
         self._handles: list[Any] = []
         self._tap = _LossTap()
-        self._watcher: Any = None
+        self._recorder: Any = None
 
     def __enter__(self) -> _Watching:
-        from gradwatch.watch import watch  # fix sits above watch: imported where used
+        from gradwatch.recorder import Recorder  # fix sits above the recorder: imported where used
 
         self._handles.append(self.model.register_forward_pre_hook(self._keep_input, with_kwargs=True))
         if self.diagnose_it:
-            self._watcher = watch(self.model, every=self.every)
-            self.timeline = self._watcher.timeline
+            self._recorder = Recorder(self.model, every=self.every)
+            self.timeline = self._recorder.timeline
             own = {id(p) for p in self.model.parameters()}
 
             def record(opt: torch.optim.Optimizer) -> None:
                 if self._broken or not any(id(p) in own for g in opt.param_groups for p in g["params"]):
                     return
-                loss = torch.stack(self._tap.pending).mean() if self._tap.pending else None
-                self._tap.pending.clear()
                 try:
-                    self._watcher.step(loss=loss)
+                    if self._tap.pending:
+                        self._recorder.add_loss(torch.stack(self._tap.pending).mean())
+                        self._tap.pending.clear()
+                    self._recorder.gradients_ready()
                 except Exception as e:  # watching is best-effort: it must never break the user's run
                     self._broken.append(f"{type(e).__name__}: {e}")
 
@@ -306,8 +307,8 @@ class _Watching:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        if self._watcher is not None:
-            self._watcher.close()
+        if self._recorder is not None:
+            self._recorder.close()
 
     def _keep_input(self, module: nn.Module, args: Any, kwargs: Any) -> None:
         if self.example_input is None and not torch.compiler.is_compiling():
@@ -317,16 +318,16 @@ class _Watching:
                 self.example_input = args[0] if len(args) == 1 else tuple(args)
 
     def diagnose(self) -> Diagnosis:
-        if self._watcher is None:
+        if self._recorder is None:
             return Diagnosis()
         if self._broken:
             self.note = f"watching the original's run stopped early ({self._broken[0]}); the diagnosis covers the steps before"
-        elif self._watcher.step_count == 0:
+        elif self._recorder.step_count == 0:
             self.note = (
                 "no torch.optim optimizer step on the model's parameters was seen during the original's "
                 "run, so it could not be diagnosed; pass diagnosis= (from gw.watch inside train_fn)"
             )
-        return self._watcher.diagnose()
+        return self._recorder.diagnose()
 
 
 # -- the loop -----------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from gradwatch.anatomy._graph import iter_tensors
+from gradwatch.anatomy.map import ROOT
 from gradwatch.probes import gates, temporal
 from gradwatch.probes.activations import (
     ACTIVATIONS,
@@ -148,7 +149,7 @@ class ForwardProbe:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.names = {id(m): (n or "(root)") for n, m in model.named_modules()}
+        self.names = {id(m): (n or ROOT) for n, m in model.named_modules()}
         self._leaves = {id(m) for m in model.modules() if next(m.children(), None) is None}
         self.armed = False
         self.enabled = True

@@ -30,6 +30,8 @@ from gradwatch.probes.transfer import Transfer
 _GroupKey = tuple[torch.device, torch.dtype]
 #: Below this, a float32 gradient norm may have lost entries to underflow (see `summarise`).
 _UNDERFLOW = 1e-15
+#: dtypes whose CPU tensors numpy reads in place (numpy has no bfloat16)
+_NUMPY_FLOATS = frozenset({torch.float16, torch.float32, torch.float64})
 
 
 @dataclass
@@ -76,13 +78,12 @@ class GradientProbe:
                 groups.setdefault((g.device, g.dtype), []).append(i)
         for idx in groups.values():
             gs: list[torch.Tensor] = [grads[i] for i in idx]  # type: ignore[misc]
-            mins, maxs = zip(*(torch.aminmax(g) for g in gs), strict=True)
             key = _key(idx)
             transfer.put(f"g.idx.{key}", np.asarray(idx, dtype=np.float64))
             transfer.put(f"g.norm.{key}", torch.stack(torch._foreach_norm(gs, 2)))
+            mins, maxs = zip(*(torch.aminmax(g) for g in gs), strict=True)  # one pass for both
             transfer.put(f"g.max.{key}", torch.maximum(torch.stack(mins).neg_(), torch.stack(maxs)))
-            # float64 keeps counts exact past 2**24 entries
-            transfer.put(f"g.nz.{key}", torch.stack([torch.count_nonzero(g) for g in gs]).double())
+            transfer.put(f"g.nz.{key}", _count_nonzero(gs))
         for i in odd:
             g = grads[i]
             assert g is not None
@@ -189,6 +190,22 @@ class GradientProbe:
             out["update_norm"] = update
             out["update_ratio"] = update / out["weight_norm"]
         return out
+
+
+def _count_nonzero(gs: list[torch.Tensor]) -> torch.Tensor | np.ndarray:
+    """The number of non-zero entries (NaN counts, -0.0 does not) of each tensor of one group.
+
+    On the CPU, numpy's vectorised ``!= 0`` and its count of a boolean array take about a
+    third of the time of ``torch.count_nonzero`` (which tests entry by entry); elsewhere
+    the counts stay on the device. Both are exact; float64 keeps counts exact past 2**24.
+    """
+    g0 = gs[0]
+    if g0.device.type == "cpu" and g0.dtype in _NUMPY_FLOATS:
+        try:
+            return np.asarray([np.count_nonzero(g.detach().numpy() != 0) for g in gs], dtype=np.float64)
+        except (RuntimeError, TypeError):  # a tensor numpy cannot view (a lazy negation, a subclass)
+            pass
+    return torch.stack([torch.count_nonzero(g) for g in gs]).double()
 
 
 def _key(idx: list[int]) -> str:

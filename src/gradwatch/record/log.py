@@ -23,6 +23,30 @@ LOG_VERSION = 1
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
+def log_header(
+    settings: dict[str, Any], columns: list[str], anatomy: dict[str, Any], structure: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The header line of a log (docs/log-format.md): format, versions, settings, the model."""
+    import platform
+    import time
+
+    import torch
+
+    from gradwatch._version import __version__
+
+    return {
+        "type": "header",
+        "format": LOG_FORMAT,
+        "version": LOG_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": {"gradwatch": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "settings": settings,
+        "columns": columns,
+        "anatomy": anatomy,
+        "structure": structure,
+    }
+
+
 def _encode(x: Any) -> Any:
     if isinstance(x, float):
         if math.isfinite(x):
