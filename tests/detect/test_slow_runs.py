@@ -5,44 +5,18 @@ vanishing gradient that held for most of the run before an adaptive optimizer li
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 import gradwatch as gw
 from gradwatch import Kind, Severity
-from gradwatch.lab.data import accuracy, batches, digits
-
-SPLIT = digits(seed=0)
-
-
-def _mlp(widths: list[int], act: type[nn.Module], var: float | None = None) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for a, b in itertools.pairwise(widths):
-        layers += [nn.Linear(a, b), act()]
-    model = nn.Sequential(*layers[:-1])
-    if var is not None:
-        for m in model:
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, math.sqrt(var / m.in_features))
-                nn.init.zeros_(m.bias)
-    return model
+from tests.detect._runs import mlp, train_digits
 
 
 def _train(model: nn.Module, opt: Callable[[nn.Module], torch.optim.Optimizer], steps: int) -> tuple[gw.Diagnosis, float]:
-    optimizer = opt(model)
-    with gw.watch(model, every=10) as w:
-        for x, y in batches(SPLIT.x_train, SPLIT.y_train, 64, steps, seed=0):
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            w.step(loss=loss)
-            optimizer.step()
-    return w.diagnose(), accuracy(model, SPLIT.x_test, SPLIT.y_test)
+    return train_digits(model, opt(model), steps)
 
 
 def _adam(lr: float) -> Callable[[nn.Module], torch.optim.Optimizer]:
@@ -55,23 +29,23 @@ def _sgd(lr: float) -> Callable[[nn.Module], torch.optim.Optimizer]:
 
 def test_units_saturated_by_the_initialisation_warn_while_the_loss_falls() -> None:
     torch.manual_seed(0)
-    d, acc = _train(_mlp([64, 48, 48, 10], nn.Tanh, var=60.0), _adam(1e-3), 200)
+    d, acc = _train(mlp([64, 48, 48, 10], nn.Tanh, var=60.0), _adam(1e-3), 200)
     (f,) = d.by_kind(Kind.SATURATED_UNITS)
     assert f.severity == Severity.WARNING and acc < 0.75 and not d.healthy
     assert "saturated at the first record, before training moved them" in f.message
     torch.manual_seed(0)
-    twin, twin_acc = _train(_mlp([64, 48, 48, 10], nn.Tanh, var=1.0), _adam(1e-3), 200)
+    twin, twin_acc = _train(mlp([64, 48, 48, 10], nn.Tanh, var=1.0), _adam(1e-3), 200)
     assert twin.healthy and twin_acc > 0.9
 
 
 def test_steps_below_the_healthy_band_everywhere_are_named() -> None:
     torch.manual_seed(0)
-    d, acc = _train(_mlp([64, 128, 128, 10], nn.ReLU), _sgd(1e-4), 300)
+    d, acc = _train(mlp([64, 128, 128, 10], nn.ReLU), _sgd(1e-4), 300)
     (f,) = d.by_kind(Kind.STALLED_WEIGHTS)
     assert f.severity >= Severity.WARNING and acc < 0.5
     assert "below the healthy band's bottom" in f.message and "learning rate is too small" in f.message
     torch.manual_seed(0)
-    twin, twin_acc = _train(_mlp([64, 128, 128, 10], nn.ReLU), _sgd(0.05), 300)
+    twin, twin_acc = _train(mlp([64, 128, 128, 10], nn.ReLU), _sgd(0.05), 300)
     assert twin.healthy and twin_acc > 0.9
 
 
@@ -86,23 +60,23 @@ def _groups(first: float) -> Callable[[nn.Module], torch.optim.Optimizer]:
 
 def test_a_parameter_group_whose_step_is_set_apart_is_named() -> None:
     torch.manual_seed(0)
-    d, acc = _train(_mlp([64, 6, 128, 10], nn.ReLU), _groups(1e-9), 300)
+    d, acc = _train(mlp([64, 6, 128, 10], nn.ReLU), _groups(1e-9), 300)
     (f,) = d.by_kind(Kind.STALLED_WEIGHTS)
     assert f.severity == Severity.WARNING and f.layers == ["0"] and acc < 0.75
     assert "parameter group" in f.message
     # the same net with the first group at a tenth of the rest's rate, on purpose: healthy
     torch.manual_seed(0)
-    twin, twin_acc = _train(_mlp([64, 6, 128, 10], nn.ReLU), _groups(0.005), 300)
+    twin, twin_acc = _train(mlp([64, 6, 128, 10], nn.ReLU), _groups(0.005), 300)
     assert twin.healthy and twin_acc > 0.85
 
 
 def test_a_vanishing_gradient_that_held_for_most_of_the_run_is_lost_time() -> None:
     # 30 tanh layers in the ordered phase: Adam lifts the early layers' share only late
     torch.manual_seed(0)
-    d, acc = _train(_mlp([64] + [32] * 30 + [10], nn.Tanh, var=0.3), _adam(3e-4), 300)
+    d, acc = _train(mlp([64] + [32] * 30 + [10], nn.Tanh, var=0.3), _adam(3e-4), 300)
     (f,) = d.by_kind(Kind.VANISHING_GRADIENT)
     assert f.severity == Severity.WARNING and f.evidence["lost_share"] > 0.5 and acc < 0.5
     assert "for most of its steps the run could not train its early layers" in f.message
     torch.manual_seed(0)
-    twin, twin_acc = _train(_mlp([64] + [32] * 8 + [10], nn.Tanh, var=1.0), _adam(1e-3), 300)
+    twin, twin_acc = _train(mlp([64] + [32] * 8 + [10], nn.Tanh, var=1.0), _adam(1e-3), 300)
     assert twin.healthy and twin_acc > 0.9

@@ -24,69 +24,35 @@ def probing_pass(
     """Findings from one backward pass at initialisation: `measured` gradient norms per layer,
     `names` the weight layers in execution order, `predicted_ratio` theory's first-to-last
     ratio if there is one."""
-    findings: list[Finding] = []
     bad = [n for n, v in measured.items() if not math.isnan(v) and not math.isfinite(v)]
     if bad:
-        findings.append(
-            Finding(
-                kind=Kind.NONFINITE_GRADIENT,
-                severity=Severity.WARNING,
-                layers=bad,
-                step=0,
-                evidence={"layers": float(len(bad))},
-                message=f"the probing pass gave non-finite gradients in {len(bad)} layer(s), first '{bad[0]}'",
-            )
-        )
-        return findings
+        message = f"the probing pass gave non-finite gradients in {len(bad)} layer(s), first '{bad[0]}'"
+        return [_warning(Kind.NONFINITE_GRADIENT, bad, {"layers": float(len(bad))}, message)]
     if len(names) < 2:
-        return findings
+        return []
     first, last = measured[names[0]], measured[names[-1]]
     evidence = {"first_grad_norm": first, "last_grad_norm": last}
     if predicted_ratio is not None:
         evidence["predicted_ratio"] = predicted_ratio
     if last == 0.0:
         if first == 0.0:
-            findings.append(
-                Finding(
-                    kind=Kind.VANISHING_GRADIENT,
-                    severity=Severity.WARNING,
-                    layers=names,
-                    step=0,
-                    evidence=evidence,
-                    message="the probing pass gave an all-zero gradient to the first and last weight layers",
-                )
-            )
-        return findings
+            message = "the probing pass gave an all-zero gradient to the first and last weight layers"
+            return [_warning(Kind.VANISHING_GRADIENT, names, evidence, message)]
+        return []
     ratio = first / last
     evidence["ratio"] = ratio
+    where = f"at initialisation the first weight layer ('{names[0]}') gets {ratio:.1e}"
     if ratio < th.vanish_ratio_blind:
         low = [n for n in names if measured[n] < th.vanish_ratio_blind * last]
-        findings.append(
-            Finding(
-                kind=Kind.VANISHING_GRADIENT,
-                severity=Severity.WARNING,
-                layers=low,
-                step=0,
-                evidence=evidence,
-                message=(
-                    f"at initialisation the first weight layer ('{names[0]}') gets {ratio:.1e} of the "
-                    f"gradient norm of the last ('{names[-1]}')"
-                ),
-            )
-        )
-    elif ratio > 1.0 / th.vanish_ratio_blind:
+        message = f"{where} of the gradient norm of the last ('{names[-1]}')"
+        return [_warning(Kind.VANISHING_GRADIENT, low, evidence, message)]
+    if ratio > 1.0 / th.vanish_ratio_blind:
         high = [n for n in names if measured[n] > last / th.vanish_ratio_blind]
-        findings.append(
-            Finding(
-                kind=Kind.EXPLODING_GRADIENT,
-                severity=Severity.WARNING,
-                layers=high,
-                step=0,
-                evidence=evidence,
-                message=(
-                    f"at initialisation the first weight layer ('{names[0]}') gets {ratio:.1e} times the "
-                    f"gradient norm of the last ('{names[-1]}')"
-                ),
-            )
-        )
-    return findings
+        message = f"{where} times the gradient norm of the last ('{names[-1]}')"
+        return [_warning(Kind.EXPLODING_GRADIENT, high, evidence, message)]
+    return []
+
+
+def _warning(kind: Kind, layers: list[str], evidence: dict[str, float], message: str) -> Finding:
+    """A finding of the probing pass: a `warning` at step 0 (nothing has trained yet)."""
+    return Finding(kind=kind, severity=Severity.WARNING, layers=layers, step=0, evidence=evidence, message=message)

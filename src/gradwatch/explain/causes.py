@@ -80,6 +80,9 @@ TARGET_UPDATE_RATIO = 1e-3
 #: The top of the healthy band for the largest typical step: advice that scales a rate
 #: down aims there (the typical steps then sit below it, around the centre).
 LARGEST_UPDATE_RATIO = 1e-2
+#: The bottom of the healthy band (1e-4, a decade under the centre): the detectors'
+#: `Thresholds.small_update_ratio`; the fixed model's predicted first update is kept above it.
+SMALLEST_UPDATE_RATIO = Thresholds().small_update_ratio
 #: Inputs whose root mean square is this many decades from 1 are not standardised. Every
 #: standard initialisation (LeCun, Glorot, He) draws weights for inputs of unit variance and
 #: biases at unit scale, and an optimizer moves a bias by about its step size: at input scale

@@ -60,7 +60,11 @@ from typing import Any
 
 import numpy as np
 
-from gradwatch.explain.causes import LARGEST_UPDATE_RATIO, TARGET_UPDATE_RATIO
+from gradwatch.explain.causes import (
+    LARGEST_UPDATE_RATIO,
+    SMALLEST_UPDATE_RATIO,
+    TARGET_UPDATE_RATIO,
+)
 from gradwatch.record import Timeline
 from gradwatch.types import Diagnosis, Kind
 
@@ -252,11 +256,6 @@ def _round(x: float) -> float:
 
 
 # -- the rate for the model `fix` returns ----------------------------------------------------
-
-#: The bottom of the healthy band for the fixed model's predicted typical first update: a
-#: decade under the typical healthy step (`TARGET_UPDATE_RATIO`); `LARGEST_UPDATE_RATIO`
-#: is its top.
-SMALLEST_UPDATE_RATIO = TARGET_UPDATE_RATIO / 10
 
 
 def fixed_model_lr_scale(

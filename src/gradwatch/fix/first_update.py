@@ -234,16 +234,14 @@ def calibration(
     """The factor from the surrogate's gradient to the run's, and where it was read."""
     rows = _finite_rows(timeline)
     if rows:
-        last = rows[-1]
-        probe = surrogate_gradients(original, example_input)
+        first, last = rows[0], rows[-1]
+        probe = surrogate_gradients(original, example_input) or {}
         # the original as a record measured it: as the last record saw it (the model a user
         # holds after the run), or as the first did (the model built afresh, as the run began)
-        for row in dict.fromkeys((last, rows[0])) if probe is not None else ():
-            assert probe is not None
+        for row in dict.fromkeys((last, first)) if probe else ():
             c = _ratio(probe, _record_row(timeline, "grad_norm", row), _record_row(timeline, "weight_norm", row))
             if c is not None:
                 return c, f"the run's gradient is {c:.2g} x the surrogate's (the original model at step {int(timeline.steps[row])})"
-        first = rows[0]
         if same_architecture and int(timeline.steps[first]) == int(timeline.steps[0]):
             grads = _record_row(timeline, "grad_norm", first)
             ratios = [grads[n] / gs for n, (gs, _) in fixed_probe.items() if n in grads and gs > 0 and grads[n] > 0 and math.isfinite(grads[n])]
