@@ -43,6 +43,7 @@ from gradwatch.probes import GradientProbe, Transfer
 from gradwatch.probes.forward import ForwardProbe
 from gradwatch.probes.grads import GradSnapshot
 from gradwatch.probes.order import FirstForward
+from gradwatch.probes.sharded import rank
 from gradwatch.record import JsonlLog, Timeline, log_header
 from gradwatch.schedule import DEFAULT_EVERY, Schedule, as_schedule
 from gradwatch.types import Diagnosis
@@ -59,7 +60,8 @@ class Recorder:
         model: the module being trained (a `torch.compile` wrapper is unwrapped; its
             forward probes are then off).
         every: record every this many steps, or a callable ``step -> bool``.
-        log: path of a JSONL file to append the header and every record to.
+        log: path of a JSONL file to append the header and every record to; in a
+            distributed run (torch.distributed initialised), only rank zero writes it.
         updates: measure each recorded optimizer update (keeps one copy of the parameters).
         activations: arm the forward probes on recorded steps.
         capacity: recorded steps kept at full resolution before older ones are thinned.
@@ -69,6 +71,7 @@ class Recorder:
 
     Attributes:
         anatomy, timeline, schedule, step_count: as on `gradwatch.Watcher`.
+        rank: this process's rank in a distributed run (0 otherwise).
     """
 
     def __init__(
@@ -125,8 +128,11 @@ class Recorder:
         self._structure: dict[str, Any] | None = None  # the model's structure at the first record
         self._log: JsonlLog | None = None
         self._fprobe = ForwardProbe(model) if activations else None
+        # Every rank records (under FSDP2 the records are collective; under DDP every rank
+        # holds the same gradients), but one file is written, by rank zero.
+        self.rank = rank()
         try:
-            if log is not None:
+            if log is not None and self.rank == 0:
                 self._log = JsonlLog(log)
             self._order = FirstForward(model)  # the layer order, from the first forward pass
             self.arm_for(0)
@@ -135,9 +141,10 @@ class Recorder:
             raise
 
     # -- events: the driver calls these --------------------------------------------------
-    def add_loss(self, loss: torch.Tensor | float) -> None:
-        """Keep the loss of the current step (a scalar tensor stays on its device until the next record)."""
-        self._losses.append((self.step_count, as_loss(loss)))
+    def add_loss(self, loss: torch.Tensor | float, step: int | None = None) -> None:
+        """Keep the loss of the current step, or of an earlier `step` (a framework that reports
+        it after the optimizer step). A scalar tensor stays on its device until the next record."""
+        self._losses.append((self.step_count if step is None else step, as_loss(loss)))
         if len(self._losses) >= _MAX_PENDING_LOSSES:  # a schedule that rarely records
             self.flush_losses()
 
@@ -360,6 +367,27 @@ class Recorder:
         from gradwatch.explain.link import judge
 
         return judge(self.timeline, self.anatomy, facts=self._structure, thresholds=thresholds)
+
+    def summary(self) -> dict[str, float]:
+        """A few numbers of the latest record, for a framework's logger (cheap: no judging).
+
+        ``grad_ratio_min``: the weakest layer's relative gradient over the last layer's, along
+        the depth chain (what `vanishing_gradient` compares with 1e-3); ``dead_frac_max``:
+        the largest share of dead units at any activation site. Absent when not measured.
+        """
+        from gradwatch.detect._signals import depth_log_ratio, quiet_numpy
+
+        out: dict[str, float] = {}
+        if not len(self.timeline):
+            return out
+        with quiet_numpy():
+            _, ratio = depth_log_ratio(self.timeline, self.anatomy)
+            if ratio.shape[1]:
+                out["grad_ratio_min"] = float(10.0 ** np.nanmin(ratio[-1]))
+            names, dead = self.timeline.metric("act_dead_frac")
+            if names:
+                out["dead_frac_max"] = float(np.nanmax(dead[-1]))
+        return {k: v for k, v in out.items() if math.isfinite(v)}
 
     def close(self) -> None:
         """Remove every hook, write what is pending to the log and close it. Safe to call twice."""

@@ -111,9 +111,20 @@ def transposed_fan_in(module: nn.modules.conv._ConvNd) -> int:
     return max(1, round(module.in_channels // module.groups * per_channel))
 
 
+def type_name(module: nn.Module) -> str:
+    """The name of the module's class, seen through FSDP2: `fully_shard` swaps the class of
+    the module it shards for ``FSDP<Class>(FSDPModule, Class)``, and gradwatch's rules know
+    layers by their own class names."""
+    cls = type(module)
+    bases = cls.__bases__
+    if len(bases) == 2 and bases[0].__name__ == "FSDPModule" and cls.__name__ == f"FSDP{bases[1].__name__}":
+        cls = bases[1]
+    return cls.__name__
+
+
 def is_hf_conv1d(module: nn.Module) -> bool:
     """Hugging Face's `Conv1D` (GPT-2): a linear layer that stores its weight as (in, out)."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+    return type_name(module) == "Conv1D" and hasattr(module, "nf")
 
 
 def _fan_out_of(module: nn.Module) -> int | None:
@@ -173,7 +184,7 @@ class Anatomy:
             trainable = [p for _, p in own if p.requires_grad]
             layer = Layer(
                 name=name,
-                type=type(module).__name__,
+                type=type_name(module),
                 fan_in=fan_in_of(module),
                 fan_out=_fan_out_of(module),
                 n_params=sum(p.numel() for _, p in own),
@@ -189,7 +200,7 @@ class Anatomy:
                 f"the model ({type(model).__name__}) has no parameters, so there are no "
                 "gradients to watch; pass the module that holds the trainable layers"
             )
-        anatomy = cls(layers, model_type=type(model).__name__)
+        anatomy = cls(layers, model_type=type_name(model))
         anatomy._params = params
         return anatomy
 

@@ -13,11 +13,17 @@ The per-parameter numbers go to the host in one copy (see `Transfer`), where num
 sums them per layer. Only when a gradient norm comes back non-finite (to count the
 non-finite entries) or below 1e-15 (to redo it in float64, as float32 squares underflow)
 does the probe look at that one tensor again, a rare path that syncs once more.
+
+Sharded parameters (FSDP2's DTensors) are measured on the shard each process holds, and
+the shards' sums of squares, maxima and counts are combined across processes in the
+record's one collective (see `gradwatch.probes.sharded`): the figures are the whole tensor's.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +31,7 @@ import torch
 from torch import nn
 
 from gradwatch.anatomy import Anatomy
+from gradwatch.probes.sharded import gather, is_sharded, local
 from gradwatch.probes.transfer import Transfer
 
 _GroupKey = tuple[torch.device, torch.dtype]
@@ -58,8 +65,11 @@ class GradientProbe:
         self.updates = updates
         self._snap: list[torch.Tensor] | None = None
         self._snap_valid = False
-        self._groups: dict[str, tuple[np.ndarray, list[torch.Tensor]]] | None = None
-        self._groups_signature: list[tuple[torch.device, torch.dtype]] = []
+        self._groups: dict[str, tuple[np.ndarray, list[int]]] | None = None
+        self._groups_signature: list[tuple[torch.device, torch.dtype, bool]] = []
+        # per parameter: None, or for a sharded one the weight of its shard (`sharded.local`)
+        self._weights: list[float | None] = [None] * len(params)
+        self._any_sharded = any(is_sharded(p) for p in params)
         self.seen_gradient = False
 
     # -- gradients ------------------------------------------------------------------
@@ -69,10 +79,13 @@ class GradientProbe:
         grads = [p.grad for p in self.params]
         groups: dict[_GroupKey, list[int]] = {}
         odd: list[int] = []  # sparse or complex: measured one by one
+        spread: list[int] = []  # sharded over processes (FSDP2)
         for i, g in enumerate(grads):
             if g is None or g.numel() == 0:
                 continue
-            if g.is_sparse or g.is_complex():
+            if is_sharded(g):
+                spread.append(i)
+            elif g.is_sparse or g.is_complex():
                 odd.append(i)
             else:
                 groups.setdefault((g.device, g.dtype), []).append(i)
@@ -93,28 +106,47 @@ class GradientProbe:
             transfer.put(f"g.norm.{key}", torch.linalg.vector_norm(v).reshape(1))
             transfer.put(f"g.max.{key}", v.abs().amax().reshape(1) if v.numel() else torch.zeros(1))
             transfer.put(f"g.nz.{key}", torch.count_nonzero(v).reshape(1).double())
-        if groups or odd:
+        if spread:
+            self._measure_spread(transfer, [(i, grads[i]) for i in spread])  # type: ignore[misc]
+        if groups or odd or spread:
             self.seen_gradient = True
         return GradSnapshot(grads=grads)
+
+    def _measure_spread(self, transfer: Transfer, grads: list[tuple[int, torch.Tensor]]) -> None:
+        """Gradient statistics of sharded tensors: this process's part, combined when fetched."""
+        shards = {i: local(g) for i, g in grads}
+        groups: dict[_GroupKey, list[int]] = {}
+        for i, (g, _) in shards.items():
+            groups.setdefault((g.device, g.dtype), []).append(i)
+        for idx in groups.values():
+            gs = [shards[i][0] for i in idx]
+            weight = torch.tensor([shards[i][1] for i in idx], dtype=torch.float64, device=gs[0].device)
+            key = _key(idx)
+            transfer.put(f"g.idx.{key}", np.asarray(idx, dtype=np.float64))
+            transfer.put(f"g.sq.{key}", torch.stack(torch._foreach_norm(gs, 2)).double().square() * weight, reduce="sum")
+            transfer.put(f"g.max.{key}", torch.stack([_absmax(g) for g in gs]), reduce="max")
+            nz = torch.stack([torch.count_nonzero(g) for g in gs]).double()
+            transfer.put(f"g.nz.{key}", nz * weight, reduce="sum")
 
     # -- weights and updates --------------------------------------------------------
     @torch.no_grad()
     def measure_weights(self, transfer: Transfer) -> None:
         for key, (idx, ps) in self._param_groups().items():
             transfer.put(f"w.idx.{key}", idx)
-            transfer.put(f"w.norm.{key}", torch.stack(torch._foreach_norm(ps, 2)))
+            _put_norms(transfer, f"w.{{}}.{key}", ps, [self._weights[int(i)] for i in idx])
 
     @torch.no_grad()
     def snapshot(self) -> None:
         """Copy the parameters aside, so the next `measure_update` sees one step's change."""
         if not self.updates:
             return
+        params = self._locals()
         if self._snap is None or any(
             s.shape != p.shape or s.dtype != p.dtype or s.device != p.device
-            for s, p in zip(self._snap, self.params, strict=True)
+            for s, p in zip(self._snap, params, strict=True)
         ):
-            self._snap = [torch.empty_like(p) for p in self.params]
-        _copy_(self._snap, list(self.params))
+            self._snap = [torch.empty_like(p) for p in params]
+        _copy_(self._snap, params)
         self._snap_valid = True
 
     @torch.no_grad()
@@ -127,32 +159,44 @@ class GradientProbe:
             diff = [snap[i] for i in idx.astype(np.int64)]
             torch._foreach_sub_(diff, ps)
             transfer.put(f"u.idx.{key}", idx)
-            transfer.put(f"u.norm.{key}", torch.stack(torch._foreach_norm(diff, 2)))
+            _put_norms(transfer, f"u.{{}}.{key}", diff, [self._weights[int(i)] for i in idx])
         self._snap_valid = False
 
+    def _locals(self) -> list[torch.Tensor]:
+        """The parameters, as the shard this process holds where one is sharded (FSDP2)."""
+        if not self._any_sharded:
+            return list(self.params)
+        out: list[torch.Tensor] = []
+        for i, p in enumerate(self.params):
+            if is_sharded(p):
+                shard, self._weights[i] = local(p)
+                out.append(shard)
+            else:
+                out.append(p)
+        return out
+
     def _param_groups(self) -> dict[str, tuple[np.ndarray, list[torch.Tensor]]]:
-        """Parameters grouped by device and dtype; rebuilt only when those change (model.to())."""
-        signature = [(p.device, p.dtype) for p in self.params]
+        """Parameters (local shards where sharded) grouped by device, dtype and whether they
+        are sharded; the grouping is rebuilt only when those change (model.to())."""
+        params = self._locals()
+        signature = [(p.device, p.dtype, self._weights[i] is not None) for i, p in enumerate(params)]
         if self._groups is None or signature != self._groups_signature:
-            groups: dict[_GroupKey, list[int]] = defaultdict(list)
+            groups: dict[tuple[torch.device, torch.dtype, bool], list[int]] = defaultdict(list)
             for i, key in enumerate(signature):
                 groups[key].append(i)
-            self._groups = {
-                _key(idx): (np.asarray(idx, dtype=np.float64), [self.params[i] for i in idx])
-                for idx in groups.values()
-            }
+            self._groups = {_key(idx): (np.asarray(idx, dtype=np.float64), idx) for idx in groups.values()}
             self._groups_signature = signature
-        return self._groups
+        return {key: (idx, [params[i] for i in members]) for key, (idx, members) in self._groups.items()}
 
     # -- host side ------------------------------------------------------------------
     def summarise(self, host: dict[str, np.ndarray], snap: GradSnapshot | None) -> dict[str, np.ndarray]:
         """Per-layer metrics (arrays over `self.layers`) from the transferred numbers."""
         n_params, n_layers = len(self.params), len(self.layers)
-        norm = _scatter(host, "g.norm", n_params)
+        norm = _norms(host, "g", n_params)
         maxabs = _scatter(host, "g.max", n_params)
         nonzero = _scatter(host, "g.nz", n_params)
-        wnorm = _scatter(host, "w.norm", n_params)
-        unorm = _scatter(host, "u.norm", n_params)
+        wnorm = _norms(host, "w", n_params)
+        unorm = _norms(host, "u", n_params)
         nonfinite = np.zeros(n_params)
         if snap is not None:
             # Rare paths, one more sync each, only for the tensors concerned:
@@ -165,11 +209,13 @@ class GradientProbe:
                 g = snap.grads[i]
                 if g is None or g.is_sparse:
                     continue
+                # (a sharded gradient: one collective each, on every process alike, as
+                # the norms that decide it are the combined ones)
                 if not np.isfinite(norm[i]):
-                    nonfinite[i] = float((~torch.isfinite(g)).sum())
+                    nonfinite[i] = _whole_sum(g, lambda t: (~torch.isfinite(t)).sum())
                     if nonfinite[i] > 0:
                         continue
-                norm[i] = float(torch.linalg.vector_norm(g.double()))
+                norm[i] = math.sqrt(_whole_sum(g, lambda t: t.double().square().sum()))
         # A parameter counts when its gradient was measured (count_nonzero is never NaN).
         has = ~np.isnan(nonzero)
         counted = np.bincount(self.layer_of, weights=np.where(has, self.numel, 0.0), minlength=n_layers)
@@ -206,6 +252,40 @@ def _count_nonzero(gs: list[torch.Tensor]) -> torch.Tensor | np.ndarray:
         except (RuntimeError, TypeError):  # a tensor numpy cannot view (a lazy negation, a subclass)
             pass
     return torch.stack([torch.count_nonzero(g) for g in gs]).double()
+
+
+def _put_norms(transfer: Transfer, name: str, ts: list[torch.Tensor], weights: list[float | None]) -> None:
+    """Queue the L2 norms of `ts` (one group) under ``name.format("norm")``; for local shards
+    (`weights` not None), the weighted squares, added across processes, under ``"sq"``."""
+    norms = torch.stack(torch._foreach_norm(ts, 2))
+    if weights[0] is None:
+        transfer.put(name.format("norm"), norms)
+    else:
+        w = torch.tensor(weights, dtype=torch.float64, device=norms.device)
+        transfer.put(name.format("sq"), norms.double().square() * w, reduce="sum")
+
+
+def _norms(host: dict[str, np.ndarray], kind: str, n: int) -> np.ndarray:
+    """Per-parameter norms: sent as norms, or (sharded) as squares summed across processes."""
+    norm, sq = _scatter(host, f"{kind}.norm", n), _scatter(host, f"{kind}.sq", n)
+    return np.where(np.isnan(sq), norm, np.sqrt(sq))
+
+
+def _whole_sum(g: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """``fn`` (a sum over entries) of the whole tensor, adding up the shards of a sharded one."""
+    if not is_sharded(g):
+        return float(fn(g))
+    shard, weight = local(g)
+    total, _ = gather(fn(shard).double().reshape(1) * weight, torch.zeros(0, dtype=torch.float64, device=shard.device))
+    return float(total[0])
+
+
+def _absmax(g: torch.Tensor) -> torch.Tensor:
+    """max |g| in one pass (0 for an empty shard, which `aminmax` refuses)."""
+    if g.numel() == 0:
+        return torch.zeros((), dtype=torch.float64, device=g.device)
+    lo, hi = torch.aminmax(g)
+    return torch.maximum(-lo, hi).double()
 
 
 def _key(idx: list[int]) -> str:
