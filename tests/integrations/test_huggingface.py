@@ -107,3 +107,19 @@ def test_gradients_are_read_once_per_optimizer_step_after_accumulation_and_clipp
     assert [h["gradwatch"] for h in trainer.state.log_history if "gradwatch" in h] == [d.to_dict()]
     assert str(d).splitlines()[0] in capsys.readouterr().out
     assert len(gw.load(tmp_path / "run.jsonl")) == 3
+
+
+def test_under_bf16_autocast_the_recorded_gradients_are_the_trainer_s(tmp_path) -> None:
+    cb = GradwatchCallback(every=1, verbose=False)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=3,
+        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, bf16=True, seed=0,
+    )
+    trainer = transformers.Trainer(model=tiny_bert(), args=args, train_dataset=dataset(), data_collator=Recording(), callbacks=[cb])
+    trainer.train()
+    assert cb.recorder is not None and cb.recorder.stopped is None
+    # the Trainer's own norm of each step's gradient (below max_grad_norm: not clipped)
+    logged = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]
+    total = np.sqrt((cb.recorder.timeline.layer_metric("grad_norm") ** 2).sum(axis=1))
+    np.testing.assert_allclose(total, logged, rtol=1e-5)
+    assert max(logged) < args.max_grad_norm

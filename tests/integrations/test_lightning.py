@@ -122,3 +122,13 @@ def test_resuming_from_a_checkpoint_continues_the_timeline(tmp_path) -> None:
     np.testing.assert_allclose(b.loss()[1], a.loss()[1], rtol=1e-5)
     assert second.diagnosis is not None and whole.diagnosis is not None
     assert second.diagnosis.steps == whole.diagnosis.steps == 24
+
+
+def test_bf16_mixed_precision_records_every_step_and_the_net_stays_healthy(tmp_path) -> None:
+    torch.manual_seed(0)
+    cb = GradwatchCallback(every=1, verbose=False)
+    fit(Classifier(mlp([64, 32, 32, 10], nn.Tanh), lr=0.1), cb, tmp_path, max_steps=12, precision="bf16-mixed")
+    assert cb.recorder is not None and cb.recorder.stopped is None and len(cb.recorder.timeline) == 12
+    grads = cb.recorder.timeline.layer_metric("grad_norm")
+    assert np.isfinite(grads).all() and (grads > 0).all()
+    assert cb.diagnosis is not None and cb.diagnosis.healthy

@@ -72,7 +72,9 @@ class GradwatchCallback(TrainerCallback):
                 f"{type(model).__name__} at the optimizer step"
             ),
         )
-        self.recorder.step_count = int(state.global_step)  # a resumed run keeps its numbering
+        if state.global_step:  # a resumed run keeps the Trainer's numbering
+            self.recorder.step_count = int(state.global_step)
+            self.recorder.arm_for(self.recorder.step_count)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.recorder is not None and not self.recorder.closed:
