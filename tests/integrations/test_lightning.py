@@ -132,3 +132,22 @@ def test_bf16_mixed_precision_records_every_step_and_the_net_stays_healthy(tmp_p
     grads = cb.recorder.timeline.layer_metric("grad_norm")
     assert np.isfinite(grads).all() and (grads > 0).all()
     assert cb.diagnosis is not None and cb.diagnosis.healthy
+
+
+def test_under_fp16_with_a_grad_scaler_the_gradients_are_read_unscaled(tmp_path) -> None:
+    # Lightning gives CPU runs no scaler of its own; pass a real one, as on a GPU
+    torch.manual_seed(0)
+    net = mlp([64, 32, 32, 10], nn.Tanh)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    scaler = torch.amp.GradScaler("cpu")
+    plugin = pl.plugins.precision.MixedPrecision("16-mixed", "cpu", scaler=scaler)
+    cb = GradwatchCallback(every=1, verbose=False)
+    fit(Classifier(net, lr=0.1), cb, tmp_path, max_steps=2, plugins=[plugin])
+    assert scaler.get_scale() >= 2.0**15  # the loss was scaled up for backward
+    hand = mlp([64, 32, 32, 10], nn.Tanh)
+    hand.load_state_dict(start)
+    x, y = next(iter(loader()))
+    F.cross_entropy(hand(x), y).backward()  # float32, unscaled
+    expected = [math.hypot(float(m.weight.grad.norm()), float(m.bias.grad.norm())) for m in hand if isinstance(m, nn.Linear)]
+    assert cb.recorder is not None
+    np.testing.assert_allclose(cb.recorder.timeline.layer_metric("grad_norm")[0], expected, rtol=5e-3)  # fp16 autocast
