@@ -123,3 +123,21 @@ def test_under_bf16_autocast_the_recorded_gradients_are_the_trainer_s(tmp_path) 
     total = np.sqrt((cb.recorder.timeline.layer_metric("grad_norm") ** 2).sum(axis=1))
     np.testing.assert_allclose(total, logged, rtol=1e-5)
     assert max(logged) < args.max_grad_norm
+
+
+def test_a_run_resumed_from_a_checkpoint_keeps_the_trainer_s_step_numbers(tmp_path) -> None:
+    def run(resume: str | None, steps: int) -> tuple[transformers.Trainer, GradwatchCallback]:
+        cb = GradwatchCallback(every=2, verbose=False)
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=steps, logging_steps=1,
+            save_strategy="steps", save_steps=3, report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
+        )
+        trainer = transformers.Trainer(model=tiny_bert(), args=args, train_dataset=dataset(), data_collator=Recording(), callbacks=[cb])
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, cb
+
+    run(None, 3)
+    _, cb = run(str(tmp_path / "checkpoint-3"), 6)
+    assert cb.recorder is not None and cb.recorder.step_count == 6
+    assert list(cb.recorder.timeline.steps) == [4]  # steps 3..5 of the Trainer's count
+    assert [int(s) for s in cb.recorder.timeline.loss()[0]] == [3, 4, 5]
