@@ -7,6 +7,7 @@ on the whole batch in the same process.
 
 from __future__ import annotations
 
+import datetime
 import os
 import pickle
 import socket
@@ -73,7 +74,8 @@ def columns(w: gw.Watcher) -> dict[str, np.ndarray]:
 def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    # a rank left waiting in a collective fails within two minutes instead of hanging the suite
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120))
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor, Partial, Replicate, distribute_module
 
