@@ -222,6 +222,8 @@ class Diagnosis:
     steps: int = 0
     notes: list[str] = field(default_factory=list)
     causes: list[Cause] = field(default_factory=list)
+    #: Singular values of the input-output Jacobian (``gw.inspect(..., jacobian=True)``).
+    jacobian: list[float] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -236,7 +238,7 @@ class Diagnosis:
         return iter(self.findings)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "healthy": self.healthy,
             "steps": self.steps,
             "findings": [f.to_dict() for f in self.findings],
@@ -244,6 +246,9 @@ class Diagnosis:
             "notes": list(self.notes),
             "causes": [c.to_dict() for c in self.causes],
         }
+        if self.jacobian:
+            d["jacobian"] = [_json_number(v) for v in self.jacobian]
+        return d
 
     def __str__(self) -> str:
         lines: list[str] = []
