@@ -237,6 +237,12 @@ class Diagnosis:
     def __iter__(self) -> Iterator[Finding]:
         return iter(self.findings)
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the HTML report's body with the gradient-flow figure."""
+        from gradwatch.report.notebook import diagnosis_html  # the report stage, loaded on use
+
+        return diagnosis_html(self)
+
     def to_dict(self) -> dict[str, Any]:
         d = {
             "healthy": self.healthy,
@@ -316,6 +322,12 @@ class FixResult:
     @property
     def changed(self) -> bool:
         return bool(self.changes)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the changes and advice as a list."""
+        from gradwatch.report.notebook import fix_html  # the report stage, loaded on use
+
+        return fix_html(self)
 
     def __str__(self) -> str:
         """One line per change; a change repeated on many layers for the same reason is one line."""
