@@ -28,9 +28,9 @@ _TRAIN_UNTIL_KILLED = textwrap.dedent(
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(); loss.backward(); w.step(loss=loss); opt.step()
         step += 1
-        if step == 40:
+        if step == 30:
             print("ready", flush=True)
-        if step > 40:
+        if step > 30:
             time.sleep(0.01)
     """
 )
@@ -45,12 +45,12 @@ def test_report_on_the_log_of_a_killed_process(tmp_path, capsys) -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert len(gw.load(log)) >= 20  # every 2nd of at least 40 steps
-    html, png = tmp_path / "out" / "report.html", tmp_path / "png"
-    assert main(["report", str(log), "--html", str(html), "--png", str(png)]) == 0
+    assert len(gw.load(log)) >= 15  # every 2nd of at least 30 steps
+    html = tmp_path / "out" / "report.html"
+    assert main(["report", str(log), "--html", str(html)]) == 0
     out = capsys.readouterr().out
     assert f"HTML report: {html}" in out
-    assert html.is_file() and html.read_text().count("<img ") == len(list(png.glob("*.png"))) >= 4
+    assert html.is_file() and html.read_text().count("<img ") >= 4
     assert "steps looked at" in out  # the terminal report came first
 
 

@@ -170,3 +170,37 @@ def test_figures_of_an_empty_timeline_say_so_instead_of_failing() -> None:
     assert f.gradient_heatmap(t).axes[0].get_title() == "no recording step yet"
     assert f.gradient_through_time(t).axes[0].get_title() == "gradient through time: no recurrent layer measured"
     assert "no Jacobian spectrum" in f.jacobian_spectrum(gw.Diagnosis()).axes[0].get_title()
+
+
+def test_past_max_lines_layers_are_summarised_by_median_range_and_the_end_layers() -> None:
+    import gradwatch as gw
+
+    n = f.MAX_LINES + 8
+    names = [f"l{j}" for j in range(n)]
+    t = gw.Timeline(layers=names)
+    rng = np.random.default_rng(0)
+    ratios = 10.0 ** rng.uniform(-6, -2, size=(4, n))
+    ratios[1, 3] = 0.0  # no update: not part of the median on a log axis
+    for i in range(4):
+        g = np.linspace(1e-3, 1.0, n)
+        t.ingest({"type": "record", "step": i, "layers": {"grad_norm": g.tolist(), "grad_rms": g.tolist(),
+                  "grad_max": g.tolist(), "update_ratio": ratios[i].tolist()}})
+    fig = f.update_ratios(t)
+    positive = np.where(ratios > 0, ratios, np.nan)
+    np.testing.assert_allclose(_by_gid(fig, "update_ratio:median")[0].get_ydata(), np.nanmedian(positive, axis=1))
+    np.testing.assert_allclose(_by_gid(fig, "update_ratio:l0")[0].get_ydata(), positive[:, 0])
+    np.testing.assert_allclose(_by_gid(fig, f"update_ratio:l{n - 1}")[0].get_ydata(), positive[:, -1])
+    assert _by_gid(fig, "update_ratio:range")
+    assert not [a for a in fig.axes[0].get_lines() if a.get_gid() == "update_ratio:l5"]
+
+
+def test_the_gradient_flow_of_a_hundred_layers_names_every_third() -> None:
+    import gradwatch as gw
+
+    names = [f"x{j}" for j in range(100)]
+    t = gw.Timeline(layers=names)
+    g = np.geomspace(1e-9, 1.0, 100)
+    t.ingest({"type": "record", "step": 0, "layers": {"grad_norm": g.tolist(), "grad_rms": g.tolist(), "grad_max": g.tolist()}})
+    ax = f.gradient_flow(t).axes[0]
+    assert [x.get_text() for x in ax.get_xticklabels()] == names[::3]  # ceil(100 / 40) = 3
+    assert len([p for p in ax.patches if p.get_gid() == "grad_rms"]) == 100

@@ -44,18 +44,26 @@ def test_a_log_read_back_draws_the_same_figures_as_the_live_watcher(sigmoid_log)
             np.testing.assert_allclose(x, y, rtol=1e-6, err_msg=name)
 
 
-def test_png_dir_gets_one_png_per_figure(sigmoid_log, tmp_path) -> None:
+def test_png_dir_gets_one_png_per_figure_through_the_cli(sigmoid_log, tmp_path, capsys) -> None:
+    from gradwatch.cli import main
+
     _, log = sigmoid_log
-    r = gw.report(str(log), png_dir=tmp_path / "figs", terminal=False)
-    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == sorted(f"{n}.png" for n in r.figures)
-    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in r.pngs)
+    assert main(["report", str(log), "--png", str(tmp_path / "figs")]) == 0
+    written = sorted((tmp_path / "figs").iterdir())
+    assert [p.name for p in written] == sorted(f"{n}.png" for n in ("gradient_flow", "gradient_heatmap", "loss", "update_ratio", "activations"))
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+    assert "figures: " + ", ".join(str(tmp_path / "figs" / n) for n in ("gradient_flow.png",)) in capsys.readouterr().out
 
 
-def test_the_chance_level_on_the_loss_figure_is_the_detectors_ln_c(sigmoid_log, tmp_path) -> None:
+def test_the_chance_level_on_the_loss_figure_is_the_detectors_ln_c(sigmoid_log) -> None:
+    from gradwatch.report import figures as f
+    from gradwatch.report._source import gather
+
     _, log = sigmoid_log
-    r = gw.report(log, png_dir=tmp_path, terminal=False)
-    (chance,) = [line for line in r.figures["loss"].axes[0].get_lines() if line.get_gid() == "chance"]
-    assert chance.get_ydata()[0] == pytest.approx(np.log(3))
+    m = gather(gw.load(log))
+    assert m.chance == pytest.approx(np.log(3))  # 3 classes
+    (chance,) = [line for line in f.loss_curve(m.timeline, chance=m.chance).axes[0].get_lines() if line.get_gid() == "chance"]
+    assert chance.get_ydata()[0] == m.chance
 
 
 def test_an_inspect_result_draws_the_per_layer_and_jacobian_figures(tmp_path) -> None:

@@ -39,6 +39,10 @@ __all__ = [
 #: Colours of the onset lines, by severity.
 _ONSET_COLOURS = {"error": "#c0392b", "warning": "#d68910", "info": "#7f8c8d"}
 _MAX_LEGEND = 12  # more lines than this and the legend hides the plot
+#: More series than this (layers, sites) are summarised: their median, their range, and
+#: the first and last of them; a hundred lines read as one smear and take long to draw.
+MAX_LINES = 12
+_MAX_TICKS = 40  # layer names on an axis, at most; the rest are thinned out
 
 
 def _figure(width: float = 8.0, height: float = 4.5) -> Figure:
@@ -89,6 +93,30 @@ def _has(diagnosis: Diagnosis | None, *kinds: Kind) -> list[Finding]:
     return [f for f in diagnosis.findings if f.kind in kinds]
 
 
+def _series(ax: Axes, steps: np.ndarray, values: np.ndarray, names: Sequence[str], prefix: str, *, marker: str = "") -> int:
+    """One line per column of `values` (NaN leaves a gap) — or, past `MAX_LINES` columns,
+    the median across them, their min-max range shaded, and the first and last column.
+    Returns how many columns had something to draw."""
+    has = [j for j in range(values.shape[1]) if np.isfinite(values[:, j]).any()]
+    if len(has) <= MAX_LINES:
+        for j in has:
+            ax.plot(steps, values[:, j], marker=marker, linewidth=1.0, label=names[j], gid=f"{prefix}:{names[j]}")
+        return len(has)
+    with quiet_numpy():
+        sub = values[:, has]
+        med, lo, hi = np.nanmedian(sub, axis=1), np.nanmin(sub, axis=1), np.nanmax(sub, axis=1)
+    ax.fill_between(steps, lo, hi, color="#d6eaf8", label=f"range over {len(has)}", gid=f"{prefix}:range")
+    ax.plot(steps, med, color="#2e86c1", linewidth=1.5, label=f"median of {len(has)}", gid=f"{prefix}:median")
+    for j, style in ((has[0], "--"), (has[-1], ":")):
+        ax.plot(steps, values[:, j], linestyle=style, color="#555", linewidth=1.0, label=names[j], gid=f"{prefix}:{names[j]}")
+    return len(has)
+
+
+def _layer_ticks(ax: Axes, x: np.ndarray, names: Sequence[str]) -> None:
+    every = max(1, math.ceil(len(names) / _MAX_TICKS))
+    ax.set_xticks(x[::every], [n[-18:] for n in names][::every], rotation=90 if len(names) > 8 else 0, fontsize="small")
+
+
 # -- gradient flow --------------------------------------------------------------------------
 
 
@@ -107,7 +135,8 @@ def gradient_flow(
     predicted = {
         r.name: r.predicted_grad_norm for r in (diagnosis.layers if diagnosis else []) if r.predicted_grad_norm
     }
-    fig = _figure(max(6.0, 0.25 * len(timeline.layers if timeline else diagnosis.layers) + 3), 4.5)  # type: ignore[union-attr]
+    n = len(timeline.layers if timeline is not None else diagnosis.layers)  # type: ignore[union-attr]
+    fig = _figure(min(14.0, max(6.0, 0.25 * n + 3)), 4.5)
     ax = fig.add_subplot()
     if timeline is not None and len(timeline):
         row = _row_at(timeline, step)
@@ -137,7 +166,7 @@ def gradient_flow(
     if np.isfinite(pred).any():
         ax.plot(x, pred, "D", color="#e67e22", markersize=5, label="theory predicts", gid="predicted")
     ax.set_yscale("log")
-    ax.set_xticks(x, [n[-18:] for n in names], rotation=90 if len(names) > 8 else 0, fontsize="small")
+    _layer_ticks(ax, x, names)
     ax.set_xlabel("layer (input side on the left)")
     ax.set_ylabel(f"{unit} (log)")
     ax.set_title(_flow_title(names, main, diagnosis, where))
@@ -193,7 +222,7 @@ def gradient_heatmap(timeline: Timeline, diagnosis: Diagnosis | None = None) -> 
     norm relative to the last layer's (`relative_gradient`), with each finding's onset."""
     names, rel = relative_gradient(timeline)
     steps = timeline.steps
-    fig = _figure(9.0, max(3.5, 0.18 * len(names) + 2))
+    fig = _figure(9.0, min(9.0, max(3.5, 0.18 * len(names) + 2)))
     ax = fig.add_subplot()
     if not len(steps):
         ax.set_title("no recording step yet")
@@ -273,7 +302,8 @@ def _loss_title(steps: np.ndarray, values: np.ndarray, diagnosis: Diagnosis | No
 def update_ratios(timeline: Timeline, diagnosis: Diagnosis | None = None, thresholds: Thresholds | None = None) -> Figure:
     """Each layer's ``update_norm / weight_norm`` per recorded step (log), with the healthy
     band between `Thresholds.small_update_ratio` and `Thresholds.large_update_ratio`.
-    A layer whose updates were all exactly 0 has no line (its zeros are in the table)."""
+    A layer whose updates were all exactly 0 has no line (its zeros are in the table).
+    Past `MAX_LINES` layers: their median, their range, the first and the last layer."""
     th = thresholds or Thresholds()
     steps = timeline.steps
     ratio = timeline.layer_metric("update_ratio")
@@ -281,14 +311,9 @@ def update_ratios(timeline: Timeline, diagnosis: Diagnosis | None = None, thresh
     ax = fig.add_subplot()
     ax.axhspan(th.small_update_ratio, th.large_update_ratio, color="#abebc6", alpha=0.4,
                label=f"healthy band ({num(th.small_update_ratio)}..{num(th.large_update_ratio)})", gid="band")
-    drawn = 0
-    for j, name in enumerate(timeline.layers):
-        # A log axis has no place for an update of exactly 0 (none at all, or one below
-        # float32's resolution of the weights): those records leave a gap in the line.
-        col = np.where(ratio[:, j] > 0, ratio[:, j], np.nan)
-        if np.isfinite(col).any():
-            ax.plot(steps, col, linewidth=1.0, label=name, gid=f"update_ratio:{name}")
-            drawn += 1
+    # A log axis has no place for an update of exactly 0 (none at all, or one below
+    # float32's resolution of the weights): those records leave a gap in the line.
+    drawn = _series(ax, steps, np.where(ratio > 0, ratio, np.nan), timeline.layers, "update_ratio")
     ax.set_yscale("log")
     _onsets(ax, _has(diagnosis, Kind.STALLED_WEIGHTS, Kind.DIVERGING_LOSS, Kind.EXPLODING_GRADIENT), steps)
     ax.set_xlabel("training step")
@@ -313,7 +338,8 @@ def update_ratios(timeline: Timeline, diagnosis: Diagnosis | None = None, thresh
 def activation_health(timeline: Timeline, diagnosis: Diagnosis | None = None, thresholds: Thresholds | None = None) -> Figure:
     """Share of dead units (ReLU family, ``act_dead_frac``) and of saturated outputs
     (sigmoid/tanh family, ``act_sat_frac``) per activation site over the recorded steps,
-    with the detectors' bars (`Thresholds.dead_frac`, `Thresholds.saturated_frac`)."""
+    with the detectors' bars (`Thresholds.dead_frac`, `Thresholds.saturated_frac`).
+    Past `MAX_LINES` sites: their median, their range, the first and the last site."""
     th = thresholds or Thresholds()
     steps = timeline.steps
     panels = [
@@ -329,11 +355,7 @@ def activation_health(timeline: Timeline, diagnosis: Diagnosis | None = None, th
     worst: list[str] = []
     for ax, (metric, label, bar, kind) in zip(axes, panels, strict=True):
         sites, values = timeline.metric(metric)
-        for j, site in enumerate(sites):
-            col = values[:, j]
-            keep = np.isfinite(col)
-            if keep.any():
-                ax.plot(steps[keep], col[keep], marker=".", linewidth=1.0, label=site, gid=f"{metric}:{site}")
+        _series(ax, steps, values, sites, metric, marker=".")
         ax.axhline(bar, color="#c0392b", linestyle=":", linewidth=1.0, gid=f"bar:{metric}")
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel(f"share of {label}")
