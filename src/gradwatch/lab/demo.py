@@ -77,16 +77,15 @@ def _what_happened(bad: Trained, good: Trained, *, classes: int) -> str:
 
     def verdict(t: Trained) -> str:
         if t.accuracy < 2 * chance:
-            return f"stays near chance ({t.accuracy:.0%}; chance is {chance:.0%} for {classes} classes)"
-        return f"learns ({t.accuracy:.0%} right on the test set; chance is {chance:.0%})"
+            return f"stays near chance: {t.accuracy:.1%} right on the test set (chance {chance:.0%}, {classes} classes)"
+        return f"learns: {t.accuracy:.1%} right on the test set (chance {chance:.0%})"
 
     def ratio(t: Trained) -> float:
         return t.grad_norms[0] / t.grad_norms[-1]
 
-    return (
-        f"\nMeasured: with sigmoid, the first layer gets {ratio(bad):.0e} of the last layer's gradient,\n"
-        f"and the network {verdict(bad)}. With ReLU and He initialisation the ratio is\n"
-        f"{ratio(good):.0e}, and the same network {verdict(good)}."
+    return "\nMeasured:\n" + "\n".join(
+        f"- {t.label}: the first layer gets {ratio(t):.0e} of the last layer's gradient;\n  the network {verdict(t)}."
+        for t in (bad, good)
     )
 
 
