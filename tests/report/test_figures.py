@@ -53,6 +53,10 @@ def test_gradient_flow_at_a_chosen_step_and_before_the_first() -> None:
         f.gradient_flow(t, step=-1)
     with pytest.raises(ValueError, match="needs a timeline, a diagnosis, or both"):
         f.gradient_flow()
+    import gradwatch as gw
+
+    with pytest.raises(ValueError, match="the timeline holds no recording step yet, and no diagnosis was given"):
+        f.gradient_flow(gw.Timeline(layers=["a"]))
 
 
 def test_gradient_flow_from_an_inspect_diagnosis_draws_measured_and_predicted_norms() -> None:

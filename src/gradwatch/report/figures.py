@@ -155,7 +155,8 @@ def gradient_flow(
         pred = np.array([predicted.get(n, np.nan) for n in names], dtype=float) * scale
         where = f"step {at}"
     else:
-        assert diagnosis is not None
+        if diagnosis is None:
+            raise ValueError("the timeline holds no recording step yet, and no diagnosis was given")
         names = [r.name for r in diagnosis.layers if r.measured_grad_norm is not None]
         reports = {r.name: r for r in diagnosis.layers}
         main = np.array([float(reports[n].measured_grad_norm or np.nan) for n in names])
