@@ -118,8 +118,11 @@ def run(
     result = gw.fix(bad.model, diagnosis, timeline=bad.watcher.timeline)
     print(f"\n── gw.fix proposes ──\n{result}", file=out)
     if html:
-        page = gw.report(bad.watcher, html=html, diagnosis=diagnosis, fix=result, terminal=False).html
-        print(f"\nHTML report of the sigmoid run (figures, findings, the fix): {page}", file=out)
+        try:
+            page = gw.report(bad.watcher, html=html, diagnosis=diagnosis, fix=result, terminal=False).html
+            print(f"\nHTML report of the sigmoid run (figures, findings, the fix): {page}", file=out)
+        except ImportError as e:  # the report extra (matplotlib) is not installed
+            print(f"\nno HTML report ({e}): pip install 'gradwatch[report]'", file=out)
     fixed = train_model(
         "fixed", result.model, steps=steps, seed=seed, lr_scale=float(result.advice.get("lr_scale", 1.0))
     )
