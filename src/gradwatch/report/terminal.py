@@ -51,9 +51,18 @@ def render(m: Material, out: TextIO | None = None, *, colour: bool | None = None
     out = out or sys.stdout
     if colour is None:
         colour = wants_colour(out)
-    if not colour:
+    if colour:
+        try:
+            import rich  # noqa: F401
+        except ImportError:  # the report extra is not installed: plain text it is
+            colour = False
+    if colour:
+        _render_rich(m, out)
+    else:
         out.write(plain_text(m))
-        return
+
+
+def _render_rich(m: Material, out: TextIO) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
