@@ -142,6 +142,16 @@ def test_activation_health_plots_each_sites_share_and_the_detectors_bars() -> No
     assert bar.get_ydata()[0] == th.dead_frac
     assert _onset_steps(fig.axes[0]) == {"onset:dead_units": 10.0}
     assert fig.get_suptitle() == "50% saturated outputs at 'sig1'"
+    assert [ax.get_title() for ax in fig.axes] == [
+        "dead units: worst site 'relu1' at 40% (step 40)",
+        "saturated outputs: worst site 'sig1' at 50% (step 40)",
+    ]
+    import gradwatch as gw
+
+    quiet = gw.Timeline(layers=["a"])
+    quiet.ingest({"type": "record", "step": 3, "layers": {}, "values": {"act_sat_frac": {"s1": 0.0, "s2": 0.0}}})
+    (ax,) = f.activation_health(quiet).axes  # no ReLU site: one panel
+    assert ax.get_title() == "saturated outputs: none at any of 2 sites (step 3)"
 
 
 def test_gradient_through_time_plots_the_profile_against_t_on_a_log_axis() -> None:
@@ -196,6 +206,10 @@ def test_past_max_lines_layers_are_summarised_by_median_range_and_the_end_layers
     np.testing.assert_allclose(_by_gid(fig, f"update_ratio:l{n - 1}")[0].get_ydata(), positive[:, -1])
     assert _by_gid(fig, "update_ratio:range")
     assert not [a for a in fig.axes[0].get_lines() if a.get_gid() == "update_ratio:l5"]
+    # most layers not moving at all: the title counts them rather than printing a median of 0
+    ratios[-1, : n // 2 + 1] = 0.0
+    t.ingest({"type": "record", "step": 4, "layers": {"grad_norm": g.tolist(), "update_ratio": ratios[-1].tolist()}})
+    assert f.update_ratios(t).axes[0].get_title() == f"updates too small: {n // 2 + 1} of {n} layers did not change at all at step 4"
 
 
 def test_the_gradient_flow_of_a_hundred_layers_names_every_third() -> None:

@@ -107,8 +107,8 @@ def _series(ax: Axes, steps: np.ndarray, values: np.ndarray, names: Sequence[str
         med, lo, hi = np.nanmedian(sub, axis=1), np.nanmin(sub, axis=1), np.nanmax(sub, axis=1)
     ax.fill_between(steps, lo, hi, color="#d6eaf8", label=f"range over {len(has)}", gid=f"{prefix}:range")
     ax.plot(steps, med, color="#2e86c1", linewidth=1.5, label=f"median of {len(has)}", gid=f"{prefix}:median")
-    for j, style in ((has[0], "--"), (has[-1], ":")):
-        ax.plot(steps, values[:, j], linestyle=style, color="#555", linewidth=1.0, label=names[j], gid=f"{prefix}:{names[j]}")
+    for j, style, which in ((has[0], "--", "first"), (has[-1], ":", "last")):
+        ax.plot(steps, values[:, j], linestyle=style, color="#555", linewidth=1.0, label=f"{which}: {names[j]}", gid=f"{prefix}:{names[j]}")
     return len(has)
 
 
@@ -321,8 +321,13 @@ def update_ratios(timeline: Timeline, diagnosis: Diagnosis | None = None, thresh
     ax.set_ylabel("‖ΔW‖ / ‖W‖ per step (log)")
     with quiet_numpy():
         med = float(np.nanmedian(ratio[-1])) if len(ratio) and np.isfinite(ratio[-1]).any() else math.nan
+    last = ratio[-1][np.isfinite(ratio[-1])] if len(ratio) else np.array([])
     if not drawn or not math.isfinite(med):
         ax.set_title("update size: no optimizer update measured")
+    elif med == 0:
+        ax.set_title(
+            f"updates too small: {int((last == 0).sum())} of {last.size} layers did not change at all at step {int(steps[-1])}"
+        )
     elif med < th.small_update_ratio:
         ax.set_title(f"updates too small: the median layer changes by {num(med)} of its weights per step")
     elif med > th.large_update_ratio:
@@ -365,7 +370,9 @@ def activation_health(timeline: Timeline, diagnosis: Diagnosis | None = None, th
             ax.set_title(f"{label}: no such activation site measured", fontsize="medium")
         else:
             last = values[-1] if len(values) else np.array([])
-            if np.isfinite(last).any():
+            if np.isfinite(last).any() and np.nanmax(last) == 0:
+                ax.set_title(f"{label}: none at any of {len(sites)} sites (step {int(steps[-1])})", fontsize="medium")
+            elif np.isfinite(last).any():
                 j = int(np.nanargmax(last))
                 ax.set_title(f"{label}: worst site '{sites[j]}' at {100 * last[j]:.0f}% (step {int(steps[-1])})", fontsize="medium")
                 if last[j] >= bar:
