@@ -235,9 +235,11 @@ def gradient_heatmap(timeline: Timeline, diagnosis: Diagnosis | None = None) -> 
         shading="flat", gid="relative_gradient",
     )
     ax.invert_yaxis()
-    if len(names) <= 40:
+    if len(names) <= _MAX_TICKS:
         ax.set_yticks(np.arange(len(names)) + 0.5, [n[-18:] for n in names], fontsize="small")
-    ax.set_ylabel("layer (input side at the top)")
+        ax.set_ylabel("layer (input side at the top)")
+    else:
+        ax.set_ylabel(f"layer: position among {len(names)} (input side at the top)")
     ax.set_xlabel("training step")
     fig.colorbar(mesh, ax=ax, label="log10(‖g‖ / last layer's ‖g‖)")
     findings = diagnosis.findings if diagnosis else []
