@@ -6,14 +6,17 @@ import sys
 from gradwatch.cli import main
 
 
-def test_demo_measures_explains_and_fixes(capsys) -> None:
-    assert main(["demo", "--steps", "100", "--depth", "12"]) == 0
+def test_demo_measures_explains_and_fixes(tmp_path, capsys) -> None:
+    page = tmp_path / "demo.html"
+    assert main(["demo", "--steps", "100", "--depth", "12", "--html", str(page)]) == 0
     out = capsys.readouterr().out
     assert "sigmoid, default init" in out and "relu, He init" in out
     assert out.count("test accuracy") == 3  # sigmoid, relu, and the repaired sigmoid net
     assert "of the last layer's gradient" in out
     assert "vanishing_gradient" in out and "saturating_activations" in out
     assert "Sigmoid -> ReLU" in out
+    assert f"HTML report of the sigmoid run (figures, findings, the fix): {page}" in out
+    assert "vanishing_gradient" in page.read_text() and page.read_text().count("<img ") >= 4
 
 
 def test_python_dash_m_and_help() -> None:

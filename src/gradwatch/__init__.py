@@ -6,7 +6,8 @@
         ...                       # your training loop, calling w.step(loss=loss) after backward
     print(w.diagnose())
 
-`import gradwatch` needs only torch and numpy. `w.diagnose(thresholds=gw.Thresholds(...))`
+`gw.report(w, html="report.html")` draws what it found (matplotlib and rich, the ``report``
+extra). `import gradwatch` needs only torch and numpy. `w.diagnose(thresholds=gw.Thresholds(...))`
 judges with other numbers than the defaults (docs/detectors.md lists them).
 """
 
@@ -25,6 +26,7 @@ from gradwatch.explain import inspect
 from gradwatch.fix import RepairResult, fix, repair
 from gradwatch.record import Timeline
 from gradwatch.recorder import Recorder
+from gradwatch.report import Report, report
 from gradwatch.run import Run, load
 from gradwatch.types import (
     Cause,
@@ -58,6 +60,7 @@ __all__ = [
     "ModelError",
     "Recorder",
     "RepairResult",
+    "Report",
     "Run",
     "Severity",
     "Thresholds",
@@ -70,5 +73,6 @@ __all__ = [
     "inspect",
     "load",
     "repair",
+    "report",
     "watch",
 ]

@@ -11,7 +11,28 @@ from typing import Any
 def _demo(args: argparse.Namespace) -> int:
     from gradwatch.lab import demo
 
-    demo.run(steps=args.steps, depth=args.depth, seed=args.seed)
+    demo.run(steps=args.steps, depth=args.depth, seed=args.seed, html=args.html)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import gradwatch as gw
+
+    if not Path(args.log).is_file():
+        print(f"gradwatch report: no such file: {args.log}", file=sys.stderr)
+        return 2
+    try:
+        run = gw.load(args.log)
+    except gw.LogFormatError as e:
+        print(f"gradwatch report: {e}", file=sys.stderr)
+        return 2
+    r = gw.report(run, html=args.html, png_dir=args.png)
+    if r.html is not None:
+        print(f"HTML report: {r.html}")
+    if r.pngs:
+        print(f"figures: {', '.join(str(p) for p in r.pngs)}")
     return 0
 
 
@@ -31,6 +52,12 @@ def _guess_input(model: object) -> Any:
         if isinstance(m, nn.Embedding):
             return torch.randint(0, m.num_embeddings, (8, 16))
     return None
+
+
+def _float_tensor(x: Any) -> bool:
+    import torch
+
+    return isinstance(x, torch.Tensor) and x.is_floating_point()
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -64,7 +91,7 @@ def _inspect(args: argparse.Namespace) -> int:
                   f"make {factory}() return (model, example_input)", file=sys.stderr)
             return 2
         print(f"(example input guessed from the first layer: shape {tuple(example.shape)})")
-    d = gw.inspect(model, example)
+    d = gw.inspect(model, example, jacobian=bool(args.html) and _float_tensor(example))
     print(d)
     print(f"\n{'layer':<32} {'type':<14} {'measured':>10} {'predicted':>10}")
     for r in d.layers:
@@ -74,6 +101,9 @@ def _inspect(args: argparse.Namespace) -> int:
     print("\ncauses:" if d.causes else "\nno risk found in the structure")
     for c in d.causes:
         print(f"  [{c.score:.2f}] {c}")
+    if args.html:
+        page = gw.report(d, html=args.html, terminal=False).html
+        print(f"\nHTML report: {page}")
     return 0
 
 
@@ -87,13 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=300, help="training steps per network (default 300)")
     p.add_argument("--depth", type=int, default=16, help="hidden layers (default 16)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--html", default="gradwatch-demo.html", metavar="OUT",
+        help="where to write the HTML report of the sigmoid run (default gradwatch-demo.html)",
+    )
     p.set_defaults(func=_demo)
     p = sub.add_parser("inspect", help="judge a model before training: gradient per layer, theory, risks")
     p.add_argument(
         "target", metavar="FILE.py:FACTORY",
         help="FACTORY() returns (model, example_input), or a model whose first layer shows its input",
     )
+    p.add_argument("--html", metavar="OUT", help="also write an HTML report (with the Jacobian's spectrum) here")
     p.set_defaults(func=_inspect)
+    p = sub.add_parser("report", help="the report of a recorded run: terminal, HTML page, figures")
+    p.add_argument("log", metavar="RUN.jsonl", help="a log written by gw.watch(..., log=...)")
+    p.add_argument("--html", metavar="OUT", help="write one self-contained HTML page here")
+    p.add_argument("--png", metavar="DIR", help="write each figure to DIR/<name>.png")
+    p.set_defaults(func=_report)
     return parser
 
 

@@ -222,6 +222,8 @@ class Diagnosis:
     steps: int = 0
     notes: list[str] = field(default_factory=list)
     causes: list[Cause] = field(default_factory=list)
+    #: Singular values of the input-output Jacobian (``gw.inspect(..., jacobian=True)``).
+    jacobian: list[float] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -235,8 +237,14 @@ class Diagnosis:
     def __iter__(self) -> Iterator[Finding]:
         return iter(self.findings)
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the HTML report's body with the gradient-flow figure."""
+        from gradwatch.report.notebook import diagnosis_html  # the report stage, loaded on use
+
+        return diagnosis_html(self)
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "healthy": self.healthy,
             "steps": self.steps,
             "findings": [f.to_dict() for f in self.findings],
@@ -244,6 +252,9 @@ class Diagnosis:
             "notes": list(self.notes),
             "causes": [c.to_dict() for c in self.causes],
         }
+        if self.jacobian:
+            d["jacobian"] = [_json_number(v) for v in self.jacobian]
+        return d
 
     def __str__(self) -> str:
         lines: list[str] = []
@@ -311,6 +322,12 @@ class FixResult:
     @property
     def changed(self) -> bool:
         return bool(self.changes)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the changes and advice as a list."""
+        from gradwatch.report.notebook import fix_html  # the report stage, loaded on use
+
+        return fix_html(self)
 
     def __str__(self) -> str:
         """One line per change; a change repeated on many layers for the same reason is one line."""

@@ -57,8 +57,10 @@ class Watcher:
         updates: bool = True,
         activations: bool = True,
         capacity: int = 1024,
+        tensorboard: Any = None,
     ) -> None:
         self._handles: list[RemovableHandle] = []
+        self._tensorboard: Any = None
         if not isinstance(model, nn.Module):
             raise GradwatchTypeError(
                 "watch() expects a torch.nn.Module (the model being trained), got "
@@ -83,6 +85,10 @@ class Watcher:
         )
         self.optimizer = optimizer
         try:
+            if tensorboard is not None:
+                from gradwatch.report.tensorboard import TensorBoardSink  # the report stage, on use
+
+                self._tensorboard = TensorBoardSink(tensorboard, self.recorder.timeline, self.recorder.diagnose)
             if optimizer is not None:
                 self._handles.append(optimizer.register_step_pre_hook(self._before_optimizer_step))
                 self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
@@ -143,6 +149,8 @@ class Watcher:
             self.recorder.add_loss(loss)
         if self.optimizer is None:
             self.recorder.gradients_ready()
+            if self._tensorboard is not None:
+                self._tensorboard.sync()
 
     def _before_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         # `step(closure)` (L-BFGS, Lightning's automatic optimisation) computes this step's
@@ -152,6 +160,8 @@ class Watcher:
 
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.recorder.optimizer_step_ends()
+        if self._tensorboard is not None:
+            self._tensorboard.sync()
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -178,6 +188,9 @@ class Watcher:
         self._handles.clear()
         if getattr(self, "recorder", None) is not None:
             self.recorder.close()
+        sink, self._tensorboard = getattr(self, "_tensorboard", None), None
+        if sink is not None:
+            sink.close()
 
     def _remove_hooks(self) -> None:
         for h in self._handles:
@@ -204,6 +217,7 @@ def watch(
     updates: bool = True,
     activations: bool = True,
     capacity: int = 1024,
+    tensorboard: Any = None,
 ) -> Watcher:
     """Watch `model` while it trains.
 
@@ -220,6 +234,9 @@ def watch(
             units, functional calls included), the output spread, and the gradient through
             time of recurrent layers (see docs/watch.md).
         capacity: recording steps kept at full resolution before older ones are thinned.
+        tensorboard: a log folder or a ``SummaryWriter``: on recording steps, per-layer
+            scalars (gradient norm, update ratio, dead/saturated share per activation site)
+            and each new finding as text (see docs/report.md).
 
     Example::
 
@@ -239,4 +256,5 @@ def watch(
         updates=updates,
         activations=activations,
         capacity=capacity,
+        tensorboard=tensorboard,
     )

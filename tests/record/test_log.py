@@ -33,6 +33,31 @@ def test_round_trip_keeps_nonfinite_numbers_as_strict_json(tmp_path: Path) -> No
     assert records[0]["values"]["m"]["x"] == -math.inf
 
 
+def test_nonfinite_strings_are_read_as_floats_in_every_value_position_and_only_there(tmp_path: Path) -> None:
+    p = tmp_path / "run.jsonl"
+    rec = {
+        "type": "record", "step": 0,
+        "values": {"nan": {"inf": math.inf, "-inf": -math.nan}, "m": {"x": math.nan}},  # keys named like them
+        "profiles": {"p": [math.inf, 1.0, -math.inf, math.nan]},
+        "note": 'a "nan", within text, \\"inf\\"',
+    }
+    write(p, HEADER, rec)
+    # a log written by hand with spaces (json.dumps' default separators) reads the same
+    spaced = tmp_path / "spaced.jsonl"
+    spaced.write_text(json.dumps(HEADER) + "\n" + json.dumps({"type": "record", "step": 0, "a": [ "inf" , "nan" ], "b": {"k": "-inf"}}) + "\n")
+    for path in (p, spaced):
+        _, records = read_log(path)
+        r = records[0]
+        if path == p:
+            assert list(r["values"]) == ["nan", "m"] and list(r["values"]["nan"]) == ["inf", "-inf"]
+            assert r["values"]["nan"]["inf"] == math.inf and math.isnan(r["values"]["nan"]["-inf"])
+            got = r["profiles"]["p"]
+            assert got[0] == math.inf and got[1] == 1.0 and got[2] == -math.inf and math.isnan(got[3])
+            assert r["note"] == rec["note"]  # text that mentions them stays text
+        else:
+            assert r["a"][0] == math.inf and math.isnan(r["a"][1]) and r["b"]["k"] == -math.inf
+
+
 def test_a_cut_short_last_line_is_dropped(tmp_path: Path) -> None:
     p = tmp_path / "run.jsonl"
     write(p, HEADER, {"type": "record", "step": 0, "layers": {}}, {"type": "record", "step": 1, "layers": {}})

@@ -200,8 +200,10 @@ def inspect(
         finally:
             for h in handles:
                 h.remove()
+        spectrum: list[float] = []
         if jacobian:
-            notes.append(_jacobian_note(model, example_input))
+            note, spectrum = _jacobian(model, example_input)
+            notes.append(note)
     q0 = _input_scale(example_input, captured)
     prediction: Prediction | None = None
     if chain is not None and "input" in captured and "output_grad" in captured:
@@ -218,7 +220,7 @@ def inspect(
         notes.append("loss: output.loss if present, else sum(output^2)/2 (see docs/inspect.md)")
     predicted = float(prediction.relative[0]) if prediction is not None and len(prediction.layers) >= 2 else None
     found = probing_pass(measured, _weight_layers(anatomy, measured), predicted, Thresholds())
-    d = Diagnosis(findings=found, layers=reports, steps=0, notes=notes)
+    d = Diagnosis(findings=found, layers=reports, steps=0, notes=notes, jacobian=spectrum)
     return link(d, anatomy, structure, None, q0=q0)
 
 
@@ -338,21 +340,22 @@ def _weight_layers(anatomy: Anatomy, measured: dict[str, float]) -> list[str]:
     ]
 
 
-def _jacobian_note(model: nn.Module, example_input: Any) -> str:
+def _jacobian(model: nn.Module, example_input: Any) -> tuple[str, list[float]]:
+    """A note summarising the input-output Jacobian's singular values, and the values."""
     if isinstance(example_input, tuple | list) and len(example_input) == 1:
         example_input = example_input[0]
     if not (isinstance(example_input, torch.Tensor) and example_input.is_floating_point()):
-        return "Jacobian spectrum skipped: it needs a single floating-point tensor input"
+        return "Jacobian spectrum skipped: it needs a single floating-point tensor input", []
     with Preserved(model, grads=True):
         model.eval()
         try:
             s = jacobian_singular_values(model, example_input, samples=4)
         except Exception as e:
-            return f"Jacobian spectrum skipped ({type(e).__name__}: {e})"
+            return f"Jacobian spectrum skipped ({type(e).__name__}: {e})", []
     if s.size == 0:
-        return "Jacobian spectrum skipped: empty input"
+        return "Jacobian spectrum skipped: empty input", []
     lo, med, hi = np.quantile(s, [0.05, 0.5, 0.95])
     return (
         f"input-output Jacobian singular values over 4 samples: median {med:.3g}, 5-95% range "
         f"{lo:.3g}..{hi:.3g}, mean square {float(np.mean(s**2)):.3g} (1 = dynamical isometry)"
-    )
+    ), [float(v) for v in s]

@@ -162,6 +162,12 @@ class RepairResult:
         """Steps trained, in units of one full training run."""
         return self.steps_used / self.steps
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the trials as printed, the original's diagnosis and gradient flow."""
+        from gradwatch.report.notebook import repair_html  # the report stage, loaded on use
+
+        return repair_html(self)
+
     def __str__(self) -> str:
         kept = next((t for t in self.trials if t.kept), None)
         if kept is not None:

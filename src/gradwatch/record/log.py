@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -20,7 +21,11 @@ from gradwatch._errors import LogFormatError
 LOG_FORMAT = "gradwatch-log"
 LOG_VERSION = 1
 
-_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+#: A value (after ``[``, ``,`` or ``:``; before ``,``, ``]`` or ``}``, so never a key) that is
+#: exactly the string "nan", "inf" or "-inf": rewritten to the literal Python's json reads
+#: as that float, so a line needs no second walk over its numbers after parsing.
+_NONFINITE_VALUE = re.compile(r'([\[,:]\s*)"(nan|inf|-inf)"(?=\s*[,\]}])')
+_LITERAL = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
 def log_header(
@@ -56,16 +61,6 @@ def _encode(x: Any) -> Any:
         return {k: _encode(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
         return [_encode(v) for v in x]
-    return x
-
-
-def _decode(x: Any) -> Any:
-    if isinstance(x, str):
-        return _NONFINITE.get(x, x)
-    if isinstance(x, dict):
-        return {k: _decode(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_decode(v) for v in x]
     return x
 
 
@@ -116,14 +111,14 @@ def iter_log(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(_NONFINITE_VALUE.sub(lambda m: m.group(1) + _LITERAL[m.group(2)], line))
         except json.JSONDecodeError as e:
             if last and not line.endswith("\n"):
                 return  # cut short by a killed process: everything before it stands
             raise LogFormatError(f"{p}:{i}: not valid JSON ({e.msg})") from None
         if not isinstance(obj, dict) or "type" not in obj:
             raise LogFormatError(f"{p}:{i}: expected a JSON object with a 'type' field")
-        yield i, _decode(obj)
+        yield i, obj
 
 
 def read_log(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
