@@ -19,9 +19,9 @@ from gradwatch.anatomy.structure import Structure, analyse
 from gradwatch.detect import Thresholds, diagnose
 from gradwatch.explain.causes import find_causes
 from gradwatch.record import Timeline
-from gradwatch.types import Cause, CauseKind, Diagnosis, Finding, Kind
+from gradwatch.types import Cause, CauseKind, Diagnosis, Finding, Kind, Severity
 
-__all__ = ["RELATED", "causes_of", "explain", "judge", "link", "structure_facts"]
+__all__ = ["RELATED", "causes_of", "explain", "judge", "link", "out_of_reach", "structure_facts"]
 
 _C = CauseKind
 #: Which causes can produce each kind of finding (by mechanism).
@@ -30,7 +30,7 @@ RELATED: dict[Kind, tuple[CauseKind, ...]] = {
     Kind.EXPLODING_GRADIENT: (_C.INIT_MISMATCH, _C.STEP_SIZE_TOO_LARGE, _C.DEPTH_WITHOUT_SKIP, _C.NO_NORMALIZATION, _C.VANILLA_RNN_LONG_SEQUENCE, _C.TARGET_SCALE),
     Kind.NONFINITE_GRADIENT: (_C.STEP_SIZE_TOO_LARGE, _C.INIT_MISMATCH, _C.VANILLA_RNN_LONG_SEQUENCE, _C.TARGET_SCALE),
     Kind.TEMPORAL_VANISHING: (_C.VANILLA_RNN_LONG_SEQUENCE, _C.KEEP_GATE_CLOSED),
-    Kind.DEAD_UNITS: (_C.DEAD_RELU_BIAS, _C.STEP_SIZE_TOO_LARGE, _C.INIT_MISMATCH, _C.INPUT_NOT_STANDARDISED, _C.TARGET_SCALE),
+    Kind.DEAD_UNITS: (_C.DEAD_RELU_BIAS, _C.STEP_SIZE_TOO_LARGE, _C.INIT_MISMATCH, _C.INPUT_NOT_STANDARDISED, _C.TARGET_SCALE, _C.TARGET_OUT_OF_RANGE),
     Kind.SATURATED_UNITS: (_C.SATURATING_ACTIVATIONS, _C.INIT_MISMATCH, _C.NO_NORMALIZATION, _C.STEP_SIZE_TOO_LARGE, _C.INPUT_NOT_STANDARDISED, _C.TARGET_OUT_OF_RANGE),
     Kind.FLAT_LOSS: (_C.SATURATING_ACTIVATIONS, _C.INIT_MISMATCH, _C.DEAD_RELU_BIAS, _C.DEPTH_WITHOUT_SKIP, _C.VANILLA_RNN_LONG_SEQUENCE, _C.KEEP_GATE_CLOSED, _C.NO_NORMALIZATION, _C.INPUT_NOT_STANDARDISED, _C.TARGET_OUT_OF_RANGE, _C.TARGET_SCALE),
     Kind.DIVERGING_LOSS: (_C.STEP_SIZE_TOO_LARGE, _C.INIT_MISMATCH, _C.TARGET_SCALE),
@@ -90,10 +90,60 @@ def link(
             by_kind[c.kind] = c
     order = {c.kind: i for i, c in enumerate(causes)}
     diagnosis.causes = sorted(by_kind.values(), key=lambda c: (-c.score, order.get(c.kind, 99)))
+    reach = out_of_reach(diagnosis, timeline)
+    if reach is not None:
+        diagnosis.findings = [
+            f for f in diagnosis.findings
+            if not (f.kind == reach.kind and f.severity <= Severity.INFO and f.layers == reach.layers)
+        ] + [reach]  # fmt: skip
     names = set(anatomy.names)
     for f in diagnosis.findings:
         f.causes = causes_of(f, diagnosis.causes, names)
     return diagnosis
+
+
+def out_of_reach(diagnosis: Diagnosis, timeline: Timeline | None) -> Finding | None:
+    """The finding the targets prove when they lie beyond the output activation's range.
+
+    The detectors cannot tell an output pinned at the edge of its range by targets it cannot
+    reach from one grown confident (`detect.saturated`: an output site never counts as lost
+    capacity), nor see the targets. Where `target_out_of_range` read them from the output's
+    gradient (its ``unreachable_share`` evidence, `explain.targets`), they can be told apart:
+    the outputs asked for targets beyond the range are driven to its edge, where a saturating
+    function's derivative (and a ReLU's, below 0) is ~0, and the loss cannot fall below the
+    part of the error out of reach. A `saturated_units` finding (a ReLU-like output:
+    `dead_units`) at the output's site, at `warning`, unless one at `warning` or above is
+    there already. None otherwise.
+    """
+    cause = next((c for c in diagnosis.causes if c.kind == _C.TARGET_OUT_OF_RANGE), None)
+    if timeline is None or cause is None or "unreachable_share" not in cause.evidence:
+        return None
+    module = cause.layers[0] if cause.layers else None
+    site, info = next(
+        ((n, i) for n, i in timeline.sites.items() if i.get("output") and i.get("module", n) == module), (None, None)
+    )
+    if site is None or info is None:
+        return None
+    kind = Kind.SATURATED_UNITS if info.get("family") == "saturating" else Kind.DEAD_UNITS
+    if any(f.kind == kind and f.severity >= Severity.WARNING and site in f.layers for f in diagnosis.findings):
+        return None
+    ev = cause.evidence
+    fn = info.get("fn")
+    edge = "flat tails" if kind == Kind.SATURATED_UNITS else "off side, below 0,"
+    return Finding(
+        kind=kind,
+        severity=Severity.WARNING,
+        layers=[site],
+        step=int(timeline.steps[0]) if len(timeline) else None,
+        evidence={k: float(ev[k]) for k in ("unreachable_share", "outside_share", "low", "high", "target_min", "target_max") if k in ev},
+        message=(
+            f"the output `{site}` ({fn}) cannot reach the targets: {ev.get('outside_share', 0.0):.0%} of them lie "
+            f"outside its range ({ev['low']:g} to {ev['high']:g}; read from the output's gradient, they run from "
+            f"{ev.get('target_min', float('nan')):.3g} to {ev.get('target_max', float('nan')):.3g}), so the outputs asked "
+            f"for them are driven into its {edge} where almost no gradient passes, and "
+            f"{ev['unreachable_share']:.0%} of the error a constant leaves stays out of reach whatever the training"
+        ),
+    )
 
 
 def structure_facts(model: nn.Module, anatomy: Anatomy) -> dict[str, Any]:
