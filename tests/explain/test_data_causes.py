@@ -219,3 +219,44 @@ def test_targets_read_give_the_target_scale_cause_its_mean_and_spread() -> None:
     cause = next(c for c in d.causes if c.kind == C.TARGET_SCALE)
     assert cause.evidence["target_mean"] == pytest.approx(float(y.mean()), rel=0.05)
     assert cause.evidence["target_std"] == pytest.approx(float(y.std()), rel=0.1)
+
+
+def _heart_run(x: torch.Tensor, y: torch.Tensor, lr: float, steps: int) -> tuple[gw.Watcher, nn.Module, torch.Tensor]:
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(1, 4), nn.Sigmoid(), nn.Linear(4, 1), nn.Sigmoid())
+    with torch.no_grad():
+        first = torch.sigmoid(model[0](x))  # the first layer's outputs at the first record
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    with gw.watch(model, every=10) as w:
+        for _ in range(steps):
+            loss = F.binary_cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            w.step(loss=loss)
+            opt.step()
+    return w, model, first
+
+
+def test_inputs_that_saturate_the_first_layer_of_a_run_that_does_not_learn_give_a_finding() -> None:
+    from gradwatch.explain.link import saturated_by_inputs
+
+    torch.manual_seed(0)
+    x, y = _heart(92.0)
+    w, _, first = _heart_run(x, y, 1e-3, 150)
+    d = w.diagnose()
+    bare = gw.Diagnosis(findings=[], causes=d.causes)  # as if no detector had spoken
+    finding = saturated_by_inputs(bare, w.timeline)
+    assert finding is not None and finding.kind == gw.Kind.SATURATED_UNITS and finding.layers == ["1"]
+    assert finding.severity == gw.Severity.WARNING
+    flat = (first * (1 - first) < 0.01 * 0.25).double().mean()  # derivative under 1% of its peak
+    assert finding.evidence["saturated_frac"] == pytest.approx(float(flat), abs=1e-6)
+    assert any(f.kind == gw.Kind.SATURATED_UNITS and f.severity >= gw.Severity.WARNING for f in d.findings)
+    # twins: standardised inputs (no cause), and raw inputs with a step that learns anyway
+    twin, _, _ = _heart_run((x - 92.0) / 10.0, y, 1e-3, 150)
+    assert saturated_by_inputs(gw.Diagnosis(findings=[], causes=twin.diagnose().causes), twin.timeline) is None
+    easy = (x > 75.0).float()  # labels the output's bias alone can learn: the loss falls by half
+    learns, _, _ = _heart_run(x, easy, 1e-2, 150)
+    _, loss = learns.timeline.loss()
+    assert loss[-10:].mean() < 0.5 * loss[:10].mean()
+    assert C.INPUT_NOT_STANDARDISED in kinds(learns.diagnose())  # the cause stands; the run learned
+    assert saturated_by_inputs(gw.Diagnosis(findings=[], causes=learns.diagnose().causes), learns.timeline) is None
