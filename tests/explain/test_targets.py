@@ -134,3 +134,18 @@ def test_tanh_on_standardised_gaussian_targets_loses_fifteen_percent() -> None:
     sample = Targets(values=np.random.default_rng(0).standard_normal(200_000), divisor=1.0, records=1, start=np.zeros(1))
     assert sample.unreachable(-1.0, 1.0) == pytest.approx(closed, rel=0.03)
     assert closed == pytest.approx(0.151, abs=0.002)
+
+
+def test_the_reading_survives_the_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model, x, y = _data()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    with gw.watch(model, every=1, log=tmp_path / "run.jsonl") as w:
+        for _ in range(3):
+            loss = F.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            w.step(loss=loss)
+            opt.step()
+    live, read = read_targets(w.timeline), read_targets(gw.load(tmp_path / "run.jsonl").timeline)
+    assert live is not None and read is not None
+    np.testing.assert_allclose(read.values, live.values)
