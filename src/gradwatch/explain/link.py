@@ -9,6 +9,7 @@ to explain hide the findings themselves. `judge` is the one judge `Watcher.diagn
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import nn
@@ -128,6 +129,10 @@ def out_of_reach(diagnosis: Diagnosis, timeline: Timeline | None) -> Finding | N
         return None
     ev = cause.evidence
     fn = info.get("fn")
+    lo, hi = ev["low"], ev["high"]
+    span = f"{lo:g} to {hi:g}" if math.isfinite(lo) and math.isfinite(hi) else (
+        f"{lo:g} and above" if math.isfinite(lo) else f"{hi:g} and below"
+    )
     edge = "flat tails" if kind == Kind.SATURATED_UNITS else "off side, below 0,"
     return Finding(
         kind=kind,
@@ -137,7 +142,7 @@ def out_of_reach(diagnosis: Diagnosis, timeline: Timeline | None) -> Finding | N
         evidence={k: float(ev[k]) for k in ("unreachable_share", "outside_share", "low", "high", "target_min", "target_max") if k in ev},
         message=(
             f"the output `{site}` ({fn}) cannot reach the targets: {ev.get('outside_share', 0.0):.0%} of them lie "
-            f"outside its range ({ev['low']:g} to {ev['high']:g}; read from the output's gradient, they run from "
+            f"outside its range ({span}; read from the output's gradient, they run from "
             f"{ev.get('target_min', float('nan')):.3g} to {ev.get('target_max', float('nan')):.3g}), so the outputs asked "
             f"for them are driven into its {edge} where almost no gradient passes, and "
             f"{ev['unreachable_share']:.0%} of the error a constant leaves stays out of reach whatever the training"

@@ -571,17 +571,20 @@ def target_lines(
     ranged = _cause(diagnosis, CauseKind.TARGET_OUT_OF_RANGE)
     if ranged is not None:
         lo, hi = ranged.evidence.get("low", 0.0), ranged.evidence.get("high", 1.0)
+        span = f"{lo:g} to {hi:g}" if math.isfinite(lo) and math.isfinite(hi) else (
+            f"{lo:g} and above" if math.isfinite(lo) else f"{hi:g} and below"
+        )
         removed = _output_module(model, ranged) is not None
         gone = ": it is removed (a linear output). " if removed else ": remove it from forward() (a linear output). "
         if layer is not None:
             return [
                 _layer_advice(
                     layer,
-                    f"The output activation cannot produce the targets, which lie beyond its range ({lo:g} to {hi:g})" + gone,
+                    f"The output activation cannot produce the targets, which lie beyond its range ({span})" + gone,
                     shift,
                 )
             ]
-        return [f"The targets lie outside what the output activation can produce ({lo:g} to {hi:g})" + gone + TARGET_ADVICE]
+        return [f"The targets lie outside what the output activation can produce ({span})" + gone + TARGET_ADVICE]
     far = _cause(diagnosis, CauseKind.TARGET_SCALE)
     if far is not None:
         if layer is not None:
