@@ -154,3 +154,109 @@ def test_a_normalisation_after_the_first_layer_absorbs_the_input_scale() -> None
     x, y = _heart(92.0)
     model = nn.Sequential(nn.Linear(1, 4), nn.BatchNorm1d(4), nn.Sigmoid(), nn.Linear(4, 1), nn.Sigmoid())
     assert C.INPUT_NOT_STANDARDISED not in kinds(run(model, x, y, loss="bce", steps=30))
+
+
+def _signed_targets() -> tuple[torch.Tensor, torch.Tensor]:
+    # the Stack Overflow grid: every x in {-1, 0, 1}^4 with a bias input, targets sin(sum x) of both signs
+    grid = torch.cartesian_prod(*[torch.tensor([-1.0, 0.0, 1.0])] * 4)
+    return torch.cat([grid, torch.ones(len(grid), 1)], 1), torch.sin(grid.sum(1, keepdim=True))
+
+
+def _sin_net(out: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 6), nn.Sigmoid(), nn.Linear(6, 1), out)
+
+
+def test_sigmoid_output_asked_for_negative_targets_and_twins() -> None:
+    # unit-scale targets, half of them negative: the loss bound cannot see it (a sigmoid's error
+    # may be 1 per output), the targets read from the output's gradient can
+    x, y = _signed_targets()
+    d = run(_sin_net(nn.Sigmoid()), x, y, opt="sgd", lr=0.5, steps=300)
+    cause = next(c for c in d.causes if c.kind == C.TARGET_OUT_OF_RANGE)
+    # half the targets' variance lies below 0 (sin is odd, the grid symmetric): computed directly
+    least = float(y.clamp(max=0).pow(2).mean())
+    assert cause.evidence["least_error"] == pytest.approx(least, rel=0.1)
+    assert cause.evidence["unreachable_share"] == pytest.approx(least / float(y.var(unbiased=False)), abs=0.1)
+    assert cause.evidence["target_min"] == pytest.approx(float(y.min()), rel=1e-3)
+    assert "targets lie outside" in cause.message
+    # the finding the detectors could not give: the output driven into sigmoid's flat tail
+    finding = next(f for f in d.findings if f.kind == gw.Kind.SATURATED_UNITS and f.layers == ["3"])
+    assert finding.severity == gw.Severity.WARNING and "cannot reach the targets" in finding.message
+    assert C.TARGET_OUT_OF_RANGE in finding.causes
+    # twins: the same targets moved into (0, 1); a tanh output, whose range holds them
+    twin = run(_sin_net(nn.Sigmoid()), x, (y + 1) / 2.2, opt="sgd", lr=0.5, steps=300)
+    assert C.TARGET_OUT_OF_RANGE not in kinds(twin) and twin.healthy
+    tanh = run(_sin_net(nn.Tanh()), x, y, opt="sgd", lr=0.5, steps=300)
+    assert C.TARGET_OUT_OF_RANGE not in kinds(tanh) and tanh.healthy
+
+
+def test_relu_output_asked_for_negative_targets_and_twin() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(256, 4)
+    y = x @ torch.randn(4, 1)  # standardised-scale targets of both signs
+    d = run(nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1), nn.ReLU()), x, y, steps=150)
+    cause = next(c for c in d.causes if c.kind == C.TARGET_OUT_OF_RANGE)
+    assert cause.evidence["low"] == 0.0 and math.isinf(cause.evidence["high"])
+    assert any(f.kind == gw.Kind.DEAD_UNITS and f.layers == ["3"] and f.severity >= gw.Severity.WARNING for f in d.findings)
+    torch.manual_seed(0)
+    twin = run(nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1), nn.ReLU()), x, y.abs(), steps=150)
+    assert C.TARGET_OUT_OF_RANGE not in kinds(twin)
+
+
+def test_tanh_output_on_standardised_targets_stays_quiet() -> None:
+    # a third of standard-normal targets lie beyond +-1, 15% of their variance: below the bar
+    torch.manual_seed(0)
+    x = torch.randn(512, 6)
+    y = x @ torch.randn(6, 1)
+    y = (y - y.mean()) / y.std()
+    d = run(nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1), nn.Tanh()), x, y, steps=150, batch=64)
+    assert C.TARGET_OUT_OF_RANGE not in kinds(d)
+
+
+def test_targets_read_give_the_target_scale_cause_its_mean_and_spread() -> None:
+    x, y = _regression(1e5)
+    d = run(nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1)), x, y, steps=100)
+    cause = next(c for c in d.causes if c.kind == C.TARGET_SCALE)
+    assert cause.evidence["target_mean"] == pytest.approx(float(y.mean()), rel=0.05)
+    assert cause.evidence["target_std"] == pytest.approx(float(y.std()), rel=0.1)
+
+
+def _heart_run(x: torch.Tensor, y: torch.Tensor, lr: float, steps: int) -> tuple[gw.Watcher, nn.Module, torch.Tensor]:
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(1, 4), nn.Sigmoid(), nn.Linear(4, 1), nn.Sigmoid())
+    with torch.no_grad():
+        first = torch.sigmoid(model[0](x))  # the first layer's outputs at the first record
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    with gw.watch(model, every=10) as w:
+        for _ in range(steps):
+            loss = F.binary_cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            w.step(loss=loss)
+            opt.step()
+    return w, model, first
+
+
+def test_inputs_that_saturate_the_first_layer_of_a_run_that_does_not_learn_give_a_finding() -> None:
+    from gradwatch.explain.link import saturated_by_inputs
+
+    torch.manual_seed(0)
+    x, y = _heart(92.0)
+    w, _, first = _heart_run(x, y, 1e-3, 150)
+    d = w.diagnose()
+    bare = gw.Diagnosis(findings=[], causes=d.causes)  # as if no detector had spoken
+    finding = saturated_by_inputs(bare, w.timeline)
+    assert finding is not None and finding.kind == gw.Kind.SATURATED_UNITS and finding.layers == ["1"]
+    assert finding.severity == gw.Severity.WARNING
+    flat = (first * (1 - first) < 0.01 * 0.25).double().mean()  # derivative under 1% of its peak
+    assert finding.evidence["saturated_frac"] == pytest.approx(float(flat), abs=1e-6)
+    assert any(f.kind == gw.Kind.SATURATED_UNITS and f.severity >= gw.Severity.WARNING for f in d.findings)
+    # twins: standardised inputs (no cause), and raw inputs with a step that learns anyway
+    twin, _, _ = _heart_run((x - 92.0) / 10.0, y, 1e-3, 150)
+    assert saturated_by_inputs(gw.Diagnosis(findings=[], causes=twin.diagnose().causes), twin.timeline) is None
+    easy = (x > 75.0).float()  # labels the output's bias alone can learn: the loss falls by half
+    learns, _, _ = _heart_run(x, easy, 1e-2, 150)
+    _, loss = learns.timeline.loss()
+    assert loss[-10:].mean() < 0.5 * loss[:10].mean()
+    assert C.INPUT_NOT_STANDARDISED in kinds(learns.diagnose())  # the cause stands; the run learned
+    assert saturated_by_inputs(gw.Diagnosis(findings=[], causes=learns.diagnose().causes), learns.timeline) is None

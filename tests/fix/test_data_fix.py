@@ -134,10 +134,12 @@ def test_fix_gives_targets_far_beyond_the_output_a_fixed_output_scale() -> None:
     assert gw.CauseKind.TARGET_SCALE in {c.kind for c in d.causes}
     r = gw.fix(model, d, timeline=w.timeline, example_input=x[:64])
     assert list(dict(r.model.named_children()))[-1] == "scale_output"
-    rms = float(y.pow(2).mean().sqrt())
-    assert rms / 2 < output_scale(r.model) < 2 * rms
+    # the targets read from the output's gradient: the layer standardises them (spread, mean)
+    layer = r.model[-1]
+    assert float(layer.scale) == pytest.approx(float(y.std()), rel=0.1)
+    assert float(layer.shift) == pytest.approx(float(y.mean()), rel=0.05)
     with torch.no_grad():  # the model predicts in the targets' units: its layers at order one
-        torch.testing.assert_close(r.model(x[:4]), r.model[:-1](x[:4]) * output_scale(r.model))
+        torch.testing.assert_close(r.model(x[:4]), r.model[:-1](x[:4]) * layer.scale + layer.shift)
     manual = " ".join(r.advice.get("manual", []))
     assert "`scale_output`" in manual and not STANDARDISE_TARGETS.search(manual), manual
     assert float(r.advice.get("lr_scale", 1.0)) == 1.0  # Adam divides the scale out
@@ -147,7 +149,15 @@ def test_fix_gives_targets_far_beyond_the_output_a_fixed_output_scale() -> None:
 def test_scale_output_against_hand_computation() -> None:
     layer = ScaleOutput(1e5)
     torch.testing.assert_close(layer(torch.tensor([[1.5, -2.0]])), torch.tensor([[1.5e5, -2e5]]))
-    assert list(dict(layer.named_buffers())) == ["scale"] and not list(layer.parameters())
+    assert list(dict(layer.named_buffers())) == ["scale", "shift"] and not list(layer.parameters())
+    shifted = ScaleOutput(10.0, shift=-3.0)
+    torch.testing.assert_close(shifted(torch.tensor([[1.5, -2.0]])), torch.tensor([[12.0, -23.0]]))
+    with pytest.raises(gw.GradwatchError, match="shift must be finite"):
+        ScaleOutput(2.0, shift=float("nan"))
+    old = {"scale": torch.tensor(5.0)}  # saved before the layer had a shift
+    loaded = ScaleOutput(1.0)
+    loaded.load_state_dict(old)
+    assert float(loaded.scale) == 5.0 and float(loaded.shift) == 0.0
     for bad in (0.0, -3.0, float("nan"), float("inf")):
         with pytest.raises(gw.GradwatchError, match="finite and positive"):
             ScaleOutput(bad)
@@ -247,12 +257,12 @@ def test_overflow_bound_follows_the_float_type() -> None:
 
 
 def test_targets_whose_gradient_would_overflow_adam_get_a_normalised_gradient() -> None:
-    """Through a scale of 1e10 a squared error's gradient is ~1e20 per element: Adam's squared
+    """Through a scale of 1e11 a squared error's gradient is ~1e20 per element: Adam's squared
     state and the clipping norm overflow float32 and every step stops. The layer then passes
     back the gradient of loss / scale^2, and the fixed model trains at Adam's rate."""
     torch.manual_seed(0)
     x = torch.randn(300, 8)
-    y = (x @ torch.randn(8, 1)) * 3e9 + 2e10
+    y = (x @ torch.randn(8, 1)) * 3e10 + 2e11
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
     w = _watched(model, x, y, F.mse_loss, 1e-3, 60)
     d = w.diagnose()
@@ -336,3 +346,46 @@ def test_target_rms_counts_every_step_and_leaves_a_blow_up_out() -> None:
     assert _early_rms(timeline(scattered)) == pytest.approx(math.sqrt(sum(scattered) / 10))
     # a run that blew up in its first interval: the rise before the overflow is left out
     assert _early_rms(timeline([3e10, 2.5e10, 6e18, float("inf")])) == pytest.approx(math.sqrt(2.75e10))
+
+
+def test_fix_gives_a_sigmoid_asked_for_negative_targets_a_linear_output_that_trains() -> None:
+    # unit-scale targets of both signs (sin of a grid) under a sigmoid output: the output is
+    # removed, no scale layer is wanted (the targets are at unit scale), and the fixed model fits
+    grid = torch.cartesian_prod(*[torch.tensor([-1.0, 0.0, 1.0])] * 4)
+    x, y = torch.cat([grid, torch.ones(len(grid), 1)], 1), torch.sin(grid.sum(1, keepdim=True))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Sigmoid(), nn.Linear(6, 1), nn.Sigmoid())
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    with gw.watch(model, every=10) as w:
+        for _ in range(300):
+            loss = F.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            w.step(loss=loss)
+            opt.step()
+    r = gw.fix(model, w.diagnose(), timeline=w.timeline, example_input=x)
+    kinds = {c.kind for c in r.changes}
+    assert "output" in kinds and "targets" not in kinds and isinstance(r.model[3], nn.Identity)
+    fitted = copy.deepcopy(r.model)
+    opt = torch.optim.SGD(fitted.parameters(), lr=0.5 * float(r.advice.get("lr_scale", 1.0)))
+    for _ in range(1500):
+        loss = F.mse_loss(fitted(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert 1 - float(F.mse_loss(fitted(x), y) / y.var(unbiased=False)) > 0.9  # the sigmoid capped it near 0.5
+
+
+def test_scale_output_with_a_shift_composes() -> None:
+    seq = nn.Sequential(nn.Linear(2, 1))
+    new, changes = scale_output(seq, scale=10.0, shift=5.0)
+    assert "+5 added" in changes[0].description
+    again, _ = scale_output(new, scale=2.0, shift=1.0)  # 2 (10 f + 5) + 1
+    x = torch.randn(4, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), 20.0 * again[0](x) + 11.0)
+    # a shift alone (targets far off zero with a spread under 1) still gives a layer
+    shifted, done = scale_output(seq, scale=1.0, shift=1e4)
+    assert done and float(shifted[-1].shift) == 1e4
+    assert scale_output(seq, scale=1.0, shift=0.0) == (seq, [])

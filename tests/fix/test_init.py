@@ -517,3 +517,23 @@ def test_tracing_leaves_each_modules_own_mode() -> None:
     assert {c.target for c in changes} == {"lin", "rnn"}  # both traced passes ran
     for m in (model, new):
         assert m.training and m.lin.training and not m.bn.training and m.rnn.training
+
+
+def test_a_one_entry_weight_keeps_its_drawn_magnitude() -> None:
+    # Regression: every 1x1 weight was rescaled to exactly sqrt(var), so a width-1 linear chain
+    # started balanced (|w1| = |w2|), and with opposite signs on the saddle's stable manifold
+    # under centred targets (the product w1 w2 then shrinks to 0 and stays: benchmarks/wild
+    # cv-linear-net-diverges once its targets were standardised).
+    from gradwatch.fix.init import _draw
+
+    torch.manual_seed(0)
+    drawn = []
+    for _ in range(200):
+        w = torch.empty(1, 1)
+        _draw(w, 1.0)
+        drawn.append(abs(float(w)))
+    assert len({round(v, 6) for v in drawn}) > 100  # magnitudes vary, as N(0, 1) draws do
+    assert float(torch.tensor(drawn).pow(2).mean()) == pytest.approx(1.0, abs=0.25)
+    many = torch.empty(64, 32)
+    _draw(many, 0.5)
+    assert float(many.pow(2).mean()) == pytest.approx(0.5, rel=1e-6)  # larger weights: exact, as before

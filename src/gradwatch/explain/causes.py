@@ -27,6 +27,7 @@ from gradwatch.anatomy import Anatomy, Layer
 from gradwatch.anatomy.activations import family, parse_spec
 from gradwatch.anatomy.structure import Structure
 from gradwatch.detect.thresholds import Thresholds
+from gradwatch.explain.targets import Targets, read_targets
 from gradwatch.explain.theory import (
     ChainLayer,
     Gains,
@@ -112,6 +113,13 @@ SATURATED_SHARE = Thresholds.saturated_frac
 TARGET_DECADES = 2.0
 #: A loss whose smoothed minimum stays above this share of its start has not fallen.
 LOSS_NOT_FALLEN = 0.5
+#: Targets read from the output's gradient (`explain.targets`) of which this share of the
+#: squared error the best constant inside the output activation's range leaves lies beyond
+#: anything the activation can produce (`Targets.unreachable`): whatever the training, the
+#: fit explains at most three quarters of what a constant does. A tanh output on
+#: standardised Gaussian targets (a third of them beyond +-1) loses 0.15 and stays quiet
+#: (it fits, if not all the way); a sigmoid asked for targets of either sign loses half.
+UNREACHABLE_SHARE = 0.25
 
 
 @dataclass
@@ -751,35 +759,56 @@ def _target_gap(tl: Timeline, records: int = 3) -> tuple[float, float, float] | 
 
 
 def _output_range(spec: str) -> tuple[float, float] | None:
-    """(low, high) of a bounded activation (from its function), None if it is unbounded."""
+    """(low, high) of an activation bounded on at least one side (from its function; the
+    open side is infinite: a ReLU's is (0, inf)), None if it is bounded on neither."""
     try:
         act = activation(spec)
     except GradwatchValueError:
         return None
     lo, hi = (float(v) for v in act.phi(np.array([-1e6, 1e6])))
-    return (lo, hi) if abs(lo) < 1e3 and abs(hi) < 1e3 else None
+    lo, hi = (lo if abs(lo) < 1e3 else -math.inf), (hi if abs(hi) < 1e3 else math.inf)
+    return None if math.isinf(lo) and math.isinf(hi) else (lo, hi)
+
+
+def _target_evidence(tl: Timeline, targets: Targets | None) -> dict[str, float]:
+    """How far the targets lie, for the `ScaleOutput` remedy (`fix.data`): their mean, spread
+    and root mean square read from the output's gradient where the loss is a squared error,
+    else ``target_rms`` from the early losses (`_early_rms`) and ``target_distance`` from
+    the first records (`_target_gap`)."""
+    out: dict[str, float] = {}
+    seen = _target_gap(tl)
+    if seen is not None:
+        out["target_distance"] = seen[0]
+    if targets is not None:
+        out.update(target_rms=targets.rms, target_mean=targets.mean, target_std=targets.std,
+                   target_min=float(targets.values.min()), target_max=float(targets.values.max()),
+                   targets_read=float(targets.values.size))
+    elif (rms := _early_rms(tl)) is not None:
+        out["target_rms"] = rms
+    return out
 
 
 def target_out_of_range(ctx: Context) -> Cause | None:
     """A bounded output activation asked for targets it cannot produce.
 
-    A site the model returns as it is (`output: true` in the recorded sites) with a bounded
-    function (sigmoid in (0, 1), tanh in (-1, 1), ...: read from the function itself). A
-    squared error against any target inside that range costs at most ``(high - low)^2``
-    per output, and a cross-entropy against one starts at ``log 2`` for a sigmoid at 0.5;
-    so a loss whose smoothed minimum over the run stays above ``(high - low)^2`` times the
-    outputs of a batch (`output_numel`: the bound holds for a summed loss too) is a loss
-    against targets outside the range.
+    A site the model returns as it is (`output: true` in the recorded sites) with a function
+    bounded on at least one side (sigmoid in (0, 1), tanh in (-1, 1), a ReLU in [0, inf):
+    read from the function itself). Where the loss is a squared error of the output, the
+    targets are read from its gradient (`explain.targets`), and the rule fires when at least
+    `UNREACHABLE_SHARE` of the error the best constant in range leaves lies beyond the range
+    (`Targets.unreachable`). Otherwise, for a range bounded on both sides: a squared error
+    against any target inside it costs at most ``(high - low)^2`` per output, and a
+    cross-entropy against such targets starts at ``log 2`` for a sigmoid at 0.5; so a loss
+    whose smoothed minimum over the run stays above ``(high - low)^2`` times the outputs of a
+    batch (`output_numel`: the bound holds for a summed loss too) is a loss against targets
+    outside the range.
     """
     tl = ctx.timeline
     if tl is None:
         return None
+    targets = read_targets(tl)
     numel = _last(tl, "output_numel", "output")
     windows = _loss_windows(tl)
-    if numel is None or windows is None:
-        return None
-    _, floor, _ = windows
-    seen, rms = _target_gap(tl), _early_rms(tl)
     for site, info in tl.sites.items():
         if not info.get("output") or info.get("family") == "gate":
             continue
@@ -788,28 +817,46 @@ def target_out_of_range(ctx: Context) -> Cause | None:
         if bounds is None:
             continue
         lo, hi = bounds
-        bound = (hi - lo) ** 2 * numel
-        if not floor > bound:
-            continue
+        rng = f"between {lo:g} and {hi:g}" if math.isfinite(lo) and math.isfinite(hi) else (
+            f"at or above {lo:g}" if math.isfinite(lo) else f"at or below {hi:g}"
+        )
+        evidence: dict[str, float] = {"low": lo, "high": hi}
+        if targets is not None:
+            share = targets.unreachable(lo, hi)
+            if share < UNREACHABLE_SHARE:
+                return None  # the targets themselves are known, and the range holds enough of them
+            outside = float(np.mean((targets.values < lo) | (targets.values > hi)))
+            score = min(1.0, 0.5 + share / 2.0)
+            evidence.update(unreachable_share=share, outside_share=outside, least_error=targets.beyond(lo, hi))
+            why = (
+                f"the targets lie outside what the output's {fn} can produce: read from the output's gradient, they "
+                f"run from {targets.values.min():.3g} to {targets.values.max():.3g} ({outside:.0%} of them outside), "
+                f"and {share:.0%} of the error a constant leaves is beyond its reach, whatever the training"
+            )
+        else:
+            if numel is None or windows is None or math.isinf(lo) or math.isinf(hi):
+                continue
+            _, floor, _ = windows
+            bound = (hi - lo) ** 2 * numel
+            if not floor > bound:
+                continue
+            score = float(min(1.0, 0.5 + _decades(floor / bound) / 6.0))
+            evidence.update(loss_floor=floor, bound=bound, outputs=numel)
+            why = (
+                f"yet the loss never fell below {floor:.3g}: against any target inside that range a squared error "
+                f"costs at most {(hi - lo) ** 2:g} per output ({bound:.3g} for the {numel:.0f} outputs of a batch), so "
+                f"the targets lie outside what the output's {fn} can produce"
+            )
+        reach = f"({lo:g} to {hi:g})" if math.isfinite(lo) and math.isfinite(hi) else f"({rng})"
         return Cause(
             kind=CauseKind.TARGET_OUT_OF_RANGE,
-            score=float(min(1.0, 0.5 + _decades(floor / bound) / 6.0)),
+            score=score,
             layers=[str(info.get("module", site))],
-            evidence={
-                "loss_floor": floor, "bound": bound, "low": lo, "high": hi, "outputs": numel,
-                # how far the targets lie (`target_scale`)
-                **({"target_distance": seen[0]} if seen is not None else {}),
-                **({"target_rms": rms} if rms is not None else {}),
-            },
-            message=(
-                f"the model's output passes through {fn} (`{site}`), which lies between {lo:g} and {hi:g}, yet the "
-                f"loss never fell below {floor:.3g}: against any target inside that range a squared error costs at "
-                f"most {(hi - lo) ** 2:g} per output ({bound:.3g} for the {numel:.0f} outputs of a batch), so the "
-                f"targets lie outside what the output's {fn} can produce"
-            ),
+            evidence={**evidence, **_target_evidence(tl, targets)},
+            message=f"the model's output passes through {fn} (`{site}`), which lies {rng}; {why}",
             remedy=(
                 f"remove the output activation (a linear output) and standardise the targets, or scale the targets "
-                f"into its range ({lo:g} to {hi:g}) and map the predictions back"
+                f"into its range {reach} and map the predictions back"
             ),
         )
     return None
@@ -844,8 +891,8 @@ def target_scale(ctx: Context) -> Cause | None:
         score=_score(decades),
         layers=[],
         evidence={
-            "loss_start": start, "target_distance": gap, "output_rms": out, "decades": decades,
-            **({"target_rms": rms} if (rms := _early_rms(tl)) is not None else {}),
+            "loss_start": start, "output_rms": out, "decades": decades,
+            **_target_evidence(tl, read_targets(tl)),
         },
         message=(
             f"the loss starts at {start:.3g} and {what}: the targets lie about {gap:.3g} from outputs of root mean "

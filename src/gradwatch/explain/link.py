@@ -9,6 +9,7 @@ to explain hide the findings themselves. `judge` is the one judge `Watcher.diagn
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import nn
@@ -17,11 +18,11 @@ from gradwatch._errors import GradwatchTypeError
 from gradwatch.anatomy import Anatomy
 from gradwatch.anatomy.structure import Structure, analyse
 from gradwatch.detect import Thresholds, diagnose
-from gradwatch.explain.causes import find_causes
+from gradwatch.explain.causes import LOSS_NOT_FALLEN, SATURATED_SHARE, _loss_windows, find_causes
 from gradwatch.record import Timeline
-from gradwatch.types import Cause, CauseKind, Diagnosis, Finding, Kind
+from gradwatch.types import Cause, CauseKind, Diagnosis, Finding, Kind, Severity
 
-__all__ = ["RELATED", "causes_of", "explain", "judge", "link", "structure_facts"]
+__all__ = ["RELATED", "causes_of", "data_findings", "explain", "judge", "link", "out_of_reach", "saturated_by_inputs", "structure_facts"]
 
 _C = CauseKind
 #: Which causes can produce each kind of finding (by mechanism).
@@ -30,7 +31,7 @@ RELATED: dict[Kind, tuple[CauseKind, ...]] = {
     Kind.EXPLODING_GRADIENT: (_C.INIT_MISMATCH, _C.STEP_SIZE_TOO_LARGE, _C.DEPTH_WITHOUT_SKIP, _C.NO_NORMALIZATION, _C.VANILLA_RNN_LONG_SEQUENCE, _C.TARGET_SCALE),
     Kind.NONFINITE_GRADIENT: (_C.STEP_SIZE_TOO_LARGE, _C.INIT_MISMATCH, _C.VANILLA_RNN_LONG_SEQUENCE, _C.TARGET_SCALE),
     Kind.TEMPORAL_VANISHING: (_C.VANILLA_RNN_LONG_SEQUENCE, _C.KEEP_GATE_CLOSED),
-    Kind.DEAD_UNITS: (_C.DEAD_RELU_BIAS, _C.STEP_SIZE_TOO_LARGE, _C.INIT_MISMATCH, _C.INPUT_NOT_STANDARDISED, _C.TARGET_SCALE),
+    Kind.DEAD_UNITS: (_C.DEAD_RELU_BIAS, _C.STEP_SIZE_TOO_LARGE, _C.INIT_MISMATCH, _C.INPUT_NOT_STANDARDISED, _C.TARGET_SCALE, _C.TARGET_OUT_OF_RANGE),
     Kind.SATURATED_UNITS: (_C.SATURATING_ACTIVATIONS, _C.INIT_MISMATCH, _C.NO_NORMALIZATION, _C.STEP_SIZE_TOO_LARGE, _C.INPUT_NOT_STANDARDISED, _C.TARGET_OUT_OF_RANGE),
     Kind.FLAT_LOSS: (_C.SATURATING_ACTIVATIONS, _C.INIT_MISMATCH, _C.DEAD_RELU_BIAS, _C.DEPTH_WITHOUT_SKIP, _C.VANILLA_RNN_LONG_SEQUENCE, _C.KEEP_GATE_CLOSED, _C.NO_NORMALIZATION, _C.INPUT_NOT_STANDARDISED, _C.TARGET_OUT_OF_RANGE, _C.TARGET_SCALE),
     Kind.DIVERGING_LOSS: (_C.STEP_SIZE_TOO_LARGE, _C.INIT_MISMATCH, _C.TARGET_SCALE),
@@ -90,10 +91,115 @@ def link(
             by_kind[c.kind] = c
     order = {c.kind: i for i, c in enumerate(causes)}
     diagnosis.causes = sorted(by_kind.values(), key=lambda c: (-c.score, order.get(c.kind, 99)))
+    for extra in data_findings(diagnosis, timeline):
+        diagnosis.findings = [
+            f for f in diagnosis.findings
+            if not (f.kind == extra.kind and f.severity <= Severity.INFO and f.layers == extra.layers)
+        ] + [extra]  # fmt: skip
     names = set(anatomy.names)
     for f in diagnosis.findings:
         f.causes = causes_of(f, diagnosis.causes, names)
     return diagnosis
+
+
+def out_of_reach(diagnosis: Diagnosis, timeline: Timeline | None) -> Finding | None:
+    """The finding the targets prove when they lie beyond the output activation's range.
+
+    The detectors cannot tell an output pinned at the edge of its range by targets it cannot
+    reach from one grown confident (`detect.saturated`: an output site never counts as lost
+    capacity), nor see the targets. Where `target_out_of_range` read them from the output's
+    gradient (its ``unreachable_share`` evidence, `explain.targets`), they can be told apart:
+    the outputs asked for targets beyond the range are driven to its edge, where a saturating
+    function's derivative (and a ReLU's, below 0) is ~0, and the loss cannot fall below the
+    part of the error out of reach. A `saturated_units` finding (a ReLU-like output:
+    `dead_units`) at the output's site, at `warning`, unless one at `warning` or above is
+    there already. None otherwise.
+    """
+    cause = next((c for c in diagnosis.causes if c.kind == _C.TARGET_OUT_OF_RANGE), None)
+    if timeline is None or cause is None or "unreachable_share" not in cause.evidence:
+        return None
+    module = cause.layers[0] if cause.layers else None
+    site, info = next(
+        ((n, i) for n, i in timeline.sites.items() if i.get("output") and i.get("module", n) == module), (None, None)
+    )
+    if site is None or info is None:
+        return None
+    kind = Kind.SATURATED_UNITS if info.get("family") == "saturating" else Kind.DEAD_UNITS
+    if any(f.kind == kind and f.severity >= Severity.WARNING and site in f.layers for f in diagnosis.findings):
+        return None
+    ev = cause.evidence
+    fn = info.get("fn")
+    lo, hi = ev["low"], ev["high"]
+    span = f"{lo:g} to {hi:g}" if math.isfinite(lo) and math.isfinite(hi) else (
+        f"{lo:g} and above" if math.isfinite(lo) else f"{hi:g} and below"
+    )
+    edge = "flat tails" if kind == Kind.SATURATED_UNITS else "off side, below 0,"
+    return Finding(
+        kind=kind,
+        severity=Severity.WARNING,
+        layers=[site],
+        step=int(timeline.steps[0]) if len(timeline) else None,
+        evidence={k: float(ev[k]) for k in ("unreachable_share", "outside_share", "low", "high", "target_min", "target_max") if k in ev},
+        message=(
+            f"the output `{site}` ({fn}) cannot reach the targets: {ev.get('outside_share', 0.0):.0%} of them lie "
+            f"outside its range ({span}; read from the output's gradient, they run from "
+            f"{ev.get('target_min', float('nan')):.3g} to {ev.get('target_max', float('nan')):.3g}), so the outputs asked "
+            f"for them are driven into its {edge} where almost no gradient passes, and "
+            f"{ev['unreachable_share']:.0%} of the error a constant leaves stays out of reach whatever the training"
+        ),
+    )
+
+
+def saturated_by_inputs(diagnosis: Diagnosis, timeline: Timeline | None) -> Finding | None:
+    """The finding `input_not_standardised` proves when the run measured what it predicts.
+
+    The cause predicts, from the inputs' scale and the first layer's weights, that most of a
+    saturating first layer's outputs start in the flat tails (``saturated_share``). Where the
+    probes measured that share or more at that layer's activation site on the first record
+    (at least `SATURATED_SHARE`) and the loss never fell below `LOSS_NOT_FALLEN` of its
+    start, the gradient into the first layer was cut by the inputs' scale and the run did not
+    learn: a `saturated_units` finding at `warning` on that site (the detectors judge a
+    site saturated only while it stays so; units that leave the tails late, after the run
+    has lost its steps to them, draw none). None otherwise, or when one at `warning` or above
+    is there already.
+    """
+    cause = next((c for c in diagnosis.causes if c.kind == _C.INPUT_NOT_STANDARDISED), None)
+    if timeline is None or cause is None or "saturated_share" not in cause.evidence or not len(timeline):
+        return None
+    windows = _loss_windows(timeline)
+    if windows is None or not windows[1] >= LOSS_NOT_FALLEN * windows[0]:
+        return None
+    # the first activation site the forward pass met is the first layer's
+    site = next((n for n, i in timeline.sites.items() if i.get("family") != "gate"), None)
+    if site is None or timeline.sites[site].get("family") != "saturating" or "act_sat_frac" not in timeline.records.metrics:
+        return None
+    first = float(timeline.records.column("act_sat_frac", site)[0])
+    if not first >= SATURATED_SHARE:
+        return None
+    if any(f.kind == Kind.SATURATED_UNITS and f.severity >= Severity.WARNING and site in f.layers for f in diagnosis.findings):
+        return None
+    fn = timeline.sites[site].get("fn")
+    return Finding(
+        kind=Kind.SATURATED_UNITS,
+        severity=Severity.WARNING,
+        layers=[site],
+        step=int(timeline.steps[0]),
+        evidence={"saturated_frac": first, "predicted_share": float(cause.evidence["saturated_share"]),
+                  "input_rms": float(cause.evidence.get("input_rms", float("nan"))), "loss_start": windows[0],
+                  "loss_floor": windows[1]},
+        message=(
+            f"{first:.0%} of the outputs at `{site}` ({fn}), the first layer's, started in the flat tails, as the "
+            f"inputs' scale (root mean square {cause.evidence.get('input_rms', float('nan')):.3g}) predicts, so "
+            f"almost no gradient reached the first layer; the loss never fell below {windows[1]:.3g}, from "
+            f"{windows[0]:.3g} at the start"
+        ),
+    )
+
+
+def data_findings(diagnosis: Diagnosis, timeline: Timeline | None) -> list[Finding]:
+    """The findings the data causes prove (`out_of_reach`, `saturated_by_inputs`)."""
+    found = [out_of_reach(diagnosis, timeline), saturated_by_inputs(diagnosis, timeline)]
+    return [f for f in found if f is not None]
 
 
 def structure_facts(model: nn.Module, anatomy: Anatomy) -> dict[str, Any]:

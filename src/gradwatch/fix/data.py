@@ -14,20 +14,23 @@ Three remedies, each tied to one cause (`gradwatch.explain.causes`):
 - ``targets`` (`target_scale`; and `target_out_of_range` when the targets also lie more
   than `FAR_TARGETS` times beyond the unit scale a linear output starts at): a fixed
   `ScaleOutput` layer after the model, the mirror of `Standardize`, that multiplies its
-  output by the scale the targets lie at. The layers before it then learn numbers of
-  order one, as they would on standardised targets, while the model still predicts in the
-  targets' own units (train it on the raw targets, keep the layer at inference).
+  output by the scale the targets lie at (and adds their mean, where it is known). The
+  layers before it then learn numbers of order one, as they would on standardised targets,
+  while the model still predicts in the targets' own units (train it on the raw targets,
+  keep the layer at inference).
 
-The scale is the cause's ``target_rms``: the root of the mean loss over every step of the first
-recording interval (a run that overflowed in it cut before its rise), the root mean square
-distance between the targets and outputs that start near zero — for a mean squared error,
-the targets' root mean square ``sqrt(mean^2 + std^2)``; every step counts, so a batch of one
-gives the targets' spread rather than one example's (``target_distance``, the first records'
-``sqrt(loss)`` alone, stands in without it). Of what the run
-measured it is the one number that is the targets' own scale; their mean and spread are not
-recorded apart, so the scale is one factor, and the output layer's bias learns the offset
-(``mean / scale``, at most 1). A summed loss over B outputs reads ``sqrt(B)`` times larger
-(the outputs are then ``1 / sqrt(B)`` of unit scale: still far nearer than before).
+Where the loss is a squared error of the output, the targets were read from its gradient
+(`gradwatch.explain.targets`: ``t = y - k dL/dy / 2``) and the cause carries their mean and
+spread: the layer is ``ScaleOutput(std, shift=mean)`` and the layers before it learn
+standardised targets. Otherwise the scale is the cause's ``target_rms``: the root of the
+mean loss over every step of the first recording interval (a run that overflowed in it cut
+before its rise), the root mean square distance between the targets and outputs that start
+near zero — for a mean squared error, the targets' root mean square ``sqrt(mean^2 +
+std^2)``; every step counts, so a batch of one gives the targets' spread rather than one
+example's (``target_distance``, the first records' ``sqrt(loss)`` alone, stands in without
+it). The shift is then 0 and the output layer's bias learns the offset (``mean / scale``, at
+most 1). A summed loss over B outputs reads ``sqrt(B)`` times larger (the outputs are then
+``1 / sqrt(B)`` of unit scale: still far nearer than before).
 
 What the layer does to the step size: the squared error on raw targets through the layer is
 ``scale^2`` times the one on standardised targets, ``sum (scale f - y)^2 = scale^2 sum
@@ -77,8 +80,11 @@ REMEDIES: dict[str, CauseKind] = {
     "output": CauseKind.TARGET_OUT_OF_RANGE,
     "targets": CauseKind.TARGET_SCALE,
 }
-#: Bounded activation modules a model may return (what `linear_output` replaces).
-BOUNDED = (nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Softsign, nn.Hardsigmoid)
+#: Activation modules bounded on at least one side a model may return (what `linear_output` replaces).
+BOUNDED = (
+    nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Softsign, nn.Hardsigmoid,
+    nn.ReLU, nn.ReLU6, nn.Softplus, nn.ELU, nn.CELU, nn.SELU,  # bounded on one side
+)  # fmt: skip
 #: Targets whose root mean square distance from the starting outputs is over this factor
 #: beyond the unit scale a fresh linear output starts at (and beyond a bounded activation's
 #: range, when one is removed) get the `ScaleOutput` layer with `target_out_of_range`: a
@@ -176,9 +182,10 @@ class _NormalisedScale(torch.autograd.Function):
 
 
 class ScaleOutput(nn.Module):
-    """``scale * x``, with a fixed `scale` (a buffer, not trained): the mirror of `Standardize`
-    on the output side. Put after a model whose targets lie at `scale`, it lets the layers
-    before it learn numbers of order one while the model predicts in the targets' units.
+    """``scale * x + shift``, with a fixed `scale` and `shift` (buffers, not trained): the
+    mirror of `Standardize` on the output side. Put after a model whose targets have mean
+    `shift` and spread `scale`, it lets the layers before it learn numbers of mean 0 and
+    spread 1 while the model predicts in the targets' units.
 
     With ``normalised_gradient=True`` the backward pass divides the incoming gradient by the
     scale instead of multiplying it: the layers before it get the gradient of ``loss /
@@ -188,27 +195,37 @@ class ScaleOutput(nn.Module):
 
     Example::
 
-        layer = ScaleOutput(1e5)
-        layer(torch.tensor([[1.5]]))  # tensor([[150000.]])
+        layer = ScaleOutput(1e5, shift=2e5)
+        layer(torch.tensor([[1.5]]))  # tensor([[350000.]])
     """
 
-    def __init__(self, scale: float, *, normalised_gradient: bool = False) -> None:
+    def __init__(self, scale: float, *, shift: float = 0.0, normalised_gradient: bool = False) -> None:
         super().__init__()
-        scale = float(scale)
+        scale, shift = float(scale), float(shift)
         if not (math.isfinite(scale) and scale > 0):
             raise GradwatchValueError(f"ScaleOutput: the scale must be finite and positive, got {scale!r}")
+        if not math.isfinite(shift):
+            raise GradwatchValueError(f"ScaleOutput: the shift must be finite, got {shift!r}")
         self.register_buffer("scale", torch.tensor(scale))
+        self.register_buffer("shift", torch.tensor(shift))
         self.normalised_gradient = bool(normalised_gradient)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.get_buffer("scale").to(x.dtype)
+        shift = self.get_buffer("shift").to(x.dtype)
         if self.normalised_gradient:
             out: torch.Tensor = _NormalisedScale.apply(x, scale)
-            return out
-        return x * scale
+            return out + shift
+        return x * scale + shift
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # a layer saved before it had a shift loads as one without (shift 0)
+        state_dict.setdefault(prefix + "shift", torch.zeros(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        more = ", normalised_gradient=True" if self.normalised_gradient else ""
+        shift = float(self.get_buffer("shift"))
+        more = (f", shift={shift:.4g}" if shift else "") + (", normalised_gradient=True" if self.normalised_gradient else "")
         return f"scale={float(self.get_buffer('scale')):.4g}{more}"
 
 
@@ -242,7 +259,7 @@ def output_scale(model: nn.Module) -> float:
 
 
 def without_output_scale(model: nn.Module) -> nn.Module | None:
-    """A copy of `model` whose `ScaleOutput` layers multiply by 1, or None when it has none
+    """A copy of `model` whose `ScaleOutput` layers multiply by 1 and shift by 0, or None when it has none
     (what the model's layers give before the scale: `fix.first_update` calibrates on it)."""
     if not any(isinstance(m, ScaleOutput) for m in model.modules()):
         return None
@@ -250,6 +267,7 @@ def without_output_scale(model: nn.Module) -> nn.Module | None:
     for m in plain.modules():
         if isinstance(m, ScaleOutput):
             m.get_buffer("scale").fill_(1.0)
+            m.get_buffer("shift").fill_(0.0)
     return plain
 
 
@@ -304,9 +322,10 @@ def applies(remedy: str, model: nn.Module, diagnosis: Diagnosis, timeline: Timel
 def target_scale(diagnosis: Diagnosis) -> float | None:
     """The scale the targets lie at, when a `ScaleOutput` layer is wanted, from `target_scale`,
     or from `target_out_of_range` when it is over `FAR_TARGETS` times beyond both 1 and the
-    removed activation's range (``high - low``); else None. The scale is the cause's
-    ``target_rms`` (every step's loss over the first recording interval), else its
-    ``target_distance`` (the first records' alone: one example each with a batch of one)."""
+    removed activation's range (``high - low``, where it is bounded on both sides); else
+    None. The scale is the cause's ``target_rms`` (read from the output's gradient, or every
+    step's loss over the first recording interval), else its ``target_distance`` (the first
+    records' alone: one example each with a batch of one)."""
     cause = _cause(diagnosis, CauseKind.TARGET_SCALE)
     far = cause is not None
     if cause is None:
@@ -318,9 +337,29 @@ def target_scale(diagnosis: Diagnosis) -> float | None:
         return None
     if not far:
         width = cause.evidence.get("high", 1.0) - cause.evidence.get("low", 0.0)
-        if not scale > FAR_TARGETS * max(1.0, width):
+        if not scale > FAR_TARGETS * max(1.0, width if math.isfinite(width) else 1.0):
             return None
     return float(scale) if scale > 1.0 else None
+
+
+def target_layer(diagnosis: Diagnosis) -> tuple[float, float] | None:
+    """``(scale, shift)`` for the `ScaleOutput` layer, when one is wanted (`target_scale`).
+
+    Where the targets were read from the output's gradient (`explain.targets`: their mean
+    and spread are known, ``target_mean``/``target_std``), the layer standardises them, as
+    the threads' remedy does: ``shift`` their mean, ``scale`` their spread (at least 1: a
+    spread under 1 is already one the layers learn). Otherwise only their root mean square
+    is known: ``scale`` it, ``shift`` 0, and the output layer's bias learns the offset.
+    """
+    rms = target_scale(diagnosis)
+    if rms is None:
+        return None
+    cause = _cause(diagnosis, CauseKind.TARGET_SCALE) or _cause(diagnosis, CauseKind.TARGET_OUT_OF_RANGE)
+    assert cause is not None
+    mean, std = cause.evidence.get("target_mean"), cause.evidence.get("target_std")
+    if mean is None or std is None or not (math.isfinite(mean) and math.isfinite(std)):
+        return rms, 0.0
+    return max(float(std), 1.0), float(mean)
 
 
 def options(remedy: str, diagnosis: Diagnosis, timeline: Timeline | None) -> dict[str, Any]:
@@ -330,8 +369,8 @@ def options(remedy: str, diagnosis: Diagnosis, timeline: Timeline | None) -> dic
         stats = _statistics(timeline)
         return {} if stats is None else {"mean": stats[0].tolist(), "std": stats[1].tolist()}
     if remedy == "targets":
-        scale = target_scale(diagnosis)
-        return {} if scale is None else {"scale": scale}
+        layer = target_layer(diagnosis)
+        return {} if layer is None else {"scale": layer[0], "shift": layer[1]}
     cause = _cause(diagnosis, REMEDIES[remedy])
     if remedy == "output" and cause is not None:
         return {"layers": list(cause.layers)}
@@ -420,54 +459,69 @@ def scale_output(
     model: nn.Module,
     *,
     scale: float | None = None,
+    shift: float = 0.0,
     reason: str = "",
     inplace: bool = False,
     example_input: Any = None,
 ) -> tuple[nn.Module, list[Change]]:
-    """Put a fixed ``ScaleOutput(scale)`` after `model` (last in an `nn.Sequential`, as
-    `scale_output`; else a wrapper, `OutputScaled`, whose `model` is the old one). A model
-    that already ends in one has that one's scale multiplied. Without a scale nothing changes."""
-    if scale is None or not (math.isfinite(scale) and scale > 1.0):
+    """Put a fixed ``ScaleOutput(scale, shift=shift)`` after `model` (last in an `nn.Sequential`,
+    as `scale_output`; else a wrapper, `OutputScaled`, whose `model` is the old one). A model
+    that already ends in one has that one's scale multiplied and its shift added to. Without a
+    scale (or with one under 1, or 1 with no shift) nothing changes."""
+    if scale is None or not (math.isfinite(scale) and math.isfinite(shift)) or scale < 1.0 or (scale == 1.0 and not shift):
         return model, []
     new = model if inplace else copy.deepcopy(model)
     out: nn.Module
     last = list(new.children())[-1] if isinstance(new, nn.Sequential) and len(new) else None
-    if isinstance(last, ScaleOutput):
-        last.get_buffer("scale").mul_(float(scale))
+    existing = last if isinstance(last, ScaleOutput) else new.scale_output if isinstance(new, OutputScaled) else None
+    if existing is not None:
+        # scale * (old_scale * x + old_shift) + shift
+        existing.get_buffer("shift").mul_(float(scale)).add_(float(shift))
+        existing.get_buffer("scale").mul_(float(scale))
         out, where = new, "in its last layer, whose scale is multiplied"
     elif isinstance(new, nn.Sequential):
         name = "scale_output" if "scale_output" not in new._modules else f"scale_output_{len(new)}"
-        new.add_module(name, ScaleOutput(scale))
+        new.add_module(name, ScaleOutput(scale, shift=shift))
         out, where = new, f"as its last layer, `{name}`"
-    elif isinstance(new, OutputScaled):
-        new.scale_output.get_buffer("scale").mul_(float(scale))
-        out, where = new, "in its `scale_output`, whose scale is multiplied"
     else:
-        out, where = OutputScaled(new, ScaleOutput(scale)), "in a wrapper (`OutputScaled`: the old model is its `model`)"
+        out, where = OutputScaled(new, ScaleOutput(scale, shift=shift)), "in a wrapper (`OutputScaled`: the old model is its `model`)"
+    what = (
+        f"outputs multiplied by {scale:.3g} and {shift:+.3g} added: the targets' spread and mean, read from the "
+        "output's gradient"
+        if shift
+        else f"outputs multiplied by {scale:.3g}, the scale the targets lie at (their root mean square distance from "
+        "the outputs at the start)"
+    )
     return out, [
         Change(
             kind="targets",
             target="scale_output",
             description=(
-                f"outputs multiplied by {scale:.3g}, the scale the targets lie at (their root mean square distance "
-                f"from the outputs at the start), {where}: a fixed buffer, not trained, so the layers before it "
-                "learn numbers of order one; train on the raw targets and keep this layer at inference"
+                f"{what}, {where}: a fixed buffer, not trained, so the layers before it learn numbers of order one; "
+                "train on the raw targets and keep this layer at inference"
             ),
             reason=reason,
         )
     ]
 
 
-def _layer_advice(scale: float, removed: str) -> str:
+def _layer_advice(scale: float, removed: str, shift: float = 0.0) -> str:
     """The manual advice that goes with the `ScaleOutput` layer. It must not ask for the
     targets to be standardised as well: with the layer, that would scale them twice."""
+    if shift:
+        what = (
+            f"`scale_output`, a fixed multiplication by {scale:.3g} plus {shift:.3g} (the targets' spread and mean, "
+            "read from the output's gradient)"
+        )
+        outside = f"subtract {shift:.3g} from y and divide by {scale:.3g} to train; multiply the predictions by it and add {shift:.3g} back"
+    else:
+        what = f"`scale_output`, a fixed multiplication by {scale:.3g} (the distance of the targets from the starting outputs)"
+        outside = f"divide y by {scale:.3g} to train and multiply the predictions by it"
     return (
         removed
-        + f"The fixed model ends in `scale_output`, a fixed multiplication by {scale:.3g} (the distance of the "
-        "targets from the starting outputs), so the layers before it learn numbers of order one. Train it on the "
+        + f"The fixed model ends in {what}, so the layers before it learn numbers of order one. Train it on the "
         "raw y as before, with the advised rate, and keep the layer at inference. (Doing the same outside the "
-        f"model instead: drop the layer, divide y by {scale:.3g} to train and multiply the predictions by it. "
-        "One or the other, never both.)"
+        f"model instead: drop the layer, {outside}. One or the other, never both.)"
     )
 
 
@@ -480,15 +534,17 @@ def complete(plan: Any, diagnosis: Diagnosis, timeline: Timeline | None, model: 
         if cause is not None and remedy not in plan.remedies:
             plan.add(remedy, f"{kind}: {cause.message}", **options(remedy, diagnosis, timeline))
     scale = target_scale(diagnosis)
+    layer_opts = target_layer(diagnosis)
     ranged = _cause(diagnosis, CauseKind.TARGET_OUT_OF_RANGE)
-    if scale is not None and ranged is not None and "targets" not in plan.remedies:
+    if scale is not None and layer_opts is not None and ranged is not None and "targets" not in plan.remedies:
         # A linear output in place of the bounded one starts at unit scale, and the targets lie
         # a decade or more beyond it: the scale goes with the new output.
         plan.add(
             "targets",
             f"{CauseKind.TARGET_OUT_OF_RANGE}: the targets lie about {scale:.3g} from the outputs, over "
             f"{FAR_TARGETS:g} times the unit scale the linear output starts at",
-            scale=scale,
+            scale=layer_opts[0],
+            shift=layer_opts[1],
         )
     if any(r in plan.remedies for r in REMEDIES):
         # Weights trained on the unscaled data carry its scale: biases and the output layer
@@ -497,29 +553,43 @@ def complete(plan: Any, diagnosis: Diagnosis, timeline: Timeline | None, model: 
         plan.add("init", f"{FRESH_REASON}", force=True)
     if _cause(diagnosis, CauseKind.INPUT_NOT_STANDARDISED) is not None and "mean" not in plan.options.get("inputs", {}):
         out.append(INPUT_ADVICE)  # no statistics to build the layer from: the user does it
-    layer = plan.options.get("targets", {}).get("scale") if "targets" in plan.remedies else None
-    out += target_lines(diagnosis, model, None if layer is None else float(layer), lowered="lr" in plan.remedies)
+    opts = plan.options.get("targets", {}) if "targets" in plan.remedies else {}
+    layer = opts.get("scale")
+    out += target_lines(
+        diagnosis, model, None if layer is None else float(layer), lowered="lr" in plan.remedies,
+        shift=float(opts.get("shift", 0.0)),
+    )
     return out
 
 
-def target_lines(diagnosis: Diagnosis, model: nn.Module, layer: float | None, *, lowered: bool = False) -> list[str]:
-    """The manual advice on the targets: the `ScaleOutput` layer's (`layer`, its scale), or the
-    advice to standardise them when there is no layer. `lowered`: a rate is advised anyway."""
+def target_lines(
+    diagnosis: Diagnosis, model: nn.Module, layer: float | None, *, lowered: bool = False, shift: float = 0.0
+) -> list[str]:
+    """The manual advice on the targets: the `ScaleOutput` layer's (`layer`, its scale, and
+    its `shift`), or the advice to standardise them when there is no layer. `lowered`: a rate
+    is advised anyway."""
     ranged = _cause(diagnosis, CauseKind.TARGET_OUT_OF_RANGE)
     if ranged is not None:
         lo, hi = ranged.evidence.get("low", 0.0), ranged.evidence.get("high", 1.0)
+        span = f"{lo:g} to {hi:g}" if math.isfinite(lo) and math.isfinite(hi) else (
+            f"{lo:g} and above" if math.isfinite(lo) else f"{hi:g} and below"
+        )
         removed = _output_module(model, ranged) is not None
         gone = ": it is removed (a linear output). " if removed else ": remove it from forward() (a linear output). "
         if layer is not None:
             return [
                 _layer_advice(
-                    layer, f"The output activation cannot produce the targets, which lie beyond its range ({lo:g} to {hi:g})" + gone
+                    layer,
+                    f"The output activation cannot produce the targets, which lie beyond its range ({span})" + gone,
+                    shift,
                 )
             ]
-        return [f"The targets lie outside what the output activation can produce ({lo:g} to {hi:g})" + gone + TARGET_ADVICE]
-    if _cause(diagnosis, CauseKind.TARGET_SCALE) is not None:
+        return [f"The targets lie outside what the output activation can produce ({span})" + gone + TARGET_ADVICE]
+    far = _cause(diagnosis, CauseKind.TARGET_SCALE)
+    if far is not None:
         if layer is not None:
-            return [_layer_advice(layer, f"The targets lie about {layer:.3g} from the outputs the model starts at. ")]
+            rms = float(far.evidence.get("target_rms", layer))
+            return [_layer_advice(layer, f"The targets lie about {rms:.3g} from the outputs the model starts at. ", shift)]
         keep = "" if lowered else KEEP_RATE
         return ["The targets are orders of magnitude beyond the output's scale. " + TARGET_ADVICE + keep]
     return []

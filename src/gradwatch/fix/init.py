@@ -178,9 +178,14 @@ def _bias_ok(b: torch.Tensor | None) -> bool:
 
 @torch.no_grad()
 def _draw(w: torch.Tensor, var: float) -> None:
+    """Normal entries of variance `var`, rescaled so their mean square is exactly `var`, except
+    for a weight of one entry: there the rescaling would fix its magnitude at sqrt(var), and
+    a chain of 1x1 layers (a width-1 linear net) would start with equal magnitudes, whose
+    sign pattern decides alone whether it sits on a saddle's stable manifold (w1 = -w2 with
+    centred targets: gradient descent takes it to 0 and leaves it there)."""
     w.normal_(0.0, math.sqrt(var))
     ms = w.double().pow(2).mean()
-    if float(ms) > 0:
+    if float(ms) > 0 and w.numel() > 1:
         w.mul_(torch.sqrt(var / ms).to(w.dtype))
 
 

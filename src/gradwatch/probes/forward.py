@@ -45,7 +45,7 @@ from gradwatch.probes.activations import (
     unit_dim,
 )
 from gradwatch.probes.inputs import InputStats
-from gradwatch.probes.output import first_tensor, scale, spread
+from gradwatch.probes.output import OutputSample, first_tensor, scale, spread
 from gradwatch.probes.transfer import Transfer
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -173,6 +173,7 @@ class ForwardProbe:
         self._inputs = InputStats(channels_first=isinstance(first, nn.modules.conv._ConvNd))
         self._out_scale: list[torch.Tensor] = []
         self._out_numel = 0
+        self._targets = OutputSample()  # the output and its gradient, for the targets a squared error holds
         # id of a saturating site's output (or of a constant shift/scaling of it) -> the site,
         # during one forward pass: to see whether it is used as a gate (`_follow`)
         self._outputs: dict[int, str] = {}
@@ -333,6 +334,7 @@ class ForwardProbe:
             if r is not None:
                 self._out_scale.append(r)
                 self._out_numel = max(self._out_numel, y.numel())
+            self._targets.watch(y)
 
     def _gate_stats(self, name: str, module: nn.RNNBase, args: tuple[Any, ...], output: Any) -> None:
         self._busy = True
@@ -449,6 +451,11 @@ class ForwardProbe:
             key = f"fp.{len(layout)}"
             transfer.put(key, float(self._out_numel))
             layout.append((key, "output_numel", "output"))
+        for metric, value in self._targets.results().items():
+            key = f"fp.{len(layout)}"
+            transfer.put(key, value)
+            vector = metric in ("output_sample", "output_grad_sample")
+            layout.append((key, "features", metric) if vector else (key, metric, "output"))
         if self._inputs.fresh:
             for metric, value in self._inputs.results().items():
                 key = f"fp.{len(layout)}"
