@@ -11,9 +11,9 @@ from torch import nn
 from torch.nn import functional as F
 
 import gradwatch as gw
+from gradwatch.anatomy.order import order_of
 from gradwatch.fix import first_update, lsuv, restart
 from gradwatch.fix import init as fix_init
-from gradwatch.fix._graph import order_of
 from gradwatch.fix.choose import Plan
 from gradwatch.types import Diagnosis, Finding
 

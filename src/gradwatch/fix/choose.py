@@ -53,6 +53,8 @@ import torch
 from torch import nn
 
 from gradwatch.anatomy.activations import RELU_FAMILY, SATURATING_FUNCTIONS, is_saturating
+from gradwatch.anatomy.modules import is_dense, shared_parameters
+from gradwatch.anatomy.order import Order, order_of
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.explain.causes import PLAIN_DEPTH_LIMIT
 from gradwatch.explain.link import RELATED
@@ -65,13 +67,7 @@ from gradwatch.fix import norm as _norm
 from gradwatch.fix import recurrent as _recurrent
 from gradwatch.fix import residual as _residual
 from gradwatch.fix import restart as _restart
-from gradwatch.fix._graph import (
-    Order,
-    copy_model,
-    is_dense,
-    order_of,
-    shared_parameters,
-)
+from gradwatch.fix._surgery import copy_model
 from gradwatch.fix.advice import (
     MAX_LR_SCALE,
     clip_grad_norm,

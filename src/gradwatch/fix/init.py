@@ -76,16 +76,10 @@ from gradwatch.anatomy.activations import (
     parse_spec,
 )
 from gradwatch.anatomy.map import is_hf_conv1d, transposed_fan_in
+from gradwatch.anatomy.modules import has_frozen_parameter, is_dense, shared_parameters
+from gradwatch.anatomy.order import Op, input_power, order_of
 from gradwatch.explain.theory import critical_sigma_w2
-from gradwatch.fix._graph import (
-    Op,
-    copy_model,
-    has_frozen_parameter,
-    input_power,
-    is_dense,
-    order_of,
-    shared_parameters,
-)
+from gradwatch.fix._surgery import copy_model
 from gradwatch.types import Change
 
 #: Relative error in sigma_w^2 tolerated before a layer counts as mis-initialised.
@@ -202,7 +196,7 @@ def _sigma2(w: torch.Tensor, fan_in: int | None = None) -> float:
 
 def redrawable(m: nn.Module, tied: Collection[int]) -> bool:
     """Whether `init` may re-draw `m`: no frozen parameter, none tied to another module
-    (`tied`: `fix._graph.shared_parameters(model)`); see the module docstring."""
+    (`tied`: `anatomy.modules.shared_parameters(model)`); see the module docstring."""
     return not has_frozen_parameter(m) and not any(id(p) in tied for p in m.parameters(recurse=False))
 
 

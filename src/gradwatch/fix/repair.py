@@ -81,7 +81,8 @@ from torch.optim.optimizer import (
 from gradwatch._compiled import unwrap
 from gradwatch._errors import GradwatchTypeError, GradwatchValueError
 from gradwatch._optim import has_closure
-from gradwatch.fix._graph import copy_model, order_of
+from gradwatch.anatomy.order import order_of
+from gradwatch.fix._surgery import copy_model
 from gradwatch.fix.choose import (
     BRINGS_INIT,
     PREFERENCE,
@@ -315,7 +316,10 @@ class _Watching:
             if kwargs and not args:
                 self.example_input = dict(kwargs)
             elif not kwargs:
-                self.example_input = args[0] if len(args) == 1 else tuple(args)
+                # a tuple, list or dict is spread into the call (`anatomy._call.split_input`):
+                # one such argument travels inside a tuple, to be passed as it came
+                one = len(args) == 1 and isinstance(args[0], torch.Tensor)
+                self.example_input = args[0] if one else tuple(args)
 
     def diagnose(self) -> Diagnosis:
         if self._recorder is None:
