@@ -82,17 +82,11 @@ from gradwatch._compiled import unwrap
 from gradwatch._errors import GradwatchTypeError, GradwatchValueError
 from gradwatch._optim import has_closure
 from gradwatch.anatomy.order import order_of
+from gradwatch.fix._infer import infer_causes
 from gradwatch.fix._surgery import copy_model
-from gradwatch.fix.choose import (
-    BRINGS_INIT,
-    PREFERENCE,
-    Plan,
-    apply,
-    choose,
-    infer_causes,
-    ranked_causes,
-    remedies_for,
-)
+from gradwatch.fix.apply import apply
+from gradwatch.fix.choose import choose, ranked_causes
+from gradwatch.fix.remedies import BRINGS_INIT, PREFERENCE, Plan, Remedy, remedies_for
 from gradwatch.record import Timeline
 from gradwatch.types import Change, Diagnosis, Finding, FixResult, Kind, Severity
 
@@ -345,12 +339,12 @@ def _candidates(
     plans: list[Plan] = []
     if plan.remedies:
         plans.append(plan)
-    primaries = [r for r in plan.remedies if not (r == "init" and BRINGS_INIT & set(plan.remedies))]
+    primaries = [r for r in plan.remedies if not (r == Remedy.INIT and BRINGS_INIT & set(plan.remedies))]
     if len(primaries) > 1:
         for r in primaries:
             single = Plan()
             single.add(r, plan.reasons[r], **plan.options.get(r, {}))
-            single.clip = plan.clip and r == "lr"
+            single.clip = plan.clip and r == Remedy.LR
             plans.append(single)
     order = order_of(model, example_input)
     seen = {tuple(sorted(p.remedies)) for p in plans}
@@ -363,7 +357,7 @@ def _candidates(
             for r in remedies_for(k, order):
                 alt = Plan()
                 alt.add(r, f"alternative for {f.kind}: {str(k).replace('_', ' ')}")
-                alt.clip = r == "lr"
+                alt.clip = r == Remedy.LR
                 key = tuple(sorted(alt.remedies))
                 if key not in seen:
                     seen.add(key)
@@ -374,7 +368,7 @@ def _candidates(
         result = apply(model, p, diagnosis, example_input=example_input, timeline=timeline)
         if not result.changes and not any(k in result.advice for k in ("lr_scale", "clip_grad_norm")):
             continue
-        out.append(("+".join(r for r in p.remedies) + (" (+clip)" if "clip_grad_norm" in result.advice and "lr" not in p.remedies else ""), result))
+        out.append(("+".join(r for r in p.remedies) + (" (+clip)" if "clip_grad_norm" in result.advice and Remedy.LR not in p.remedies else ""), result))
     return out
 
 
@@ -409,7 +403,7 @@ LR_FACTORS: tuple[float, ...] = (3.0, 10.0)
 
 def _changes_architecture(result: FixResult) -> bool:
     """True if the fix changes the model's layers, not only its weights or the advice."""
-    return any(c.kind != "init" for c in result.changes)
+    return any(c.kind != Remedy.INIT for c in result.changes)
 
 
 def _scaled_advice(advice: dict[str, Any], factor: float) -> dict[str, Any]:
