@@ -8,6 +8,7 @@ from torch import nn
 
 from gradwatch import GradwatchValueError
 from gradwatch.fix import init
+from gradwatch.fix._draw import draw
 from tests.fix.zoo import FunctionalNet, RNNNet
 
 
@@ -425,7 +426,7 @@ def test_a_gru_scaled_to_its_one_hot_inputs_learns_to_recall_where_xavier_inputs
             if not measured:
                 with torch.no_grad():
                     for block in model.rnn.weight_ih_l0.chunk(3, 0):
-                        init._draw(block, init.target_variance("xavier", 7, 16))
+                        draw(block, init.target_variance("xavier", 7, 16))
             opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
             for _ in range(300):
                 x, y = _one_hot_sequences(g, 32, 20)
