@@ -7,20 +7,19 @@ in its module docstring).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
 
 from gradwatch.anatomy._graph import is_norm_module
-from gradwatch.anatomy.map import transposed_fan_in
+from gradwatch.anatomy.map import LayerFacts, transposed_fan_in
 
 __all__ = ["recurrent_facts", "weight_facts"]
 
 
-def weight_facts(module: nn.Module) -> dict[str, Any]:
+def weight_facts(module: nn.Module) -> LayerFacts:
     """sigma_w2, sigma_b2 and, for ReLU-bias checks, the deciles of b_i / ||W_i||."""
-    facts: dict[str, Any] = {"sigma_w2": None, "sigma_b2": None}
+    facts: LayerFacts = {"sigma_w2": None, "sigma_b2": None}
     w = getattr(module, "weight", None)
     b = getattr(module, "bias", None)
     if isinstance(module, nn.RNNBase):
@@ -54,14 +53,14 @@ def weight_facts(module: nn.Module) -> dict[str, Any]:
     return facts
 
 
-def recurrent_facts(module: nn.Module) -> dict[str, Any]:
+def recurrent_facts(module: nn.Module) -> LayerFacts:
     if isinstance(module, nn.LSTM | nn.LSTMCell):
         cell = "lstm"
     elif isinstance(module, nn.GRU | nn.GRUCell):
         cell = "gru"
     else:
         cell = "rnn"
-    facts: dict[str, Any] = {"cell": cell}
+    facts: LayerFacts = {"cell": cell}
     hh = [p for n, p in module.named_parameters() if n.startswith("weight_hh")]
     if cell == "rnn" and hh:
         radius, norm = 0.0, 0.0

@@ -1,7 +1,7 @@
 """The deeper map: what follows each layer, what bypasses it, and how large its weights are.
 
 `analyse(model, example_input=None)` fills, for every layer of an `Anatomy`,
-``Layer.extra`` with:
+``Layer.extra`` (a `gradwatch.anatomy.map.LayerFacts`: its keys are type-checked) with:
 
 =============  =====================================================================
 ``activation``  spec of the elementwise activation that follows it (``"relu"``,
