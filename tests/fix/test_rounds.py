@@ -83,3 +83,28 @@ def test_the_loss_tap_keeps_only_the_losses_of_its_own_thread() -> None:
     assert watching.timeline is not None
     _, values = watching.timeline.loss()
     assert values.tolist() == [float(loss.detach())]
+
+
+def test_a_first_forward_on_one_list_is_kept_as_that_call() -> None:
+    """An example input is spread into the call (a tuple or list as positional arguments):
+    a model called on one list keeps it inside a tuple, so the map's forward pass calls it
+    the same way."""
+    from gradwatch.anatomy.order import order_of
+
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(2, 3), nn.Linear(2, 3)
+
+        def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+            return torch.sigmoid(self.a(xs[0]) + self.b(xs[1]))
+
+    model = Pair()
+    xs = [torch.randn(4, 2), torch.randn(4, 2)]
+    with Watching(model, diagnose=False, every=1) as watching:
+        model(xs)
+        model([torch.zeros(4, 2), torch.zeros(4, 2)])  # only the first forward counts
+    assert isinstance(watching.example_input, tuple) and watching.example_input[0] is xs
+    order = order_of(model, watching.example_input)
+    assert order.traced and [op.name for op in order.ops] == ["a", "b", ""]
+    assert order.ops[-1].fn == "sigmoid"
