@@ -93,6 +93,26 @@ class Order:
     def modules(self) -> list[Op]:
         return [op for op in self.ops if not op.is_function]
 
+    def sequence_length(self, name: str, module: nn.Module) -> int | None:
+        """The sequence length the recurrent layer `name` saw in the traced pass, or None:
+        a cell's number of calls (when more than one), a `PackedSequence`'s longest
+        sequence, else the time dimension of its first output."""
+        if not self.traced:
+            return None
+        if isinstance(module, nn.RNNCellBase):
+            n = self.calls.get(name)
+            return int(n) if n and n > 1 else None
+        if name in self.packed:  # a PackedSequence: its longest sequence
+            return int(self.packed[name])
+        shape = self.shapes.get(name)
+        if shape is None:
+            return None
+        if len(shape) == 3:
+            return int(shape[1] if getattr(module, "batch_first", False) else shape[0])
+        if len(shape) == 2:
+            return int(shape[0])
+        return None
+
     def next_activation(self, name: str) -> Op | None:
         """The activation (module or function) that follows the layer `name`, or None.
 

@@ -32,11 +32,10 @@ import math
 import torch
 from torch import nn
 
-from gradwatch.anatomy.order import Order
 from gradwatch.fix._draw import draw, fans, matches_scale, target_variance
 from gradwatch.types import Change
 
-__all__ = ["CHRONO_MIN_LENGTH", "ORTHO_TOLERANCE", "chrono_biases", "input_target", "recurrent", "seq_len_of"]
+__all__ = ["CHRONO_MIN_LENGTH", "ORTHO_TOLERANCE", "chrono_biases", "input_target", "recurrent"]
 
 #: Largest entry of W W^T - I for a recurrent weight block to count as orthogonal.
 ORTHO_TOLERANCE = 1e-3
@@ -83,25 +82,6 @@ def chrono_biases(hidden: int, seq_len: int) -> torch.Tensor:
     top = max(float(seq_len) - 1.0, 1.0)
     u = 1.0 + (top - 1.0) * (torch.arange(hidden, dtype=torch.float64) + 0.5) / hidden
     return torch.log(u)
-
-
-def seq_len_of(order: Order, name: str, m: nn.Module) -> int | None:
-    """The sequence length the layer `name` saw in a traced forward pass, or None."""
-    if not order.traced:
-        return None
-    if isinstance(m, nn.RNNCellBase):
-        n = order.calls.get(name)
-        return int(n) if n and n > 1 else None
-    if name in order.packed:  # a PackedSequence: its longest sequence
-        return int(order.packed[name])
-    shape = order.shapes.get(name)
-    if shape is None:
-        return None
-    if len(shape) == 3:
-        return int(shape[1] if getattr(m, "batch_first", False) else shape[0])
-    if len(shape) == 2:
-        return int(shape[0])
-    return None
 
 
 def _takes_model_side_input(pname: str) -> bool:

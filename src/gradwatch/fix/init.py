@@ -56,10 +56,10 @@ from gradwatch.anatomy.activations import (
 )
 from gradwatch.anatomy.map import is_hf_conv1d, transposed_fan_in
 from gradwatch.anatomy.modules import has_frozen_parameter, is_dense, shared_parameters
-from gradwatch.anatomy.order import Op, input_power, order_of
+from gradwatch.anatomy.order import Op, Order, input_power, order_of
 from gradwatch.explain.theory import critical_sigma_w2
 from gradwatch.fix._draw import SCALE_TOLERANCE, draw, fans, matches_scale, target_variance
-from gradwatch.fix._init_recurrent import chrono_biases, input_target, recurrent, seq_len_of
+from gradwatch.fix._init_recurrent import chrono_biases, input_target, recurrent
 from gradwatch.fix._surgery import copy_model
 from gradwatch.types import Change
 
@@ -75,7 +75,6 @@ __all__ = [
     "layer_fans",
     "redrawable",
     "scheme_for",
-    "seq_len_of",
     "target_variance",
     "transform",
 ]
@@ -210,7 +209,7 @@ def _fresh(w: torch.Tensor, b: torch.Tensor | None) -> bool:
     return centred and (b is None or float(b.detach().abs().max()) == 0.0)
 
 
-def chain_depth(order: Any) -> int:
+def chain_depth(order: Order) -> int:
     """The number of Linear and convolution layers in the forward pass: the chain length a
     smooth activation's critical scale is solved for."""
     n = sum(1 for op in order.modules() if is_dense(op.module))
@@ -269,7 +268,7 @@ def transform(
         if isinstance(m, nn.RNNBase | nn.RNNCellBase):
             # measured now, on the layers below as already re-drawn
             power = input_power(new, m, example_input) if example_input is not None else None
-            change = recurrent(op.name, m, reason, seq_len_of(order, op.name, m), power)
+            change = recurrent(op.name, m, reason, order.sequence_length(op.name, m), power)
         elif is_dense(m) and isinstance(m.weight, nn.Parameter):
             # (a `weight` that is not a parameter is computed from others on every forward —
             # the older weight_norm — so drawing into it would change nothing)
