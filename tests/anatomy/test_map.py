@@ -175,3 +175,53 @@ def test_fan_in_of_hugging_face_conv1d_reads_its_transposed_weight() -> None:
     layer = Conv1D(12, 5)  # 5 inputs, 12 outputs; weight stored as (5, 12)
     a = Anatomy.from_module(nn.Sequential(layer))
     assert (a["0"].fan_in, a["0"].fan_out) == (5, 12)
+
+
+def test_every_fact_the_map_writes_is_a_declared_layer_fact() -> None:
+    """`LayerFacts` lists every key the map puts in `Layer.extra` (a fact written under a key
+    it does not declare would escape the type check), with the type it declares."""
+    from typing import get_type_hints
+
+    from gradwatch.anatomy.map import LayerFacts
+    from gradwatch.anatomy.structure import analyse
+
+    class Net(nn.Module):  # a bit of everything: tied head, two layers reading one tensor, LSTM, RNN, norm
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(20, 8)
+            self.q = nn.Linear(8, 8)
+            self.k = nn.Linear(8, 8)
+            self.norm = nn.LayerNorm(8)
+            self.lstm = nn.LSTM(8, 8)
+            self.rnn = nn.RNN(8, 8)
+            self.head = nn.Linear(8, 20, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.emb(x)
+            h = self.norm(h + self.q(h) * self.k(h))
+            return self.head(torch.relu(self.rnn(self.lstm(h)[0])[0]))
+
+    model = Net()
+    x = torch.randint(0, 20, (5, 3))
+    with gw.watch(model) as w:
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        w.step(loss=loss)
+    structure = analyse(model, x, anatomy=w.anatomy)
+    declared = get_type_hints(LayerFacts)
+    written = {k: v for layer in structure.anatomy for k, v in layer.extra.items()}
+    assert {"tied_head", "tied_uses", "input_group", "hh_radius", "keep_bias_max", "bias_ratio_q"} <= set(written)
+    assert set(written) <= set(declared), set(written) - set(declared)
+
+
+def test_weight_scale_reads_sigma_w2_and_names_a_layer_without_one() -> None:
+    from gradwatch.anatomy.map import weight_scale
+    from gradwatch.anatomy.structure import analyse
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3))
+    anatomy = analyse(model).anatomy
+    w = model[0].weight.detach().double()
+    assert weight_scale(anatomy["0"]) == pytest.approx(4 * float(w.pow(2).mean()), rel=1e-6)
+    with pytest.raises(gw.GradwatchValueError, match="layer '1' has no weight scale"):
+        weight_scale(anatomy["1"])

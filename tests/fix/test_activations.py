@@ -128,8 +128,8 @@ class _SqueezeExcite(nn.Module):
 
 
 def test_gates_are_kept_with_an_example_input() -> None:
+    from gradwatch.anatomy.order import traced_order
     from gradwatch.fix import manual, norm
-    from gradwatch.fix._graph import traced_order
 
     torch.manual_seed(0)
     model, x = _SqueezeExcite(), torch.randn(2, 3, 6, 6)
@@ -149,7 +149,7 @@ def test_gates_are_kept_with_an_example_input() -> None:
 
 
 def test_a_shifted_tanh_gate_is_a_gate_and_a_tanh_times_a_gate_is_not() -> None:
-    from gradwatch.fix._graph import traced_order
+    from gradwatch.anatomy.order import traced_order
 
     class Cell(nn.Module):
         def __init__(self) -> None:
@@ -169,8 +169,8 @@ def test_a_shifted_tanh_gate_is_a_gate_and_a_tanh_times_a_gate_is_not() -> None:
 
 
 def test_an_output_activation_returned_before_the_last_head_is_kept() -> None:
+    from gradwatch.anatomy.order import traced_order
     from gradwatch.fix import manual
-    from gradwatch.fix._graph import traced_order
 
     class TwoHeads(nn.Module):
         """A trunk, an objectness head with a sigmoid, then a class head (a detector's layout)."""

@@ -11,10 +11,10 @@ from torch import nn
 from torch.nn import functional as F
 
 import gradwatch as gw
+from gradwatch.anatomy.order import order_of
 from gradwatch.fix import first_update, lsuv, restart
 from gradwatch.fix import init as fix_init
-from gradwatch.fix._graph import order_of
-from gradwatch.fix.choose import Plan
+from gradwatch.fix.remedies import Plan
 from gradwatch.types import Diagnosis, Finding
 
 

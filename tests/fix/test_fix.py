@@ -335,8 +335,8 @@ def test_a_bidirectional_lstm_read_out_mid_sequence_is_found_and_trained_by_its_
 
 
 def test_an_output_sigmoid_is_not_a_saturating_cause() -> None:
-    from gradwatch.fix._graph import order_of
-    from gradwatch.fix.choose import infer_causes
+    from gradwatch.anatomy.order import order_of
+    from gradwatch.fix._infer import infer_causes
     from gradwatch.types import CauseKind
 
     torch.manual_seed(0)

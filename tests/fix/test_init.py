@@ -8,6 +8,7 @@ from torch import nn
 
 from gradwatch import GradwatchValueError
 from gradwatch.fix import init
+from gradwatch.fix._draw import draw
 from tests.fix.zoo import FunctionalNet, RNNNet
 
 
@@ -425,7 +426,7 @@ def test_a_gru_scaled_to_its_one_hot_inputs_learns_to_recall_where_xavier_inputs
             if not measured:
                 with torch.no_grad():
                     for block in model.rnn.weight_ih_l0.chunk(3, 0):
-                        init._draw(block, init.target_variance("xavier", 7, 16))
+                        draw(block, init.target_variance("xavier", 7, 16))
             opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
             for _ in range(300):
                 x, y = _one_hot_sequences(g, 32, 20)
@@ -524,16 +525,14 @@ def test_a_one_entry_weight_keeps_its_drawn_magnitude() -> None:
     # started balanced (|w1| = |w2|), and with opposite signs on the saddle's stable manifold
     # under centred targets (the product w1 w2 then shrinks to 0 and stays: benchmarks/wild
     # cv-linear-net-diverges once its targets were standardised).
-    from gradwatch.fix.init import _draw
-
     torch.manual_seed(0)
     drawn = []
     for _ in range(200):
         w = torch.empty(1, 1)
-        _draw(w, 1.0)
+        draw(w, 1.0)
         drawn.append(abs(float(w)))
     assert len({round(v, 6) for v in drawn}) > 100  # magnitudes vary, as N(0, 1) draws do
     assert float(torch.tensor(drawn).pow(2).mean()) == pytest.approx(1.0, abs=0.25)
     many = torch.empty(64, 32)
-    _draw(many, 0.5)
+    draw(many, 0.5)
     assert float(many.pow(2).mean()) == pytest.approx(0.5, rel=1e-6)  # larger weights: exact, as before

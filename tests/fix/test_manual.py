@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import gradwatch as gw
-from gradwatch.fix._graph import order_of
+from gradwatch.anatomy.order import order_of
 from gradwatch.fix.manual import hidden_functional_activations
 from gradwatch.types import Diagnosis, Finding
 from tests.fix.zoo import FunctionalNet

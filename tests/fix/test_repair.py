@@ -393,7 +393,8 @@ def test_a_best_rate_next_to_a_worse_larger_one_is_at_the_edge_and_backs_off() -
 
 
 def test_a_larger_rate_behind_the_best_by_less_than_the_margin_is_not_an_edge() -> None:
-    from gradwatch.fix.repair import Trial, _rate
+    from gradwatch.fix._ledger import Trial
+    from gradwatch.fix._rounds import rate as _rate
 
     def trials(*scores: float) -> list[Trial]:
         return [Trial("gru", [], {}, 15, sc, 0.0, lr_factor=f) for sc, f in zip(scores, (1.0, 3.0, 10.0), strict=True)]
@@ -408,7 +409,7 @@ def test_a_larger_rate_behind_the_best_by_less_than_the_margin_is_not_an_edge() 
 
 
 def test_repairs_watch_reads_a_closure_steps_own_gradients() -> None:
-    from gradwatch.fix.repair import _Watching
+    from gradwatch.fix._watching import Watching as _Watching
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))

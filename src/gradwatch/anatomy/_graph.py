@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.overrides import TorchFunctionMode
 
+from gradwatch.anatomy._mode import CallObserver
 from gradwatch.anatomy.activations import function_spec, module_spec
 from gradwatch.anatomy.map import ROOT, Anatomy
 
@@ -224,7 +224,7 @@ def iter_tensors(value: Any) -> Iterator[torch.Tensor]:
         yield from iter_tensors(value.to_tuple())
 
 
-class _Recorder(TorchFunctionMode):
+class _Recorder(CallObserver):
     """Records each torch function call that takes a tracked tensor as a node."""
 
     def __init__(self, graph: Graph, param_layer: dict[int, str]) -> None:
@@ -238,15 +238,13 @@ class _Recorder(TorchFunctionMode):
         self.node_of[id(t)] = node
         self.keep.append(t)
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+    def seen(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
         name = getattr(func, "__name__", str(func))
         if name == "__get__":
             name = getattr(getattr(func, "__self__", None), "__name__", name)
         outs = list(iter_tensors(out))
         if not outs:
-            return out
+            return
         inputs, layers, constants = [], [], 0
         for t in iter_tensors((args, kwargs)):
             if id(t) in self.param_layer:
@@ -261,9 +259,9 @@ class _Recorder(TorchFunctionMode):
                 for t in outs:
                     self.param_layer[id(t)] = layers[0]
                     self.keep.append(t)
-                return out
+                return
             if not layers:
-                return out  # a constant made inside forward
+                return  # a constant made inside forward
             # else: a layer applied to a constant (an embedding of buffered position ids): a source
         first = next(iter_tensors(args), None)
         extra = tuple(a for a in args[1:] if not isinstance(a, torch.Tensor)) if first is not None else ()
@@ -279,7 +277,6 @@ class _Recorder(TorchFunctionMode):
             node_id = node.id
         for t in outs:
             self.track(t, node_id)
-        return out
 
 
 def build_trace(model: nn.Module, anatomy: Anatomy, example_input: Any) -> Graph:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import torch
 from torch import nn
@@ -28,6 +28,35 @@ def encloses(outer: str, inner: str) -> bool:
     return outer != inner and (outer == ROOT or inner.startswith(outer + "."))
 
 
+class LayerFacts(TypedDict, total=False):
+    """The per-layer facts of the map, each under a fixed, type-checked key (a key is absent
+    until the analysis that finds it has run). They travel in logs as a plain JSON object.
+
+    From `Anatomy.from_module` and `Anatomy.reorder`: ``tied_uses`` (module -> its output
+    size, for the other modules that hold a tied parameter), ``tied_head`` (the output size
+    of a tied use that runs last: the model's head), ``input_group`` (an id shared by the
+    layers that read one tensor). From `gradwatch.anatomy.structure.analyse`, the rest —
+    its module docstring says what each one means.
+    """
+
+    activation: str | None
+    norm: str | None
+    skip: bool
+    is_norm: bool
+    sigma_w2: float | None
+    sigma_b2: float | None
+    bias_ratio_q: list[float]
+    recurrent: bool
+    seq_len: int | None
+    cell: str
+    hh_radius: float
+    hh_norm: float
+    keep_bias_max: float
+    tied_uses: dict[str, int | None]
+    tied_head: int
+    input_group: int
+
+
 @dataclass
 class Layer:
     """One module that owns parameters."""
@@ -41,7 +70,7 @@ class Layer:
     trainable: bool
     tied: list[str] = field(default_factory=list)
     order: int | None = None  # position in the first forward pass; None if never seen running
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: LayerFacts = field(default_factory=lambda: LayerFacts())
 
     @property
     def frozen(self) -> bool:
@@ -73,8 +102,22 @@ class Layer:
             trainable=bool(d.get("trainable", True)),
             tied=list(d.get("tied", [])),
             order=d.get("order"),
-            extra=dict(d.get("extra", {})),
+            extra=cast(LayerFacts, dict(d.get("extra", {}))),
         )
+
+
+def weight_scale(layer: Layer) -> float:
+    """The layer's ``sigma_w2`` (``fan_in * E[W^2]``, `gradwatch.anatomy.structure.analyse`).
+
+    Raises `GradwatchValueError` for a layer that has none: not a weight layer, or not analysed.
+    """
+    value = layer.extra.get("sigma_w2")
+    if value is None:
+        raise GradwatchValueError(
+            f"layer '{layer.name}' has no weight scale (sigma_w2): it is not a weight layer, or the "
+            "anatomy was not analysed (gradwatch.anatomy.structure.analyse)"
+        )
+    return float(value)
 
 
 def fan_in_of(module: nn.Module) -> int | None:

@@ -25,6 +25,7 @@ import numpy as np
 from gradwatch._errors import GradwatchValueError
 from gradwatch.anatomy import Anatomy, Layer
 from gradwatch.anatomy.activations import family, parse_spec
+from gradwatch.anatomy.map import weight_scale
 from gradwatch.anatomy.structure import Structure
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.explain.targets import Targets, read_targets
@@ -154,7 +155,7 @@ def _chain_layer(layer: Layer) -> ChainLayer:
     return ChainLayer(
         name=layer.name,
         fan_in=int(layer.fan_in or 1),
-        sigma_w2=float(e["sigma_w2"]),
+        sigma_w2=weight_scale(layer),
         sigma_b2=float(e.get("sigma_b2") or 0.0),
         activation=e.get("activation"),
         bias=e.get("sigma_b2") is not None,
@@ -641,7 +642,7 @@ def input_not_standardised(ctx: Context) -> Cause | None:
     fam = family(spec)
     if spec is None or fam in (None, "linear") or layer.extra.get("norm"):
         return None  # no activation to misplace, or a normalisation that re-centres whatever comes in
-    sw, sb = float(layer.extra["sigma_w2"]), float(layer.extra.get("sigma_b2") or 0.0)
+    sw, sb = weight_scale(layer), float(layer.extra.get("sigma_b2") or 0.0)
     pre, pre_unit = math.sqrt(sw * rms**2 + sb), math.sqrt(sw + sb)
     off = f", their mean {offset:.2g} times their spread from zero" if offset is not None and math.isfinite(offset) else ""
     evidence = {"input_rms": rms, "input_offset": offset if offset is not None else math.nan, "preactivation_rms": pre}

@@ -44,7 +44,7 @@ from gradwatch.anatomy import Anatomy
 from gradwatch.anatomy._call import call_model, split_input
 from gradwatch.anatomy._graph import iter_tensors
 from gradwatch.anatomy._guard import Preserved, keeps_random_states
-from gradwatch.anatomy.map import ROOT
+from gradwatch.anatomy.map import ROOT, weight_scale
 from gradwatch.anatomy.structure import Structure, analyse
 from gradwatch.detect.probing import probing_pass
 from gradwatch.detect.thresholds import Thresholds
@@ -270,7 +270,7 @@ def _chain_layer(anatomy: Anatomy, name: str) -> ChainLayer:
     return ChainLayer(
         name=name,
         fan_in=int(layer.fan_in or 1),
-        sigma_w2=float(e["sigma_w2"]),
+        sigma_w2=weight_scale(layer),
         sigma_b2=float(e.get("sigma_b2") or 0.0),
         activation=e.get("activation"),
         bias=e.get("sigma_b2") is not None,

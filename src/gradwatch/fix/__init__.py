@@ -21,7 +21,9 @@ from gradwatch._compiled import unwrap
 from gradwatch._errors import GradwatchTypeError
 from gradwatch._lazy import lazy_modules, needs_input_error
 from gradwatch.fix import activations, init, norm, recurrent, residual
-from gradwatch.fix.choose import Plan, apply, choose
+from gradwatch.fix.apply import apply
+from gradwatch.fix.choose import choose
+from gradwatch.fix.remedies import Plan, Remedy
 from gradwatch.fix.repair import RepairResult, Trial, repair
 from gradwatch.fix.residual import Residual
 from gradwatch.record import Timeline
@@ -30,6 +32,7 @@ from gradwatch.types import Diagnosis, FixResult
 __all__ = [
     "FixResult",
     "Plan",
+    "Remedy",
     "RepairResult",
     "Residual",
     "Trial",

@@ -32,7 +32,8 @@ from torch import nn
 
 from gradwatch._errors import GradwatchValueError
 from gradwatch.anatomy.activations import is_saturating, module_spec, parse_spec
-from gradwatch.fix._graph import copy_model, like, order_of
+from gradwatch.anatomy.order import order_of
+from gradwatch.fix._surgery import copy_model, like
 from gradwatch.types import Change
 
 #: Activations whose units die: zero output and zero slope on a half-line (`dying=True`).

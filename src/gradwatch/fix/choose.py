@@ -27,297 +27,35 @@ findings never lead to a change):
 8. A plain chain deeper than `PLAIN_DEPTH_LIMIT` gets `residual` beside the remedies chosen
    for a finding depth can produce (`_depth_beyond_plain`).
 
-Remedies, in order of preference (least invasive first — used to rank alternatives):
-``lr`` (training advice only, the model is untouched) < ``init`` (same architecture,
-new weights) < ``activations`` (same layers, another nonlinearity) < ``recurrent``
-(another layer type, same interface) < ``norm`` (adds layers) < ``residual`` (rewires).
-``activations`` and ``recurrent`` bring ``init`` with them: a ReLU at PyTorch's default
-scale still loses 5/6 of the squared gradient per layer, and a fresh GRU wants
-orthogonal recurrent weights. They are applied in the order recurrent, activations,
-norm, residual, init, so the initialisation sees the final activations.
-
-Causes the data holds have their own remedies (`fix.data`): ``output`` (a bounded output
-activation becomes a linear one, applied first), ``inputs`` (a fixed standardisation layer in
-front) and ``targets`` (a fixed `ScaleOutput` layer after the model, applied last); any of
-them brings fresh weights, and their advice is added whatever finding chose them.
+The remedies themselves, their order and which causes each addresses are in
+`fix.remedies`; applying a plan is `fix.apply`.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from typing import Any
 
-import torch
 from torch import nn
 
-from gradwatch.anatomy.activations import RELU_FAMILY, SATURATING_FUNCTIONS, is_saturating
+from gradwatch.anatomy.modules import is_dense
+from gradwatch.anatomy.order import Order, order_of
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.explain.causes import PLAIN_DEPTH_LIMIT
 from gradwatch.explain.link import RELATED
 from gradwatch.fix import activations as _activations
 from gradwatch.fix import data as _data
 from gradwatch.fix import init as _init
-from gradwatch.fix import lsuv as _lsuv
 from gradwatch.fix import manual as _manual
-from gradwatch.fix import norm as _norm
-from gradwatch.fix import recurrent as _recurrent
-from gradwatch.fix import residual as _residual
-from gradwatch.fix import restart as _restart
-from gradwatch.fix._graph import (
-    Order,
-    copy_model,
-    is_dense,
-    order_of,
-    shared_parameters,
-)
-from gradwatch.fix.advice import (
-    MAX_LR_SCALE,
-    clip_grad_norm,
-    fixed_model_lr_scale,
-    lr_scale,
-    overflow,
-    trouble_step,
-    what_to_try,
-)
-from gradwatch.fix.nonfinite import (
-    OPTIMIZER_STATE_ADVICE,
-    nonfinite_modules,
-    redraw_nonfinite_layers,
-    reset_nonfinite_others,
-)
+from gradwatch.fix._infer import EXPLODING_KINDS, infer_causes, relu_like, scale_mismatch
+from gradwatch.fix.advice import what_to_try
+from gradwatch.fix.apply import RESTART_NOTE
+from gradwatch.fix.remedies import TRANSFORMS, Plan, Remedy, remedies_for
 from gradwatch.record import Timeline
-from gradwatch.types import Cause, CauseKind, Change, Diagnosis, Finding, FixResult, Kind, Severity
+from gradwatch.types import Cause, CauseKind, Diagnosis, Finding, Kind, Severity
 
-#: Remedies by preference (see the module docstring).
-PREFERENCE = ("lr", "init", "activations", "recurrent", "norm", "residual", "output", "inputs", "targets")
-#: The order remedies are applied in.
-APPLY_ORDER = ("output", "recurrent", "activations", "norm", "residual", "init", "inputs", "targets")
-#: Remedies that bring re-initialisation with them.
-BRINGS_INIT = frozenset({"activations", "recurrent"})
-
-#: For each cause, the remedies that address it, best first.
-CAUSE_REMEDIES: dict[CauseKind, tuple[str, ...]] = {
-    CauseKind.SATURATING_ACTIVATIONS: ("activations", "norm", "residual"),
-    CauseKind.INIT_MISMATCH: ("init", "norm"),
-    CauseKind.DEAD_RELU_BIAS: ("init", "norm"),
-    CauseKind.VANILLA_RNN_LONG_SEQUENCE: ("recurrent", "init"),
-    CauseKind.KEEP_GATE_CLOSED: ("init",),
-    CauseKind.STEP_SIZE_TOO_LARGE: ("lr",),
-    CauseKind.NO_NORMALIZATION: ("norm",),
-    CauseKind.DEPTH_WITHOUT_SKIP: ("residual", "norm"),
-    # causes the data holds (`fix.data`): a layer in front, a linear output, advice on targets
-    CauseKind.INPUT_NOT_STANDARDISED: ("inputs",),
-    CauseKind.TARGET_OUT_OF_RANGE: ("output",),
-    CauseKind.TARGET_SCALE: ("targets",),
-}
-
-_TRANSFORMS: dict[str, Callable[..., tuple[nn.Module, list[Change]]]] = {
-    "activations": _activations.transform,
-    "init": _init.transform,
-    "norm": _norm.transform,
-    "residual": _residual.transform,
-    "recurrent": _recurrent.transform,
-    "inputs": _data.standardise_inputs,
-    "output": _data.linear_output,
-    "targets": _data.scale_output,
-}
-
-_GRADIENT_KINDS = (Kind.VANISHING_GRADIENT, Kind.SATURATED_UNITS, Kind.STALLED_WEIGHTS)
-_EXPLODING_KINDS = (Kind.EXPLODING_GRADIENT, Kind.NONFINITE_GRADIENT, Kind.DIVERGING_LOSS)
-_SYMPTOM_KINDS = (Kind.FLAT_LOSS, Kind.CONSTANT_OUTPUT)
-
-
-@dataclass
-class Plan:
-    """The remedies chosen, why, and the manual advice that goes with them."""
-
-    remedies: list[str] = field(default_factory=list)
-    reasons: dict[str, str] = field(default_factory=dict)
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    manual: list[str] = field(default_factory=list)
-    clip: bool = False
-
-    def add(self, remedy: str, reason: str, **options: Any) -> None:
-        if remedy == "lr" and remedy in self.remedies:
-            # One direction: a step blamed for damage (down) is not also too small (up).
-            # Down wins — it rests on damage done; an update too small for dead or
-            # saturated units is their zero gradient, which no rate moves.
-            if bool(options.get("up")) == bool(self.options.get("lr", {}).get("up")) or options.get("up"):
-                return
-            self.reasons["lr"] = reason
-            self.options["lr"] = dict(options)
-            return
-        if remedy not in self.remedies:
-            self.remedies.append(remedy)
-            self.reasons[remedy] = reason
-        elif "layers" not in options:
-            self.options.get(remedy, {}).pop("layers", None)  # wanted everywhere now, not in a few layers
-        self.options.setdefault(remedy, {}).update(options)
-        if remedy in BRINGS_INIT:
-            if "init" not in self.remedies:
-                self.remedies.append("init")
-                self.reasons["init"] = f"the new {'activations' if remedy == 'activations' else 'layers'} need a matching initialisation"
-            self.options.get("init", {}).pop("layers", None)
-            # weights trained for the old activation carry its structure, not only its scale
-            self.options.setdefault("init", {})["force"] = True
-
-
-# -- causes read from the model when the diagnosis carries none ---------------------------------
-
-
-def infer_causes(model: nn.Module, order: Order, kind: Kind, step: int | None = None) -> list[CauseKind]:
-    """The structural causes that can produce a finding of `kind` in this model, most specific first.
-
-    Used only when no explainer supplied causes. Each check follows the mechanism:
-    saturating activations and too-small weight scales shrink the gradient per layer; an
-    `nn.RNN` shrinks it per time step; negative biases switch ReLUs off; a too-large
-    weight scale or step size makes it grow. Units found dead after the first step (`step`,
-    the finding's first step, > 0) were alive at the initialisation: training steps killed
-    them, so the step size comes first even if the biases they left behind now look dead.
-    Likewise a loss that diverged, or gradients that went non-finite, after the first step:
-    the step size before a weight scale that may be the divergence's own doing.
-    """
-    has_rnn = any(type(m) in (nn.RNN, nn.RNNCell) for m in model.modules())
-    kept = order.beside_frozen() | order.output_modules()  # what `activations` leaves alone
-    saturating = any(
-        is_saturating(op.module) and not op.gate and id(op.module) not in kept
-        for op in order.modules()
-        if op.module is not None
-    ) or bool(
-        _manual.hidden_functional_activations(model, order)
-    )
-    small, large, rnn_large = _scale_mismatch(model, order)
-    causes: list[CauseKind] = []
-    if kind == Kind.TEMPORAL_VANISHING:
-        causes += [CauseKind.VANILLA_RNN_LONG_SEQUENCE] if has_rnn else [CauseKind.INIT_MISMATCH]
-    elif kind in _GRADIENT_KINDS or kind in _SYMPTOM_KINDS:
-        if saturating:
-            causes.append(CauseKind.SATURATING_ACTIVATIONS)
-        if has_rnn and kind == Kind.VANISHING_GRADIENT:
-            causes.append(CauseKind.VANILLA_RNN_LONG_SEQUENCE)
-        if small:
-            causes.append(CauseKind.INIT_MISMATCH)
-        if _dead_biases(model, order):
-            causes.append(CauseKind.DEAD_RELU_BIAS)
-        if not causes and kind == Kind.VANISHING_GRADIENT:
-            # Nothing in the layers themselves explains it: the chain's length does.
-            causes += [CauseKind.DEPTH_WITHOUT_SKIP, CauseKind.NO_NORMALIZATION]
-    elif kind == Kind.DEAD_UNITS:
-        if step is not None and step > 0:
-            causes.append(CauseKind.STEP_SIZE_TOO_LARGE)
-        if _dead_biases(model, order):
-            causes.append(CauseKind.DEAD_RELU_BIAS)
-        if small:
-            causes.append(CauseKind.INIT_MISMATCH)
-        if CauseKind.STEP_SIZE_TOO_LARGE not in causes and step is None:
-            causes.append(CauseKind.STEP_SIZE_TOO_LARGE)  # large steps knock units off for good
-        # found at step 0 (before any update): dead at the initialisation, no step did it
-    elif kind in _EXPLODING_KINDS:
-        if rnn_large:
-            # A vanilla RNN whose recurrent matrix can grow the gradient through time: an
-            # orthogonal re-initialisation only trades the explosion for vanishing, a gated
-            # cell removes both (Pascanu et al. 2013).
-            causes.append(CauseKind.VANILLA_RNN_LONG_SEQUENCE)
-        if large and kind != Kind.EXPLODING_GRADIENT and step is not None and step > 0:
-            # A loss that rose or blew up after training began: the steps did it, and weights
-            # read now may be what they left (a diverged model's are huge); the scale can
-            # still be the cause, second.
-            causes += [CauseKind.STEP_SIZE_TOO_LARGE, CauseKind.INIT_MISMATCH]
-        else:
-            if large:
-                causes.append(CauseKind.INIT_MISMATCH)
-            causes.append(CauseKind.STEP_SIZE_TOO_LARGE)
-    return causes
-
-
-def _scale_mismatch(model: nn.Module, order: Order) -> tuple[bool, bool, bool]:
-    """(some feed-forward layer's weight scale is too small for its activation, some is too
-    large, some vanilla RNN's recurrent matrix is too large).
-
-    A vanilla recurrent layer counts as too large when its recurrent matrix has a singular
-    value above 1 + tolerance: then the gradient through time can grow (Pascanu et al. 2013).
-    """
-    small = large = rnn_large = False
-    depth = _init.chain_depth(order)  # the chain length `init` solves a smooth activation's scale for
-    tied = shared_parameters(model)
-    for op in order.modules():
-        m = op.module
-        if m is None or not _init.redrawable(m, tied):
-            continue  # what `init` would not re-draw cannot be the reason to re-draw anything
-        if isinstance(m, nn.RNNBase | nn.RNNCellBase):
-            # Only a vanilla cell's gradient through time is W_hh^T diag(phi') alone; a
-            # gated cell's passes through its gates (sigmoid' <= 1/4), so its W_hh norm
-            # says little (PyTorch's default LSTM init already has one near 1.15).
-            if type(m) in (nn.RNN, nn.RNNCell):
-                for name, p in m.named_parameters(recurse=False):
-                    if name.startswith("weight_hh"):
-                        sigma = float(torch.linalg.matrix_norm(p.detach().double(), ord=2))
-                        rnn_large |= sigma > 1 + _init.SCALE_TOLERANCE
-            continue
-        if not is_dense(m):
-            continue
-        act = order.next_activation(op.name)
-        if act is None:
-            continue  # a head or a layer feeding another: its scale is not a gain through depth
-        w = m.weight
-        assert isinstance(w, torch.Tensor)
-        _, _, target, _ = _init.feedforward_target(m, act, depth)
-        ratio = float(w.detach().double().pow(2).mean()) / target
-        small |= ratio < 1 - _init.SCALE_TOLERANCE
-        large |= ratio > 1 + _init.SCALE_TOLERANCE
-    return small, large, rnn_large
-
-
-def _relu_like(act: Any) -> bool:
-    return act is not None and (
-        (act.module is not None and isinstance(act.module, RELU_FAMILY)) or act.fn in ("relu", "relu6")
-    )
-
-
-def _dead_biases(model: nn.Module, order: Order) -> bool:
-    for op in order.modules():
-        m = op.module
-        b = getattr(m, "bias", None) if is_dense(m) else None
-        if not isinstance(b, torch.Tensor):
-            continue
-        relu_like = _relu_like(order.next_activation(op.name))
-        b = b.detach().double()
-        if relu_like and float(b.mean()) < -_init.BIAS_RMS_LIMIT:
-            return True
-    return False
-
-
-# -- choosing ------------------------------------------------------------------------------
-
-
-def remedies_for(cause: CauseKind, order: Order) -> tuple[str, ...]:
-    """The remedies for `cause` in this model, best first.
-
-    Saturating activations whose derivative peaks at 1 (tanh, hardtanh, softsign) have a
-    critical initialisation — Xavier puts chi near 1 — so re-initialising is tried before
-    swapping them. Sigmoid's derivative peaks at 0.25: no weight scale makes chi reach 1
-    without pushing it into saturation, so its activations must go.
-    """
-    remedies = CAUSE_REMEDIES.get(cause, ())
-    if cause == CauseKind.SATURATING_ACTIVATIONS:
-        # the output activation does not count: after the last layer, or returned by the model
-        hidden = [op for op in order.ops[: order.last_layer_index() + 1] if not op.returned]
-        if not order.traced:  # functions read from source have no place in the order
-            hidden = hidden + [f for f in order.functions if not f.fn.endswith("@output")]
-        sat = [
-            op
-            for op in hidden
-            if not op.gate and ((op.module is not None and is_saturating(op.module)) or op.fn in SATURATING_FUNCTIONS)
-        ]
-        sigmoid_like = any(
-            isinstance(op.module, nn.Sigmoid | nn.Hardsigmoid) or op.fn in ("sigmoid", "hardsigmoid") for op in sat
-        )
-        if sat and not sigmoid_like:
-            return ("init", *remedies)
-    return remedies
-
+__all__ = ["GENERIC_CAUSES", "LEAKY_RISK", "PREDICTED_CAUSES", "choose", "layer_death_risk", "ranked_causes"]
 
 
 #: Causes that describe what the architecture lacks (a skip path, a normalisation) rather
@@ -353,11 +91,11 @@ def ranked_causes(finding: Finding, diagnosis: Diagnosis) -> list[Cause]:
     )
 
 
-def _applies(remedy: str, model: nn.Module, example_input: Any) -> bool:
-    if remedy == "lr":
+def _applies(remedy: Remedy, model: nn.Module, example_input: Any) -> bool:
+    if remedy == Remedy.LR:
         return True
     probe = copy.deepcopy(model)
-    _, changes = _TRANSFORMS[remedy](probe, example_input=example_input, inplace=True)
+    _, changes = TRANSFORMS[remedy](probe, example_input=example_input, inplace=True)
     return bool(changes)
 
 
@@ -380,9 +118,9 @@ def choose(
     if not problems:
         return plan
     order = order or order_of(model, example_input)
-    applies_cache: dict[str, bool] = {}
+    applies_cache: dict[Remedy, bool] = {}
 
-    def applies(remedy: str) -> bool:
+    def applies(remedy: Remedy) -> bool:
         if remedy not in applies_cache:
             applies_cache[remedy] = (
                 _data.applies(remedy, model, diagnosis, timeline) if remedy in _data.REMEDIES
@@ -406,13 +144,13 @@ def choose(
             kinds = [CauseKind.STEP_SIZE_TOO_LARGE, *(k for k in kinds if k != CauseKind.STEP_SIZE_TOO_LARGE)]
         messages = {c.kind: c.message for c in ranked}
         if any(r in plan.remedies for k in kinds for r in remedies_for(k, order)):
-            if finding.kind in (Kind.EXPLODING_GRADIENT, Kind.NONFINITE_GRADIENT) and "lr" in plan.remedies:
+            if finding.kind in (Kind.EXPLODING_GRADIENT, Kind.NONFINITE_GRADIENT) and Remedy.LR in plan.remedies:
                 plan.clip = True
             _revive(plan, finding, model, order, example_input)
             continue
         for k in kinds:
             picked = next((r for r in remedies_for(k, order) if applies(r)), None)
-            if k == CauseKind.SATURATING_ACTIVATIONS and functional and picked in (None, "activations"):
+            if k == CauseKind.SATURATING_ACTIVATIONS and functional and picked in (None, Remedy.ACTIVATIONS):
                 # surgery swaps modules only: calls in forward() need a person (unless the
                 # remedy is re-initialising, which reaches them too)
                 plan.manual.extend(_manual.activation_advice(model, functional))
@@ -421,10 +159,10 @@ def choose(
             why = messages.get(k) or str(k).replace("_", " ")
             reason = f"{finding.kind}: {why}"
             options: dict[str, Any] = _data.options(picked, diagnosis, timeline) if picked in _data.REMEDIES else {}
-            if picked == "activations" and any(f.kind == Kind.DEAD_UNITS for f in problems):
+            if picked == Remedy.ACTIVATIONS and any(f.kind == Kind.DEAD_UNITS for f in problems):
                 options["to"] = "leaky_relu"
             plan.add(picked, reason, **options)
-            if picked == "lr" and finding.kind in _EXPLODING_KINDS:
+            if picked == Remedy.LR and finding.kind in EXPLODING_KINDS:
                 plan.clip = True
             _revive(plan, finding, model, order, example_input)
             break
@@ -440,7 +178,7 @@ def choose(
             elif finding.kind == Kind.STALLED_WEIGHTS:
                 # Weights that barely move, with nothing in the model to blame: the step is
                 # too small for the gradients it gets.
-                plan.add("lr", f"{finding.kind}: updates too small for the weights", up=True)
+                plan.add(Remedy.LR, f"{finding.kind}: updates too small for the weights", up=True)
     plan.manual.extend(_data.complete(plan, diagnosis, timeline, model))
     _narrow_relu(plan, problems, model, order, example_input)
     _depth_beyond_plain(plan, problems, diagnosis, applies)
@@ -471,7 +209,7 @@ def _narrow_relu(plan: Plan, problems: list[Finding], model: nn.Module, order: O
     (`layer_death_risk` over `LEAKY_RISK`): a leaky activation, chosen from the architecture
     (widths and depth), not from the run — He's weights give every re-draw the same odds."""
     dead = next((f for f in problems if f.kind == Kind.DEAD_UNITS), None)
-    if dead is None or "activations" in plan.remedies:
+    if dead is None or Remedy.ACTIVATIONS in plan.remedies:
         return
     kept = order.output_modules() | order.beside_frozen()
     widths = []
@@ -489,7 +227,7 @@ def _narrow_relu(plan: Plan, problems: list[Finding], model: nn.Module, order: O
     if not changes:
         return
     plan.add(
-        "activations",
+        Remedy.ACTIVATIONS,
         f"{dead.kind}: hidden ReLU layers of widths {widths}: a re-draw leaves a {risk:.0%} chance per input that "
         f"a whole layer is off (each unit off with probability 1/2; Lu et al. 2019), so re-drawn weights cannot "
         "be relied on to revive it: a leaky slope keeps a gradient through units that are off",
@@ -498,7 +236,7 @@ def _narrow_relu(plan: Plan, problems: list[Finding], model: nn.Module, order: O
     )
 
 
-def _depth_beyond_plain(plan: Plan, problems: list[Finding], diagnosis: Diagnosis, applies: Callable[[str], bool]) -> None:
+def _depth_beyond_plain(plan: Plan, problems: list[Finding], diagnosis: Diagnosis, applies: Callable[[Remedy], bool]) -> None:
     """A plain chain deeper than `PLAIN_DEPTH_LIMIT` still wants skip connections after the
     faulty part is fixed.
 
@@ -511,14 +249,14 @@ def _depth_beyond_plain(plan: Plan, problems: list[Finding], diagnosis: Diagnosi
     gradient's path (init, activations, norm), not when the step size alone is blamed.
     """
     cause = next((c for c in diagnosis.causes if c.kind == CauseKind.DEPTH_WITHOUT_SKIP), None)
-    if cause is None or cause.evidence.get("depth", 0.0) <= PLAIN_DEPTH_LIMIT or "residual" in plan.remedies:
+    if cause is None or cause.evidence.get("depth", 0.0) <= PLAIN_DEPTH_LIMIT or Remedy.RESIDUAL in plan.remedies:
         return
     finding = next((f for f in problems if CauseKind.DEPTH_WITHOUT_SKIP in RELATED.get(Kind.parse(f.kind), ())), None)
     # only beside a fix of the gradient's path (a step size blamed alone is no such fix)
-    if finding is None or not set(plan.remedies) & {"init", "activations", "norm"} or not applies("residual"):
+    if finding is None or not set(plan.remedies) & {Remedy.INIT, Remedy.ACTIVATIONS, Remedy.NORM} or not applies(Remedy.RESIDUAL):
         return
     plan.add(
-        "residual",
+        Remedy.RESIDUAL,
         f"{finding.kind}: {cause.message}; more than {PLAIN_DEPTH_LIMIT} plain layers train worse than fewer even "
         "at a critical initialisation (He et al. 2016), so skip connections go with the other remedies",
     )
@@ -565,7 +303,7 @@ def _predicted_causes(
     diagnosis: Diagnosis,
     timeline: Timeline | None,
     order: Order,
-    applies: Callable[[str], bool],
+    applies: Callable[[Remedy], bool],
 ) -> None:
     """A run that diverged before the detectors could read its gradients: theory stands in.
 
@@ -585,8 +323,8 @@ def _predicted_causes(
         if cause.kind not in PREDICTED_CAUSES:
             continue
         remedies = remedies_for(cause.kind, order)
-        only = plan.options.get("init", {}).get("layers")
-        if "init" in remedies and only is not None and cause.layers:
+        only = plan.options.get(Remedy.INIT, {}).get("layers")
+        if Remedy.INIT in remedies and only is not None and cause.layers:
             # `init` already chosen for a few layers (dead units' feeders): reach these too
             only[:] = list(dict.fromkeys([*only, *cause.layers]))
             continue
@@ -595,7 +333,7 @@ def _predicted_causes(
         picked = next((r for r in remedies if applies(r)), None)
         if picked is None:
             continue
-        options: dict[str, Any] = {"layers": list(cause.layers)} if picked == "init" and cause.layers else {}
+        options: dict[str, Any] = {"layers": list(cause.layers)} if picked == Remedy.INIT and cause.layers else {}
         plan.add(
             picked,
             f"{cause.kind}: {cause.message} (predicted from the model as built: the run diverged at step "
@@ -604,23 +342,19 @@ def _predicted_causes(
         )
 
 
-#: How `_restart_advice`'s note starts (dropped when `restart` re-draws the weights itself).
-_RESTART_NOTE = "The run diverged at step"
-
-
 def _restart_advice(plan: Plan, problems: list[Finding], model: nn.Module, order: Order) -> None:
     """A run that diverged after its first step, with weights now off their initial scale:
     those weights are the divergence's product, and a smaller step starting from them
     starts from a blown-up model. Say so (what to restart from) — `fix` re-draws only what
     is non-finite, since a finite weight may hold training worth keeping."""
     late = [f for f in problems if f.kind in (Kind.DIVERGING_LOSS, Kind.NONFINITE_GRADIENT) and (f.step or 0) > 0]
-    if not late or "lr" not in plan.remedies or "init" in plan.remedies:
+    if not late or Remedy.LR not in plan.remedies or Remedy.INIT in plan.remedies:
         return
-    if not _scale_mismatch(model, order)[1]:
+    if not scale_mismatch(model, order)[1]:
         return
     step = min(int(f.step or 0) for f in late)
     plan.manual.append(
-        f"{_RESTART_NOTE} {step}, and some layers' weights are now above the scale their "
+        f"{RESTART_NOTE} {step}, and some layers' weights are now above the scale their "
         "activations want: they carry the divergence. Retrain from a fresh model (build it again and call "
         "gw.fix on it with the same diagnosis) or from a checkpoint saved before that step, with the advised "
         "step size — not from these weights."
@@ -636,19 +370,19 @@ def _revive(plan: Plan, finding: Finding, model: nn.Module, order: Order, exampl
     and of those only the ones whose scale or biases the large steps moved off: a model
     that has not trained yet is left as it is.
     """
-    if finding.kind != Kind.DEAD_UNITS or "lr" not in plan.remedies or "init" in plan.remedies:
+    if finding.kind != Kind.DEAD_UNITS or Remedy.LR not in plan.remedies or Remedy.INIT in plan.remedies:
         return
     feeding = [
         op.name
         for op in order.modules()
-        if is_dense(op.module) and _relu_like(order.next_activation(op.name))
+        if is_dense(op.module) and relu_like(order.next_activation(op.name))
     ]
     if not feeding:
         return
     _, changes = _init.transform(copy.deepcopy(model), example_input=example_input, layers=feeding, inplace=True)
     if changes:
         plan.add(
-            "init",
+            Remedy.INIT,
             f"{finding.kind}: units a too-large step switched off get no gradient; fresh weights revive them",
             layers=feeding,
         )
@@ -664,176 +398,3 @@ def _no_remedy(finding: Finding, kinds: list[CauseKind]) -> str:
     if k == CauseKind.VANILLA_RNN_LONG_SEQUENCE:
         return _manual.recurrent_advice(cause)
     return _manual.init_advice(cause)
-
-
-def apply(
-    model: nn.Module,
-    plan: Plan,
-    diagnosis: Diagnosis,
-    *,
-    example_input: Any = None,
-    timeline: Timeline | None = None,
-    inplace: bool = False,
-) -> FixResult:
-    """Apply a plan: the transforms in `APPLY_ORDER`, then the training advice.
-
-    A model with inf/NaN in its parameters (NaN in its buffers) — the state a divergence
-    leaves — is given finite ones as well when the diagnosis found a problem
-    (`reset_nonfinite_others` before the transforms, `redraw_nonfinite_layers` after).
-    """
-    # the model as the run left it: the first-update prediction calibrates its probe on it
-    original = copy.deepcopy(model) if inplace and timeline is not None and example_input is not None else model
-    new = copy_model(model, inplace)
-    changes: list[Change] = []
-    broken = any(f.severity > Severity.INFO for f in diagnosis.findings) and bool(nonfinite_modules(new))
-    if broken:
-        changes.extend(reset_nonfinite_others(new))
-    for remedy in APPLY_ORDER:
-        if remedy not in plan.remedies:
-            continue
-        opts = plan.options.get(remedy, {})
-        new, done = _TRANSFORMS[remedy](
-            new, example_input=example_input, reason=plan.reasons[remedy], inplace=True, **opts
-        )
-        changes.extend(done)
-    if "init" in plan.remedies and example_input is not None:
-        changes.extend(_calibrate(new, example_input))
-    manual = list(plan.manual)  # the plan is the caller's: not extended in place
-    if broken:
-        more, left = redraw_nonfinite_layers(new, example_input)
-        changes.extend(more)
-        manual += [*left, OPTIMIZER_STATE_ADVICE]
-    if _restart.diverged(diagnosis):
-        _, restarted = _restart.transform(new, example_input=example_input, inplace=True)
-        if restarted:
-            changes.extend(restarted)
-            # the weights are re-drawn: the note to retrain from fresh ones is done
-            manual = [m for m in manual if not m.startswith(_RESTART_NOTE)]
-            if not broken:
-                manual.append(_restart.OPTIMIZER_ADVICE)
-    advice: dict[str, Any] = {}
-    why: dict[str, str] = {}
-    up = bool(plan.options.get("lr", {}).get("up"))
-    # A run that blew up did so at the recipe's rate: whatever the cause blamed, that rate
-    # is not advised again for the model returned (one direction: down).
-    down = ("lr" in plan.remedies and not up) or _restart.blew_up(diagnosis)
-    blame = plan.reasons["lr"] if "lr" in plan.remedies and not up else "the run diverged at the recipe's rate"
-    predicted = None
-    found: list[Any] = []  # the fixed model's first-update prediction, when one was made
-    if changes:
-        # the advice is for the model returned, not the one it replaced (fix/first_update.py)
-        predicted = fixed_model_lr_scale(
-            original, new, timeline, diagnosis, example_input, blamed="down" if down else None,
-            deeper_path=bool({"activations", "norm", "residual"} & set(plan.remedies)), found=found,
-        )
-    scaled = _data.output_scale(new) / _data.output_scale(model) if any(c.kind == "targets" for c in changes) else 1.0
-    dtype = next((p.dtype for p in new.parameters() if p.is_floating_point()), None)
-    normalised = scaled > 1.0 and bool(found) and found[0].adaptive and dtype is not None and overflow(found[0].grad, dtype)
-    if normalised:
-        # The exact gradient through the layer would overflow the parameters' float type in an
-        # adaptive optimizer's squared-gradient state (and in a clipping norm): every step would
-        # stop. The layer passes the gradient of loss / scale^2 back instead, whose size the
-        # optimizer divides out anyway: its rate stands.
-        _data.normalise_output_gradient(new)
-        note = _data.NORMALISED_ADVICE.format(grad=found[0].grad, dtype=dtype)
-        manual = [m + note if "`scale_output`" in m else m for m in manual]
-        changes = [
-            replace(c, description=c.description + "; its backward pass divides the gradient by the scale "
-                    "(the gradient of loss / scale^2), since the exact one would overflow " + str(dtype))
-            if c.kind == "targets" else c
-            for c in changes
-        ]
-    if predicted is not None and ("lr" in plan.remedies or down or predicted[0] != 1.0):
-        scale, because = predicted
-        advice["lr_scale"], why["lr_scale"] = scale, (f"{blame}; " if down else "") + because
-    elif scaled > 1.0 and predicted is None:
-        # No step size to predict from (the run overflowed before a second record, or a
-        # saturated output left every update 0): the rate that makes the layer and targets
-        # divided by its scale one training — the recipe's rate on targets it can reach.
-        scale = _data.standardised_rate(scaled)
-        why["lr_scale"] = (
-            f"no step size was measured to predict the fixed model's first update from; the squared error through "
-            f"`scale_output` ({scaled:.3g}) is {scaled:.3g}^2 times the one on targets divided by it, so under SGD "
-            f"the recipe's rate times {scale:.2g} takes the steps those targets would take at the recipe's rate "
-            "(an adaptive optimizer such as Adam divides the factor out: keep its rate)"
-        )
-        late = trouble_step(diagnosis)
-        if down and timeline is not None and len(timeline) > 1 and late is not None and late > int(timeline.steps[1]):
-            # The run trained past its first recording interval before it diverged: not the
-            # targets' scale throwing fresh weights at once, but the recipe's step, too large
-            # for the model as it trained. One decade down from there, as for any divergence.
-            scale *= MAX_LR_SCALE
-            why["lr_scale"] += (
-                f"; the run diverged at step {late}, after it had trained: the recipe's rate itself was too large, "
-                "so one decade down from that"
-            )
-        advice["lr_scale"] = float(f"{scale:.2g}")
-    elif "lr" in plan.remedies or down:
-        scale, because = lr_scale(timeline, diagnosis, up=up and not down)
-        advice["lr_scale"], why["lr_scale"] = scale, f"{blame if down else plan.reasons['lr']}; {because}"
-    if _data.TARGET_ADVICE in "\n".join(manual) and "lr_scale" in advice:
-        # The targets are left to the user to standardise: a rate sized for them as they are
-        # does not carry over (standardised targets shrink every gradient of a squared error by
-        # their scale squared), and advising both would contradict itself. The data step is
-        # the remedy, at the recipe's rate.
-        del advice["lr_scale"]
-        why["lr_scale"] = (
-            "no rate advised: the targets are to be standardised as advised, and a rate sized for them as they "
-            "are does not carry over; start from the recipe's rate"
-        )
-    elif predicted is not None:
-        why["lr_scale"] = predicted[1]
-    if plan.clip:
-        clip = clip_grad_norm(timeline, diagnosis)
-        if clip is not None:
-            advice["clip_grad_norm"], why["clip_grad_norm"] = clip
-            if any(c.kind == "output" for c in changes):
-                # The recorded gradients passed through the bounded output's derivative, which
-                # a saturated output drives toward 0 and the fix removed: they say nothing of
-                # the size of the fixed model's, and a threshold read from them can cut every
-                # step of it to nothing.
-                del advice["clip_grad_norm"]
-                why["clip_grad_norm"] = (
-                    "no clipping advised: the recorded gradients passed through the output activation the fix "
-                    "removed, and do not measure the fixed model's"
-                )
-            elif scaled > 1.0:
-                # measured on the model without `scale_output`: the same error sends gradients
-                # `scaled` times larger back through it (the chain rule through a product), or
-                # `scaled` times smaller where the layer normalises them
-                factor = 1.0 / scaled if normalised else scaled
-                advice["clip_grad_norm"] = float(f"{clip[0] * factor:.2g}")
-                why["clip_grad_norm"] += (
-                    f"; times {factor:.3g} for `scale_output`, which "
-                    + ("divides every gradient by its scale" if normalised else "multiplies every gradient by its scale")
-                )
-    if not changes and not manual and "lr_scale" not in advice and "clip_grad_norm" not in advice:
-        # A sick run with nothing to change still hears what to try, and why (never silence).
-        for f in diagnosis.findings:
-            if f.severity > Severity.INFO and not any(m.startswith(f"{f.kind}:") for m in manual):
-                manual.append(what_to_try(f.kind, f.message))
-        manual = list(dict.fromkeys(manual))
-    if manual:
-        advice["manual"] = manual
-    if why:
-        advice["why"] = why
-    return FixResult(model=new, changes=changes, advice=advice)
-
-
-def _calibrate(model: nn.Module, example_input: Any) -> list[Change]:
-    """LSUV (`fix.lsuv`) where `init`'s closed form cannot hold: a hidden layer followed by a
-    functional activation (its scale or shape is code the map cannot read: ``0.5 *
-    torch.tanh(h)``) and hidden-layer output variances that still drift over `lsuv.DRIFT`."""
-    try:
-        order = order_of(model, example_input)
-        functional = any(
-            is_dense(op.module) and (act := order.next_activation(op.name)) is not None and act.module is None
-            for op in order.modules()
-        )
-        spread = _lsuv.drift(model, example_input) if functional else None
-    except Exception:  # a measurement that fails leaves the closed form in place
-        return []
-    if spread is None or spread <= _lsuv.DRIFT:
-        return []
-    _, done = _lsuv.transform(model, example_input=example_input, inplace=True)
-    return done

@@ -38,7 +38,7 @@ What the layer does to the step size: the squared error on raw targets through t
 targets give, and the rate must be ``scale^-2`` of the one those would take (adaptive
 optimizers divide the factor out). `fix.first_update` predicts it for the model with the
 layer; where no step size was measured, `standardised_rate` gives the rate that makes the
-layer and standardised targets the same training (`fix.choose.apply`). Where the exact
+layer and standardised targets the same training (`fix.apply.apply`). Where the exact
 gradient would overflow an adaptive optimizer's squared-gradient state (targets near 1e10
 in float32), the layer passes back the gradient of ``loss / scale^2`` instead
 (``normalised_gradient``).
@@ -526,7 +526,7 @@ def _layer_advice(scale: float, removed: str, shift: float = 0.0) -> str:
 
 
 def complete(plan: Any, diagnosis: Diagnosis, timeline: Timeline | None, model: nn.Module) -> list[str]:
-    """Add the data remedies for every data cause in the diagnosis to `plan` (a `fix.choose.Plan`)
+    """Add the data remedies for every data cause in the diagnosis to `plan` (a `fix.remedies.Plan`)
     if no finding chose them, and return the manual advice that goes with them."""
     out: list[str] = []
     for remedy, kind in REMEDIES.items():

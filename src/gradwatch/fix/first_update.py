@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradwatch.fix._graph import _call
+from gradwatch.anatomy._call import call_model
 from gradwatch.fix.advice import RUNUP_FACTOR
 from gradwatch.fix.data import without_output_scale
 from gradwatch.probes.output import first_tensor
@@ -178,7 +178,7 @@ def surrogate_gradients(model: nn.Module, example_input: Any) -> dict[str, tuple
     state = torch.random.get_rng_state()
     try:
         with torch.enable_grad():
-            out = first_tensor(_call(probe, example_input))
+            out = first_tensor(call_model(probe, example_input))
             if out is None or not out.is_floating_point() or out.numel() == 0 or not out.requires_grad:
                 return None
             gen = torch.Generator(device="cpu").manual_seed(SURROGATE_SEED)

@@ -26,15 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradwatch.fix._graph import (
-    Preserved,
-    _call,
-    copy_model,
-    has_frozen_parameter,
-    is_dense,
-    order_of,
-    shared_parameters,
-)
+from gradwatch.anatomy._call import call_model
+from gradwatch.anatomy._guard import Preserved
+from gradwatch.anatomy.modules import has_frozen_parameter, is_dense, shared_parameters
+from gradwatch.anatomy.order import order_of
+from gradwatch.fix._surgery import copy_model
 from gradwatch.types import Change
 
 #: Output variance within this fraction of 1 counts as calibrated.
@@ -68,7 +64,7 @@ def _output_variances(model: nn.Module, example_input: Any, modules: list[tuple[
     try:
         with torch.no_grad(), Preserved(model):
             model.eval()
-            _call(model, example_input)
+            call_model(model, example_input)
     finally:
         for h in handles:
             h.remove()

@@ -14,7 +14,8 @@ from __future__ import annotations
 from torch import nn
 
 from gradwatch.anatomy.activations import SATURATING_FUNCTIONS
-from gradwatch.fix._graph import Op, Order, get_module
+from gradwatch.anatomy.order import Op, Order
+from gradwatch.fix._surgery import get_module
 
 KERAS_RELU = (
     "Keras: use `tf.keras.layers.ReLU()` (or `activation='relu'`) and "

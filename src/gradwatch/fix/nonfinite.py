@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradwatch.anatomy.modules import has_frozen_parameter, is_dense, shared_parameters
 from gradwatch.fix import init as _init
-from gradwatch.fix._graph import has_frozen_parameter, is_dense, shared_parameters
 from gradwatch.types import Change
 
 __all__ = [

@@ -40,13 +40,8 @@ from torch import nn
 
 from gradwatch._errors import GradwatchValueError
 from gradwatch.anatomy.activations import is_activation
-from gradwatch.fix._graph import (
-    copy_model,
-    like,
-    order_of,
-    sequentials,
-    uses,
-)
+from gradwatch.anatomy.order import order_of
+from gradwatch.fix._surgery import copy_model, like, sequentials, uses
 from gradwatch.types import Change
 
 REASON = (

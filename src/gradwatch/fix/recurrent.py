@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from gradwatch._errors import GradwatchValueError
-from gradwatch.fix._graph import copy_model, like
+from gradwatch.fix._surgery import copy_model, like
 from gradwatch.types import Change
 
 REASON = (

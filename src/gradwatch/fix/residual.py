@@ -40,7 +40,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradwatch.fix._graph import PASS_THROUGH, copy_model, is_activation, order_of, sequentials
+from gradwatch.anatomy.activations import is_activation
+from gradwatch.anatomy.modules import PASS_THROUGH
+from gradwatch.anatomy.order import order_of
+from gradwatch.fix._surgery import copy_model, sequentials
 from gradwatch.types import Change
 
 REASON = (

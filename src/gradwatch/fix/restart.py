@@ -27,8 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradwatch.anatomy.modules import is_dense, shared_parameters
+from gradwatch.anatomy.order import Order, order_of
 from gradwatch.fix import init as _init
-from gradwatch.fix._graph import Order, copy_model, is_dense, order_of, shared_parameters
+from gradwatch.fix._surgery import copy_model
 from gradwatch.types import Change, Diagnosis, Kind, Severity
 
 #: A weight RMS this many times its initialisation's target is the divergence's doing.

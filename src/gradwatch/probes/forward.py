@@ -34,6 +34,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from gradwatch.anatomy._graph import iter_tensors
+from gradwatch.anatomy._mode import AFFINE, PRODUCTS, is_constant
 from gradwatch.anatomy.map import ROOT
 from gradwatch.probes import gates, temporal
 from gradwatch.probes.activations import (
@@ -79,16 +80,6 @@ def _is_activation_module(module: nn.Module) -> bool:
     return next(module.children(), None) is None and next(module.parameters(recurse=False), None) is None
 
 
-T = torch.Tensor
-#: Elementwise products: a saturating output that meets another tensor here is a *gate*
-#: (a multiplicative interaction: x * sigmoid(x), an LSTM written by hand, GELU's tanh form),
-#: whose open and closed states are its purpose, not a fault.
-PRODUCTS = frozenset({torch.mul, torch.multiply, T.mul, T.mul_, T.__mul__, T.__rmul__, T.__imul__})
-#: Shifts and scalings by a constant keep an output what it was (1 + tanh(u), 1 - z, 0.5 * s).
-AFFINE = frozenset({
-    torch.add, torch.sub, torch.rsub, T.add, T.sub, T.__add__, T.__radd__, T.__sub__, T.__rsub__,
-    T.__neg__, torch.neg, T.neg,
-}) | PRODUCTS  # fmt: skip
 
 
 def _grad_fns(args: Any) -> list[Any]:
@@ -116,10 +107,6 @@ def _chained(calls: list[list[Any]]) -> bool:
     return any(
         prev[1] is not None and _reaches(cur[0], prev[1]) for prev, cur in itertools.pairwise(calls)
     )
-
-
-def is_constant(a: Any) -> bool:
-    return isinstance(a, int | float) or (isinstance(a, torch.Tensor) and a.numel() == 1)
 
 
 class _Mode(TorchFunctionMode):

@@ -1,29 +1,27 @@
-"""The model as surgery sees it: which modules run in which order, and where to replace them.
+"""The execution order of a model's leaf modules and functional activations, for surgery.
 
-Every transform needs two things: the *order* of the leaf modules (which activation
-follows which layer, which activation is the output's), and a way to put a new module
-where an old one was. The order comes from one of two sources:
+Every transform needs the *order* of the leaf modules: which activation follows which
+layer, which activation is the output's, which saturating output is a gate. It comes from
+one of two sources (`order_of`):
 
-- a forward pass on an example input (exact): forward hooks record each leaf module as
-  it runs, and a `TorchFunctionMode` records functional activations (``torch.sigmoid``
-  inside a custom ``forward``), each with the module whose forward called it and the
-  file and line of the call;
-- without an example input, registration order (``named_modules``). For `nn.Sequential`
-  this *is* the execution order; for a custom module it is the order of the
-  ``self.x = ...`` lines in ``__init__``, which is usually, but not always, the order
+- a forward pass on an example input (exact, `traced_order`): forward hooks record each
+  leaf module as it runs, and a `CallObserver` (`gradwatch.anatomy._mode`) records
+  functional activations (``torch.sigmoid`` inside a custom ``forward``), each with the
+  module whose forward called it and the file and line of the call;
+- without an example input, registration order (``named_modules``, `static_order`). For
+  `nn.Sequential` this *is* the execution order; for a custom module it is the order of
+  the ``self.x = ...`` lines in ``__init__``, which is usually, but not always, the order
   ``forward`` uses them. Functional activations are then found by reading each custom
-  ``forward`` with `inspect.getsource` (their line is known, their place in the order is not).
+  ``forward`` (`gradwatch.anatomy._source`: their line is known, their place in the order
+  is not).
 """
 
 from __future__ import annotations
 
-import ast
-import inspect
 import linecache
 import sys
-import textwrap
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -31,59 +29,22 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
-from gradwatch._compiled import unwrap
-from gradwatch._errors import GradwatchTypeError, GradwatchValueError, ModelError
+from gradwatch._errors import GradwatchTypeError
+from gradwatch.anatomy._call import call_model
 from gradwatch.anatomy._graph import iter_tensors
 from gradwatch.anatomy._guard import Preserved
+from gradwatch.anatomy._mode import AFFINE, PRODUCTS, SHIFTS, VIEWS, CallObserver, is_constant
+from gradwatch.anatomy._source import scan_source
 from gradwatch.anatomy.activations import (
     RELU_FUNCTIONS,
     SATURATING_FUNCTIONS,
     is_activation,
     is_saturating,
 )
-from gradwatch.anatomy.map import is_hf_conv1d
-from gradwatch.probes.forward import AFFINE, PRODUCTS, is_constant
+from gradwatch.anatomy.modules import PASS_THROUGH, has_frozen_parameter, leaves, owns_parameters
 
-#: Modules that sit between a layer and its activation without changing what follows.
-PASS_THROUGH: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.RMSNorm,
-    nn.modules.dropout._DropoutNd,
-    nn.Identity,
-    nn.Flatten,
-    nn.Unflatten,
-)
-
-#: Parametric layers that transforms reason about (what "a layer" means to surgery).
-LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd, nn.RNNBase, nn.RNNCellBase)
-
-
-def is_layer(m: nn.Module) -> bool:
-    return isinstance(m, LAYER_TYPES)
-
-
-def owns_parameters(m: nn.Module) -> bool:
-    return any(True for _ in m.parameters(recurse=False))
-
-
-def is_dense(m: nn.Module | None) -> bool:
-    """A Linear, a convolution, or Hugging Face's `Conv1D` (GPT-2's linear layers, which
-    store their weight as (in, out)): the layers `init` re-draws."""
-    return isinstance(m, nn.Linear | nn.modules.conv._ConvNd) or (m is not None and is_hf_conv1d(m))
-
-
-def has_frozen_parameter(m: nn.Module) -> bool:
-    """True when a parameter of `m` itself has ``requires_grad=False``.
-
-    Its owner keeps that parameter fixed on purpose (a pretrained part, BitFit's frozen
-    weights), and what surrounds it — its other parameters, the activation it feeds —
-    was trained or chosen together with it.
-    """
-    return any(not p.requires_grad for p in m.parameters(recurse=False))
+__all__ = ["GATE_FUNCTIONS", "Op", "Order", "input_power", "order_of", "static_order", "traced_order"]
 
 
 # -- the order ---------------------------------------------------------------------------
@@ -131,6 +92,26 @@ class Order:
 
     def modules(self) -> list[Op]:
         return [op for op in self.ops if not op.is_function]
+
+    def sequence_length(self, name: str, module: nn.Module) -> int | None:
+        """The sequence length the recurrent layer `name` saw in the traced pass, or None:
+        a cell's number of calls (when more than one), a `PackedSequence`'s longest
+        sequence, else the time dimension of its first output."""
+        if not self.traced:
+            return None
+        if isinstance(module, nn.RNNCellBase):
+            n = self.calls.get(name)
+            return int(n) if n and n > 1 else None
+        if name in self.packed:  # a PackedSequence: its longest sequence
+            return int(self.packed[name])
+        shape = self.shapes.get(name)
+        if shape is None:
+            return None
+        if len(shape) == 3:
+            return int(shape[1] if getattr(module, "batch_first", False) else shape[0])
+        if len(shape) == 2:
+            return int(shape[0])
+        return None
 
     def next_activation(self, name: str) -> Op | None:
         """The activation (module or function) that follows the layer `name`, or None.
@@ -212,20 +193,13 @@ class Order:
         return out
 
 
-def _leaves(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """Modules surgery treats as atoms: those without children."""
-    for name, m in model.named_modules():
-        if next(iter(m.children()), None) is None:
-            yield name, m
-
-
 def static_order(model: nn.Module) -> Order:
     """Registration order of the leaves, and functional activations read from the source."""
-    ops = [Op(name, m) for name, m in _leaves(model)]
+    ops = [Op(name, m) for name, m in leaves(model)]
     return Order(ops=ops, traced=False, functions=scan_source(model))
 
 
-class _FunctionRecorder(TorchFunctionMode):
+class _FunctionRecorder(CallObserver):
     """Records functional activation calls with the module whose forward made them."""
 
     _WATCHED: ClassVar[dict[Callable[..., Any], str]] = {}
@@ -245,11 +219,8 @@ class _FunctionRecorder(TorchFunctionMode):
         if isinstance(out, torch.Tensor):
             self.saturating[id(out)] = (op, gate_like, out)
 
-    def __torch_function__(
-        self, func: Any, types: Any, args: Any = (), kwargs: Any = None
-    ) -> Any:
+    def seen(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
         fn = self._WATCHED.get(func)
-        out = func(*args, **(kwargs or {}))
         # A call made by an activation *module* (nn.Sigmoid calls torch.sigmoid) is that
         # module's op, already recorded; only calls from other code count as functional.
         if fn is not None and self.stack and not self.stack[-1].startswith("\0"):
@@ -258,9 +229,8 @@ class _FunctionRecorder(TorchFunctionMode):
             self.sink.append(op)
             if fn in SATURATING_FUNCTIONS:
                 self.track(op, out, fn in GATE_FUNCTIONS)
-        elif self.saturating and (func in AFFINE or func in _VIEWS):
+        elif self.saturating and (func in AFFINE or func in VIEWS):
             self._follow(func, args, out)
-        return out
 
     def _follow(self, func: Any, args: Any, out: Any) -> None:
         """A gate-like output (a sigmoid's, or any saturating output shifted by a constant:
@@ -277,23 +247,14 @@ class _FunctionRecorder(TorchFunctionMode):
                     candidate.gate = True
             if any(not is_constant(b) for b in rest):
                 return
-        if func in _VIEWS:
+        if func in VIEWS:
             self.track(op, out, gate_like)
         elif all(is_constant(b) for b in rest):
-            self.track(op, out, gate_like or func in _SHIFTS)
+            self.track(op, out, gate_like or func in SHIFTS)
 
 
 #: Sigmoid-like functions: their outputs lie in [0, 1], the range of a gate.
 GATE_FUNCTIONS = frozenset({"sigmoid", "hardsigmoid"})
-_T = torch.Tensor
-#: Shifts by a constant (1 + tanh(u), 1 - z): a saturating output moved to a gate's range.
-_SHIFTS = frozenset({torch.add, torch.sub, torch.rsub, _T.add, _T.sub, _T.__add__, _T.__radd__, _T.__sub__, _T.__rsub__})
-#: Views and reshapes of one tensor: ``w[:, :, None, None]`` is still the gate ``w``.
-_VIEWS = frozenset({
-    _T.__getitem__, _T.view, _T.view_as, _T.reshape, _T.reshape_as, torch.reshape, _T.unsqueeze,
-    torch.unsqueeze, _T.squeeze, torch.squeeze, _T.expand, _T.expand_as, _T.flatten, torch.flatten,
-    _T.permute, torch.permute, _T.transpose, torch.transpose, _T.contiguous,
-})  # fmt: skip
 
 
 def _watched_functions() -> dict[Callable[..., Any], str]:
@@ -329,7 +290,7 @@ def traced_order(model: nn.Module, example_input: Any) -> Order:
     if not isinstance(model, nn.Module):
         raise GradwatchTypeError(f"expected a torch.nn.Module, got {type(model).__qualname__}")
     names = {id(m): n for n, m in model.named_modules()}
-    leaf_ids = {id(m) for _, m in _leaves(model)}
+    leaf_ids = {id(m) for _, m in leaves(model)}
     ops: list[Op] = []
     stack: list[str] = []
     running: list[int] = []  # indices in `ops` of the leaf calls under way
@@ -379,7 +340,7 @@ def traced_order(model: nn.Module, example_input: Any) -> Order:
         # its buffers and the RNG state come back afterwards).
         with torch.no_grad(), recorder, Preserved(model):
             model.eval()
-            out = _call(model, example_input)
+            out = call_model(model, example_input)
         for t in iter_tensors(out):
             followed = recorder.saturating.get(id(t))
             if followed is not None:
@@ -418,34 +379,10 @@ def input_power(model: nn.Module, module: nn.Module, example_input: Any) -> floa
     try:
         with torch.no_grad(), Preserved(model):
             model.eval()
-            _call(model, example_input)
+            call_model(model, example_input)
     finally:
         handle.remove()
     return total / count if count else None
-
-
-def _call(model: nn.Module, example_input: Any) -> Any:
-    try:
-        if isinstance(example_input, dict):
-            return model(**example_input)
-        if isinstance(example_input, tuple):
-            return model(*example_input)
-        return model(example_input)
-    except Exception as e:
-        raise ModelError(
-            f"{type(model).__name__} raised on the example input ({_describe(example_input)}): {e}. "
-            "Pass an input the model accepts, or example_input=None to read the order from the code"
-        ) from e
-
-
-def _describe(x: Any) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"tensor of shape {tuple(x.shape)}"
-    if isinstance(x, tuple | list):
-        return "(" + ", ".join(_describe(v) for v in x) + ")"
-    if isinstance(x, dict):
-        return "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in x.items()) + "}"
-    return type(x).__name__
 
 
 def order_of(model: nn.Module, example_input: Any = None) -> Order:
@@ -455,157 +392,3 @@ def order_of(model: nn.Module, example_input: Any = None) -> Order:
     return traced_order(model, example_input)
 
 
-# -- functional activations read from source ------------------------------------------------
-
-
-def _own_forward(m: nn.Module) -> Callable[..., Any] | None:
-    """The module's forward when its class (not torch.nn) defines it."""
-    fwd = type(m).forward
-    mod = getattr(fwd, "__module__", "") or ""
-    if mod.startswith("torch."):
-        return None
-    return fwd
-
-
-def scan_source(model: nn.Module) -> list[Op]:
-    """Functional activation calls in every custom ``forward``, one Op per module instance.
-
-    A call whose result the root module returns directly (``return torch.sigmoid(...)``)
-    is marked as the output activation by its ``fn`` ending in ``"@output"``.
-    """
-    found: list[Op] = []
-    cache: dict[Any, list[tuple[str, int, str, bool]]] = {}
-    for name, m in model.named_modules():
-        fwd = _own_forward(m)
-        if fwd is None:
-            continue
-        if fwd not in cache:
-            cache[fwd] = _scan_function(fwd)
-        for fn, line, code, returned in cache[fwd]:
-            file = inspect.getsourcefile(fwd) or ""
-            tag = fn + ("@output" if returned and name == "" else "")
-            found.append(Op(name, None, fn=tag, file=file, line=line, code=code))
-    return found
-
-
-def _scan_function(fwd: Callable[..., Any]) -> list[tuple[str, int, str, bool]]:
-    try:
-        lines, start = inspect.getsourcelines(fwd)
-    except (OSError, TypeError):
-        return []
-    src = textwrap.dedent("".join(lines))
-    try:
-        tree = ast.parse(src)
-    except SyntaxError:  # pragma: no cover - source that only parses in its context
-        return []
-    returned: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Return) and isinstance(node.value, ast.Call):
-            returned.add(id(node.value))
-    out = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        fn = node.func.attr if isinstance(node.func, ast.Attribute) else (
-            node.func.id if isinstance(node.func, ast.Name) else ""
-        )
-        if fn == "expit":
-            fn = "sigmoid"
-        if fn in SATURATING_FUNCTIONS:
-            line = start + node.lineno - 1
-            out.append((fn, line, lines[node.lineno - 1].strip(), id(node) in returned))
-    out.sort(key=lambda t: t[1])
-    return out
-
-
-# -- replacing modules -----------------------------------------------------------------------
-
-
-def get_module(model: nn.Module, name: str) -> nn.Module:
-    return model if name == "" else model.get_submodule(name)
-
-
-def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put `new` where the module `name` is (an attribute, or an entry of a container)."""
-    if name == "":
-        raise GradwatchTypeError("cannot replace the root module in place; wrap it instead")
-    parent_name, _, attr = name.rpartition(".")
-    parent = get_module(model, parent_name)
-    setattr(parent, attr, new)
-
-
-def like(new: nn.Module, ref: nn.Module | torch.Tensor | None) -> nn.Module:
-    """Move `new` to the device and floating dtype of `ref` and copy its train/eval mode."""
-    t: torch.Tensor | None
-    if isinstance(ref, nn.Module):
-        t = next(iter(ref.parameters()), None)
-        if t is None:
-            t = next(iter(ref.buffers()), None)
-        new.train(ref.training)
-    else:
-        t = ref
-    if t is not None:
-        if t.is_floating_point():
-            new.to(device=t.device, dtype=t.dtype)
-        else:
-            new.to(device=t.device)
-    return new
-
-
-def shared_parameters(model: nn.Module) -> set[int]:
-    """Ids of the parameters held by more than one module: tied weights."""
-    holders: dict[int, int] = {}
-    for m in model.modules():
-        for p in m.parameters(recurse=False):
-            holders[id(p)] = holders.get(id(p), 0) + 1
-    return {pid for pid, n in holders.items() if n > 1}
-
-
-def uses(model: nn.Module) -> dict[int, int]:
-    """How many places (attributes or container entries) hold each module, by id."""
-    counts: dict[int, int] = {}
-    for m in model.modules():
-        for child in m.children():
-            counts[id(child)] = counts.get(id(child), 0) + 1
-    return counts
-
-
-def sequentials(model: nn.Module) -> list[tuple[str, nn.Sequential]]:
-    """Every nn.Sequential in the model (the root included), outermost first."""
-    return [(n, m) for n, m in model.named_modules() if type(m) is nn.Sequential]
-
-
-def child_name(parent: str, key: str) -> str:
-    return f"{parent}.{key}" if parent else key
-
-
-def copy_model(model: nn.Module, inplace: bool) -> nn.Module:
-    """The module a transform edits: `model` itself with `inplace`, else a deep copy.
-
-    A `torch.compile` wrapper is unwrapped first (`gradwatch._compiled.unwrap`): the
-    transforms trace and edit the eager module — tracing through the wrapper would
-    recompile it at every call and use up dynamo's recompile limit for the user's own
-    model — and return an eager module (compile it again to train it compiled).
-    """
-    if not isinstance(model, nn.Module):
-        raise GradwatchTypeError(
-            f"expected a torch.nn.Module, got {type(model).__module__}.{type(model).__qualname__}"
-        )
-    unwrapped = unwrap(model)
-    assert isinstance(unwrapped, nn.Module)
-    model = unwrapped
-    if inplace:
-        return model
-    import copy
-
-    try:
-        return copy.deepcopy(model)
-    except RuntimeError as e:
-        if "deepcopy protocol" not in str(e):
-            raise
-        raise GradwatchValueError(
-            f"{type(model).__name__} cannot be copied: it holds a tensor computed from others as an "
-            "attribute (torch.nn.utils.weight_norm keeps `weight` that way, or it was kept from a forward "
-            "pass). Use torch.nn.utils.parametrizations.weight_norm instead, or run on a copy made after "
-            "removing it (torch.nn.utils.remove_weight_norm)"
-        ) from e
