@@ -21,10 +21,13 @@ from __future__ import annotations
 import numpy as np
 
 from gradwatch.anatomy import Anatomy
+from gradwatch.anatomy.activations import parse_spec, peak_derivative
 from gradwatch.detect._signals import (
     is_gate,
+    nanmedian,
     pct,
     per_site_episodes,
+    recent_rows,
     site_info,
     site_module,
     site_values,
@@ -38,12 +41,16 @@ from gradwatch.types import Finding, Kind, Severity
 
 
 def saturated_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Finding]:
-    """Sites where at least `th.saturated_frac` of the outputs sit in the flat tails, persistently."""
+    """Sites where at least `th.saturated_frac` of the outputs sit in the flat tails, persistently,
+    and hidden sites whose units pass little gradient from the first record on (`weak_from_start`)."""
     names, frac = site_values(timeline, "act_sat_frac")
     if not names:
         return []
     with np.errstate(invalid="ignore"):
         hits = per_site_episodes(timeline, names, frac, frac >= th.saturated_frac, th.persist)
+    weak = weak_from_start(timeline, th)
+    seen = {h[0] for h in hits}
+    hits += [(site, 0, float(nanmedian(recent_rows(frac[:, names.index(site)], th.persist)))) for site in weak if site not in seen]
     if not hits:
         return []
     loss = loss_view(timeline, anatomy, th)
@@ -62,7 +69,8 @@ def saturated_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> lis
         # an output the model returns is meant to grow confident: only hidden sites are raised
         hidden = [] if gates else [h for h in group if not site_info(timeline, h[0]).get("output")]
         lost = [h for h in hidden if h[2] >= th.lost_capacity_frac]
-        born = [h for h in hidden if h[1] == 0]  # saturated from the first record, and still
+        # saturated from the first record, and still; or passing little gradient since then
+        born = [h for h in hidden if h[1] == 0 and (h[2] >= th.saturated_frac or h[0] in weak)]
         if hidden:
             severity = raised(severity, loss, lost_capacity=bool(lost or born))
         elif not gates and loss.status == LossStatus.PLATEAU and not loss.constant:
@@ -82,22 +90,60 @@ def saturated_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> lis
                 f"gradient on through {share}"
             )
         elif born:
-            site, _, worst = max(born, key=lambda h: h[2])
-            tail = (
-                "they were saturated at the first record, before training moved them: put there by the "
-                "initialisation (weights too large for the activation) or by inputs far from unit scale, "
-                "and their derivative, under 1% of its peak, has held back the gradient ever since"
+            site, _, worst = max(born, key=lambda h: (h[0] in weak, h[2]))
+            cause = (
+                "before training moved them: put there by the initialisation (weights too large for the "
+                "activation) or by inputs far from unit scale"
             )
+            if site in weak:
+                tail = (
+                    f"on average its units pass on {pct(weak[site])} of the gradient a unit at its centre "
+                    f"would, and have done so from the first record, {cause}; the layers below get that share"
+                )
+            else:
+                tail = (
+                    f"they have been saturated from the first record, {cause}, and their derivative, under 1% of "
+                    "its peak, has held back the gradient ever since"
+                )
         fn = site_info(timeline, site).get("fn", "gate" if gates else "saturating")
-        more = f"; {len(group) - 1} more site{'s' if len(group) > 2 else ''} above {pct(th.saturated_frac)}" if len(group) > 1 else ""
+        like = "like it" if any(h[0] in weak for h in group) else f"above {pct(th.saturated_frac)}"
+        more = f"; {len(group) - 1} more site{'s' if len(group) > 2 else ''} {like}" if len(group) > 1 else ""
         findings.append(
             Finding(
                 kind=Kind.SATURATED_UNITS,
                 severity=severity,
                 layers=list(dict.fromkeys(site_module(timeline, h[0]) for h in group)),
                 step=step_at(timeline, min(h[1] for h in group)),
-                evidence={"saturated_frac_max": worst, "sites": float(len(group)), **loss.evidence()},
+                evidence={
+                    "saturated_frac_max": worst,
+                    "sites": float(len(group)),
+                    **({"deriv_share": weak[site]} if site in weak else {}),
+                    **loss.evidence(),
+                },
                 message=f"{pct(worst)} of the outputs at `{site}` ({fn}) are saturated: {tail}{more}; {loss.describe()}",
             )
         )
     return findings
+
+
+def weak_from_start(timeline: Timeline, th: Thresholds) -> dict[str, float]:
+    """Hidden saturating sites (not gates, not the model's output) whose outputs' mean
+    derivative, over the activation's peak, was below `th.saturated_deriv_share` at the first
+    record and is still over the last records: site -> that share now.
+
+    The share is the part of the gradient a site passes on, against units at their centre.
+    Training lowers it gradually as outputs grow confident; below the bar before any step
+    was taken, the initialisation or the inputs' scale put the units on their tails.
+    """
+    names, deriv = site_values(timeline, "act_mean_deriv")
+    out: dict[str, float] = {}
+    for j, site in enumerate(names):
+        info = site_info(timeline, site)
+        if is_gate(timeline, site) or info.get("output") or not info.get("fn"):
+            continue
+        share = deriv[:, j] / peak_derivative(parse_spec(str(info["fn"]))[0])
+        first = share[np.isfinite(share)][:1]
+        now = float(nanmedian(recent_rows(share, th.persist)))
+        if len(first) and first[0] < th.saturated_deriv_share and now < th.saturated_deriv_share:
+            out[site] = now
+    return out
