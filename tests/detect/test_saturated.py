@@ -75,9 +75,15 @@ def test_a_site_passing_under_a_quarter_of_the_gradient_from_the_start_warns() -
     assert saturated_units(build(AN, 31, loss=falling_loss(), sites=tanh, values=weak), AN, TH)[0].evidence["deriv_share"] == pytest.approx(0.04)
     fine = lambda s: {"act_sat_frac": {"1": 0.3}, "act_mean_deriv": {"1": 0.3}}  # noqa: E731
     assert saturated_units(build(AN, 31, loss=falling_loss(), sites=tanh, values=fine), AN, TH) == []
-    # weak only after training began (confident units), or an output site: no finding
+    # weak only after training began (units grown confident): info while the loss falls, an
+    # error on a plateau; at an output site: no finding
     late = lambda s: {"act_sat_frac": {"1": 0.3}, "act_mean_deriv": {"1": 0.2 if s <= 30 else 0.04}}  # noqa: E731
-    assert saturated_units(build(AN, 31, loss=falling_loss(), sites=SITES, values=late), AN, TH) == []
+    (f,) = saturated_units(build(AN, 31, loss=falling_loss(), sites=SITES, values=late), AN, TH)
+    assert f.severity == Severity.INFO and "sit on the shoulders of their activation (30% of the outputs" in f.message
+    assert "first record" not in f.message
+    plateau = lambda s: 2.3 - 1.0 * min(s, 100) / 100 + 0.002 * ((s * 7) % 3)  # noqa: E731  # 2.3 -> 1.3, flat
+    (f,) = saturated_units(build(AN, 41, loss=plateau, sites=SITES, values=late), AN, TH)
+    assert f.severity == Severity.ERROR
     out = {"1": {"fn": "sigmoid", "module": "1", "family": "saturating", "output": True}}
     assert saturated_units(build(AN, 31, loss=falling_loss(), sites=out, values=weak), AN, TH) == []
     # recovered by now: no finding

@@ -52,6 +52,20 @@ def test_units_on_their_shoulders_from_the_start_warn_although_under_half_are_sa
     assert twin.healthy and twin_acc > 0.85
 
 
+def test_one_layer_pinned_by_its_initialisation_warns_after_a_long_fall() -> None:
+    # one tanh layer with weights drawn at 150x LeCun's variance: the loss starts at ~15
+    # (chance is 2.3) and falls a long way, yet the net ends well short of what the same
+    # net learns at LeCun's scale, four units in five pinned at +-1 since the start
+    torch.manual_seed(0)
+    d, acc = _train(mlp([64, 40, 10], nn.Tanh, var=150.0), _sgd(0.1), 300)
+    (f,) = d.by_kind(Kind.SATURATED_UNITS)
+    assert f.severity == Severity.WARNING and acc < 0.85 and not d.healthy
+    assert f.evidence["loss_start"] > 5 * f.evidence["loss_chance"] > 10 * f.evidence["loss_recent"] / 5
+    torch.manual_seed(0)
+    twin, twin_acc = _train(mlp([64, 40, 10], nn.Tanh, var=1.0), _sgd(0.1), 300)
+    assert twin.healthy and twin_acc > 0.9
+
+
 def test_steps_below_the_healthy_band_everywhere_are_named() -> None:
     torch.manual_seed(0)
     d, acc = _train(mlp([64, 128, 128, 10], nn.ReLU), _sgd(1e-4), 300)

@@ -1,7 +1,8 @@
 """Saturated units: sigmoid/tanh outputs pinned where their derivative is ~0.
 
-From the activations (`act_sat_frac`: the share of outputs where phi' is under 1% of its
-maximum). An error when the loss is not improving. LSTM/GRU gates are meant to saturate
+From the activations: `act_sat_frac`, the share of outputs where phi' is under 1% of its
+maximum, or at a hidden site `passed_share`, the mean phi' over its maximum (units spread
+over the shoulders, none in the tails, pass little gradient too). An error when the loss is not improving. LSTM/GRU gates are meant to saturate
 (a forget gate at 1 is memory), so they only ever get an `info`. While the loss improves
 a hidden site gets an `info`, unless the run learns too slowly to finish or a hidden
 site has nine outputs in ten saturated (`severity.raised`): it then passes at most a
@@ -10,8 +11,8 @@ sigmoid output under BCELoss) is meant to grow confident, so it never counts as 
 capacity, and on a plateau after real progress (confident outputs, or outputs pinned
 beyond the targets' reach: the loss does not tell which) it is a `warning`, not an error.
 
-Hidden units saturated from the first record on (and still) count as lost capacity too, at
-any share above `th.saturated_frac`: training saturates units as it grows confident, gradually; units
+Hidden units saturated from the first record on (and still) count as lost capacity too, by
+either measure: training saturates units as it grows confident, gradually; units
 saturated before any step was taken were put there by the initialisation (weights drawn
 too large) or by the inputs' scale, and their gradient has been cut since the start.
 """
@@ -41,16 +42,21 @@ from gradwatch.types import Finding, Kind, Severity
 
 
 def saturated_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Finding]:
-    """Sites where at least `th.saturated_frac` of the outputs sit in the flat tails, persistently,
-    and hidden sites whose units pass little gradient from the first record on (`weak_from_start`)."""
+    """Sites where at least `th.saturated_frac` of the outputs sit in the flat tails, or hidden
+    sites that pass under `th.saturated_deriv_share` of the gradient (`passed_share`), persistently."""
     names, frac = site_values(timeline, "act_sat_frac")
     if not names:
         return []
+    share = passed_share(timeline, names)
     with np.errstate(invalid="ignore"):
-        hits = per_site_episodes(timeline, names, frac, frac >= th.saturated_frac, th.persist)
-    weak = weak_from_start(timeline, th)
-    seen = {h[0] for h in hits}
-    hits += [(site, 0, float(nanmedian(recent_rows(frac[:, names.index(site)], th.persist)))) for site in weak if site not in seen]
+        weak_mask = share < th.saturated_deriv_share
+        hits = per_site_episodes(timeline, names, frac, (frac >= th.saturated_frac) | weak_mask, th.persist)
+    # site -> its recent share, for the sites that still pass under the bar
+    weak = {
+        h[0]: now
+        for h in hits
+        if (now := float(nanmedian(recent_rows(share[:, names.index(h[0])], th.persist)))) < th.saturated_deriv_share
+    }
     if not hits:
         return []
     loss = loss_view(timeline, anatomy, th)
@@ -69,8 +75,7 @@ def saturated_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> lis
         # an output the model returns is meant to grow confident: only hidden sites are raised
         hidden = [] if gates else [h for h in group if not site_info(timeline, h[0]).get("output")]
         lost = [h for h in hidden if h[2] >= th.lost_capacity_frac]
-        # saturated from the first record, and still; or passing little gradient since then
-        born = [h for h in hidden if h[1] == 0 and (h[2] >= th.saturated_frac or h[0] in weak)]
+        born = [h for h in hidden if h[1] == 0]  # from the first record on, and still
         if hidden:
             severity = raised(severity, loss, lost_capacity=bool(lost or born))
         elif not gates and loss.status == LossStatus.PLATEAU and not loss.constant:
@@ -84,10 +89,10 @@ def saturated_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> lis
         )
         if lost:
             site, _, worst = max(lost, key=lambda h: h[2])
-            share = f"at most {pct(1 - worst)} of its outputs" if worst < 0.995 else "almost none of its outputs"
+            through = f"at most {pct(1 - worst)} of its outputs" if worst < 0.995 else "almost none of its outputs"
             tail = (
                 f"their derivative is under 1% of its peak, so `{site_module(timeline, site)}` passes the "
-                f"gradient on through {share}"
+                f"gradient on through {through}"
             )
         elif born:
             site, _, worst = max(born, key=lambda h: (h[0] in weak, h[2]))
@@ -105,7 +110,18 @@ def saturated_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> lis
                     f"they have been saturated from the first record, {cause}, and their derivative, under 1% of "
                     "its peak, has held back the gradient ever since"
                 )
+        elif weak_hidden := [h for h in hidden if h[0] in weak]:
+            site, _, worst = min(weak_hidden, key=lambda h: weak[h[0]])
+            tail = (
+                f"on average its units pass on {pct(weak[site])} of the gradient a unit at its centre would; "
+                "the layers below get that share"
+            )
         fn = site_info(timeline, site).get("fn", "gate" if gates else "saturating")
+        head = (
+            f"{pct(worst)} of the outputs at `{site}` ({fn}) are saturated"
+            if worst >= th.saturated_frac
+            else f"the units at `{site}` ({fn}) sit on the shoulders of their activation ({pct(worst)} of the outputs in its flat tails)"
+        )
         like = "like it" if any(h[0] in weak for h in group) else f"above {pct(th.saturated_frac)}"
         more = f"; {len(group) - 1} more site{'s' if len(group) > 2 else ''} {like}" if len(group) > 1 else ""
         findings.append(
@@ -120,30 +136,26 @@ def saturated_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> lis
                     **({"deriv_share": weak[site]} if site in weak else {}),
                     **loss.evidence(),
                 },
-                message=f"{pct(worst)} of the outputs at `{site}` ({fn}) are saturated: {tail}{more}; {loss.describe()}",
+                message=f"{head}: {tail}{more}; {loss.describe()}",
             )
         )
     return findings
 
 
-def weak_from_start(timeline: Timeline, th: Thresholds) -> dict[str, float]:
-    """Hidden saturating sites (not gates, not the model's output) whose outputs' mean
-    derivative, over the activation's peak, was below `th.saturated_deriv_share` at the first
-    record and is still over the last records: site -> that share now.
+def passed_share(timeline: Timeline, names: list[str]) -> np.ndarray:
+    """Records x `names`: the outputs' mean derivative over the activation's peak (sigmoid'(0) =
+    1/4, tanh'(0) = 1) at each hidden site; NaN at gates and at the model's output.
 
-    The share is the part of the gradient a site passes on, against units at their centre.
-    Training lowers it gradually as outputs grow confident; below the bar before any step
-    was taken, the initialisation or the inputs' scale put the units on their tails.
+    The share of the gradient a site passes on, against units at their centre: 0.6 (tanh)
+    and 0.83 (sigmoid) for pre-activations at unit scale. Training lowers it as hidden units
+    grow confident; below `Thresholds.saturated_deriv_share` before any step was taken, the
+    initialisation or the inputs' scale put the units on their tails.
     """
-    names, deriv = site_values(timeline, "act_mean_deriv")
-    out: dict[str, float] = {}
+    have, deriv = site_values(timeline, "act_mean_deriv")
+    out = np.full((len(timeline.steps), len(names)), np.nan)
     for j, site in enumerate(names):
         info = site_info(timeline, site)
-        if is_gate(timeline, site) or info.get("output") or not info.get("fn"):
+        if site not in have or is_gate(timeline, site) or info.get("output") or not info.get("fn"):
             continue
-        share = deriv[:, j] / peak_derivative(parse_spec(str(info["fn"]))[0])
-        first = share[np.isfinite(share)][:1]
-        now = float(nanmedian(recent_rows(share, th.persist)))
-        if len(first) and first[0] < th.saturated_deriv_share and now < th.saturated_deriv_share:
-            out[site] = now
+        out[:, j] = deriv[:, have.index(site)] / peak_derivative(parse_spec(str(info["fn"]))[0])
     return out
