@@ -105,3 +105,20 @@ def test_units_saturated_from_the_first_record_warn_while_the_loss_falls() -> No
     assert saturated_units(conv, AN, TH)[0].severity == Severity.INFO
     out = {"1": {"fn": "sigmoid", "module": "1", "family": "saturating", "output": True}}
     assert saturated_units(build(AN, 31, loss=falling_loss(), sites=out, values=lambda s: {"act_sat_frac": {"1": 0.6}}), AN, TH)[0].severity == Severity.INFO
+
+
+def test_a_site_saturated_from_the_start_for_most_of_the_run_is_lost_time() -> None:
+    # saturated on records 0..20 of 31 (2/3 of the run), then freed; the loss falls slowly
+    freed = lambda s: {"act_sat_frac": {"1": 0.8 if s <= 200 else 0.1}}  # noqa: E731
+    (f,) = saturated_units(build(AN, 31, loss=slow_loss(), sites=SITES, values=freed), AN, TH)
+    assert f.severity == Severity.WARNING and f.step == 0 and f.evidence["lost_share"] == pytest.approx(2 / 3)
+    assert "saturated from the first record to step 200 (67% of the run), 80% of its outputs saturated" in f.message
+    # freed before half the run, or saturated only after training began: nothing
+    early = lambda s: {"act_sat_frac": {"1": 0.8 if s <= 100 else 0.1}}  # noqa: E731
+    assert saturated_units(build(AN, 31, loss=slow_loss(), sites=SITES, values=early), AN, TH) == []
+    late = lambda s: {"act_sat_frac": {"1": 0.8 if 30 <= s <= 250 else 0.1}}  # noqa: E731
+    assert saturated_units(build(AN, 31, loss=slow_loss(), sites=SITES, values=late), AN, TH) == []
+    # a run that converged all the same, or an output site: nothing
+    assert saturated_units(build(AN, 31, loss=falling_loss(rate=0.1, floor=0.001), sites=SITES, values=freed), AN, TH) == []
+    out = {"1": {"fn": "sigmoid", "module": "1", "family": "saturating", "output": True}}
+    assert saturated_units(build(AN, 31, loss=slow_loss(), sites=out, values=freed), AN, TH) == []

@@ -24,6 +24,7 @@ import numpy as np
 from gradwatch.anatomy import Anatomy
 from gradwatch.anatomy.activations import parse_spec, peak_derivative
 from gradwatch.detect._signals import (
+    cleared_span,
     is_gate,
     nanmedian,
     pct,
@@ -34,8 +35,8 @@ from gradwatch.detect._signals import (
     site_values,
     step_at,
 )
-from gradwatch.detect.loss import LossStatus, loss_view
-from gradwatch.detect.severity import raised
+from gradwatch.detect.loss import LossStatus, LossView, loss_view
+from gradwatch.detect.severity import lost_time, raised
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
 from gradwatch.types import Finding, Kind, Severity
@@ -50,16 +51,17 @@ def saturated_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> lis
     share = passed_share(timeline, names)
     with np.errstate(invalid="ignore"):
         weak_mask = share < th.saturated_deriv_share
-        hits = per_site_episodes(timeline, names, frac, (frac >= th.saturated_frac) | weak_mask, th.persist)
+        mask = (frac >= th.saturated_frac) | weak_mask
+        hits = per_site_episodes(timeline, names, frac, mask, th.persist)
     # site -> its recent share, for the sites that still pass under the bar
     weak = {
         h[0]: now
         for h in hits
         if (now := float(nanmedian(recent_rows(share[:, names.index(h[0])], th.persist)))) < th.saturated_deriv_share
     }
-    if not hits:
-        return []
     loss = loss_view(timeline, anatomy, th)
+    if not hits:
+        return _cleared(timeline, names, frac, share, mask, loss, th)
     findings = []
     for gates in (False, True):
         group = sorted((h for h in hits if is_gate(timeline, h[0]) == gates), key=lambda h: -h[2])
@@ -159,3 +161,55 @@ def passed_share(timeline: Timeline, names: list[str]) -> np.ndarray:
             continue
         out[:, j] = deriv[:, have.index(site)] / peak_derivative(parse_spec(str(info["fn"]))[0])
     return out
+
+
+def _cleared(
+    timeline: Timeline, names: list[str], frac: np.ndarray, share: np.ndarray, mask: np.ndarray, loss: LossView, th: Thresholds
+) -> list[Finding]:
+    """A hidden site saturated from the first record on for most of the run, then freed
+    (`severity.lost_time`): the layers below it had under half the run to learn."""
+    worst: tuple[float, str, tuple[int, int]] | None = None
+    for j, site in enumerate(names):
+        if is_gate(timeline, site) or site_info(timeline, site).get("output"):
+            continue
+        span = cleared_span(mask[:, j], th.persist)
+        if span is None or span[0] != 0:
+            continue  # saturated by training, then freed: nothing was lost from the start
+        span = (0, int(np.flatnonzero(mask[: span[1] + 1, j])[-1]))  # to the last record it held
+        lost = lost_time(timeline.steps, span, loss, th)
+        if lost is not None and (worst is None or lost > worst[0]):
+            worst = (lost, site, span)
+    if worst is None:
+        return []
+    lost, site, (a, b) = worst
+    j = names.index(site)
+    with np.errstate(invalid="ignore"):
+        during_frac = float(nanmedian(frac[a : b + 1, j]))
+        during_share = float(nanmedian(share[a : b + 1, j]))
+    fn = site_info(timeline, site).get("fn", "saturating")
+    steps = timeline.steps
+    what = (
+        f"{pct(during_frac)} of its outputs saturated"
+        if during_frac >= th.saturated_frac
+        else f"its units passing on {pct(during_share)} of the gradient a unit at its centre would"
+    )
+    return [
+        Finding(
+            kind=Kind.SATURATED_UNITS,
+            severity=Severity.WARNING,
+            layers=[site_module(timeline, site)],
+            step=int(steps[a]),
+            evidence={
+                "saturated_frac_max": during_frac,
+                **({"deriv_share": during_share} if np.isfinite(during_share) else {}),
+                "lost_share": lost,
+                **loss.evidence(),
+            },
+            message=(
+                f"`{site}` ({fn}) was saturated from the first record to step {int(steps[b])} ({lost:.0%} of the "
+                f"run), {what}, before its units left the tails: put there by the initialisation or by inputs "
+                f"far from unit scale, they held back the gradient of the layers below for most of the run; "
+                f"{loss.describe()}"
+            ),
+        )
+    ]
