@@ -1,6 +1,6 @@
 """Slow: a development sweep of runs that learn slowly and end low, each with a healthy twin.
 
-    PYTHONPATH=src python benchmarks/detection/slow.py                 # 20 runs x seeds 0 1 2
+    PYTHONPATH=src python benchmarks/detection/slow.py                 # 23 runs x seeds 0 1 2
     PYTHONPATH=src python benchmarks/detection/slow.py --seeds 0 --only s-tanh3-init-var60-adam
 
 What it is. Not a held-out set: it was written after `heldout.py`'s figures showed which
@@ -116,6 +116,12 @@ def s_sigmoid2_var80(log: Path, seed: int) -> Outcome:
     return table_run(log, seed, blobs(seed), lambda: normal_init(mlp(30, 6, depth=2, width=64, activation="sigmoid"), 80.0), sgd(0.005), 400, 64, 0.8, 0.6)
 
 
+@case("s-tanh1-init-var150-sgd", "tanh 64-40-10, weights N(0, 150/fan_in), SGD: one hidden layer, four units in five pinned at +-1",
+      [K.SATURATED_UNITS], SLOW)
+def s_tanh1_var150(log: Path, seed: int) -> Outcome:
+    return digits_run(log, seed, lambda: normal_init(mlp(64, 10, depth=1, width=40, activation="tanh"), 150.0), sgd(0.02), 300)
+
+
 @case("s-sigmoid6-default-rmsprop", "6-layer sigmoid MLP 48 wide, PyTorch's default init, RMSprop: the gradient shrinks ~4x a layer",
       [K.VANISHING_GRADIENT], STUCK | {K.SATURATED_UNITS})
 def s_sigmoid6(log: Path, seed: int) -> Outcome:
@@ -165,6 +171,11 @@ def s_relu10_var4(log: Path, seed: int) -> Outcome:
 
 
 # == healthy twins ==============================================================================
+
+
+@case("s-h-tanh1-lecun-sgd", "tanh 64-40-10, weights N(0, 1/fan_in), SGD")
+def s_h_tanh1(log: Path, seed: int) -> Outcome:
+    return digits_run(log, seed, lambda: normal_init(mlp(64, 10, depth=1, width=40, activation="tanh"), 1.0), sgd(0.02), 300)
 
 
 @case("s-h-tanh3-xavier-adam", "tanh 64-48-48-48-10, weights N(0, 1/fan_in), Adam")

@@ -20,7 +20,7 @@ from gradwatch.detect._signals import (
     still_holds,
     time_profiles,
 )
-from gradwatch.detect.loss import loss_view
+from gradwatch.detect.loss import LossStatus, loss_view
 from tests.detect._timelines import build, chain_anatomy, falling_loss, grads, stuck_loss
 
 TH = Thresholds()
@@ -220,3 +220,22 @@ def test_peer_max_is_the_best_of_the_other_members_and_nan_alone() -> None:
     out = peer_max(v, np.array([0, 0, 1, -1]))
     assert out[0, 0] == 5.0 and out[0, 1] == 1.0
     assert np.isnan(out[0, 2]) and np.isnan(out[0, 3])  # alone in its group; in none
+
+
+def test_a_classifier_whose_logits_began_confidently_wrong_converges_only_below_chance() -> None:
+    # 10 classes: a first loss of 15 is six times ln 10. Logits of spread 8 can cost that as
+    # cross-entropy (bound 2.3 + 8 * 4.15 = 35): falling to 0.5 is 3% of the start, but
+    # still a fifth of chance, so the run is not done.
+    an = chain_anatomy(3)
+    fall = lambda s: 0.5 + 14.5 * math.exp(-s / 30)  # noqa: E731
+    wide = lambda s: {"output_rms": {"output": 8.0}}  # noqa: E731
+    view = loss_view(build(an, 31, loss=fall, values=wide), an, TH)
+    assert view.status != LossStatus.CONVERGED and view.status in (LossStatus.PLATEAU, LossStatus.IMPROVING)
+    # outputs of spread 1 cannot cost 15 as cross-entropy (bound 6.5): a squared error on
+    # targets far from the outputs, whose fall to 3% of its start is convergence
+    narrow = lambda s: {"output_rms": {"output": 1.0}}  # noqa: E731
+    assert loss_view(build(an, 31, loss=fall, values=narrow), an, TH).status == LossStatus.CONVERGED
+    # without the output probe, or below chance at the end, the start decides as before
+    assert loss_view(build(an, 31, loss=fall), an, TH).status == LossStatus.CONVERGED
+    low = lambda s: 0.05 + 14.95 * math.exp(-s / 30)  # noqa: E731
+    assert loss_view(build(an, 31, loss=low, values=wide), an, TH).status == LossStatus.CONVERGED

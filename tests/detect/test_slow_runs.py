@@ -32,9 +32,37 @@ def test_units_saturated_by_the_initialisation_warn_while_the_loss_falls() -> No
     d, acc = _train(mlp([64, 48, 48, 10], nn.Tanh, var=60.0), _adam(1e-3), 200)
     (f,) = d.by_kind(Kind.SATURATED_UNITS)
     assert f.severity == Severity.WARNING and acc < 0.75 and not d.healthy
-    assert "saturated at the first record, before training moved them" in f.message
+    assert "from the first record, before training moved them" in f.message
     torch.manual_seed(0)
     twin, twin_acc = _train(mlp([64, 48, 48, 10], nn.Tanh, var=1.0), _adam(1e-3), 200)
+    assert twin.healthy and twin_acc > 0.9
+
+
+def test_units_on_their_shoulders_from_the_start_warn_although_under_half_are_saturated() -> None:
+    # sigmoid pre-activations with a spread of ~9: many outputs sit on the shoulders, where the
+    # derivative is above 1% of its peak, yet the site passes under a quarter of the gradient
+    torch.manual_seed(0)
+    d, acc = _train(mlp([64, 64, 64, 10], nn.Sigmoid, var=80.0), _adam(1e-3), 300)
+    (f,) = d.by_kind(Kind.SATURATED_UNITS)
+    assert f.severity == Severity.WARNING and acc < 0.75 and not d.healthy
+    assert f.evidence["saturated_frac_max"] < 0.5 and f.evidence["deriv_share"] < 0.25
+    assert "of the gradient a unit at its centre would, and have done so from the first record" in f.message
+    torch.manual_seed(0)
+    twin, twin_acc = _train(mlp([64, 64, 64, 10], nn.Sigmoid, var=1.0), _adam(1e-3), 300)
+    assert twin.healthy and twin_acc > 0.85
+
+
+def test_one_layer_pinned_by_its_initialisation_warns_after_a_long_fall() -> None:
+    # one tanh layer with weights drawn at 150x LeCun's variance: the loss starts at ~15
+    # (chance is 2.3) and falls a long way, yet the net ends well short of what the same
+    # net learns at LeCun's scale, four units in five pinned at +-1 since the start
+    torch.manual_seed(0)
+    d, acc = _train(mlp([64, 40, 10], nn.Tanh, var=150.0), _sgd(0.1), 300)
+    (f,) = d.by_kind(Kind.SATURATED_UNITS)
+    assert f.severity == Severity.WARNING and acc < 0.85 and not d.healthy
+    assert f.evidence["loss_start"] > 5 * f.evidence["loss_chance"] > 10 * f.evidence["loss_recent"] / 5
+    torch.manual_seed(0)
+    twin, twin_acc = _train(mlp([64, 40, 10], nn.Tanh, var=1.0), _sgd(0.1), 300)
     assert twin.healthy and twin_acc > 0.9
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "is_saturating",
     "module_spec",
     "parse_spec",
+    "peak_derivative",
 ]
 
 #: Which family each known activation belongs to (the activation probes measure dead units
@@ -101,6 +102,17 @@ PIECEWISE_LINEAR = frozenset({"relu", "relu6", "leaky_relu", "prelu"})
 LEAKY = frozenset(
     {"leaky_relu", "elu", "selu", "celu", "gelu", "silu", "prelu", "rrelu", "mish", "softplus", "hardswish"}
 )
+
+
+#: The peak of each saturating activation's derivative, where it differs from 1 (at its
+#: centre: sigmoid'(0) = 1/4, hardsigmoid's slope 1/6).
+_PEAK_DERIVATIVE = {"sigmoid": 0.25, "hardsigmoid": 1.0 / 6.0}
+
+
+def peak_derivative(name: str) -> float:
+    """The largest value the derivative of activation `name` takes (1 but for sigmoid and
+    hardsigmoid): the gradient a unit at its centre passes on."""
+    return _PEAK_DERIVATIVE.get(name, 1.0)
 
 
 def is_saturating(m: nn.Module) -> bool:

@@ -263,7 +263,7 @@ def loss_view(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> LossView:
         and (abs(start - recent) <= th.stuck_progress * scale or at_chance)
     ):
         status = LossStatus.STUCK
-    elif fitted or (start > 0 and recent <= th.converged_frac * start):
+    elif fitted or (start > 0 and recent <= th.converged_frac * start and not _confidently_wrong(timeline, first, chance, th)):
         status = LossStatus.CONVERGED
     elif falling:
         status = LossStatus.IMPROVING
@@ -311,6 +311,27 @@ def _constant_output(timeline: Timeline, th: Thresholds) -> bool:
     recent = recent_rows(values[:, names.index("output")], th.persist)
     with np.errstate(invalid="ignore"):
         return len(recent) >= th.persist and bool(np.all(recent < th.output_spread))
+
+
+def _confidently_wrong(timeline: Timeline, first: float, chance: float | None, th: Thresholds) -> bool:
+    """A classifier whose first loss was far above chance (over `1 + chance_tolerance` times
+    ln C) because its outputs were large: its logits began confidently wrong.
+
+    Falling far below such a start is no convergence: the first steps only shrink the
+    logits back to where chance is, and what is left to learn is measured from chance, the
+    loss of a constant prediction. Read as cross-entropy only while the first loss is within
+    what logits of the recorded spread s can cost, ln C + s * (sqrt(2 ln C) + 2) (the
+    expected gap between the largest of C normal logits and the true one, with room): a
+    squared error on outputs of spread s costs s^2 plus the targets' own spread, far above it.
+    """
+    if chance is None or not first > (1 + th.chance_tolerance) * chance:
+        return False
+    names, rms = site_values(timeline, "output_rms")
+    if "output" not in names:
+        return False
+    s = rms[:, names.index("output")]
+    s = s[np.isfinite(s)]
+    return bool(len(s)) and first <= chance + float(s[0]) * (math.sqrt(2 * chance) + 2)
 
 
 def _pace(v: np.ndarray, s: np.ndarray, w: int, start: float, chance: float | None, th: Thresholds) -> float:

@@ -119,6 +119,12 @@ class Thresholds:
     #: Saturated: the share of a saturating site's outputs whose derivative is below 1% of
     #: its maximum.
     saturated_frac: float = 0.5
+    #: Saturated, by the gradient passed: a hidden saturating site whose outputs' mean
+    #: derivative, over its peak (sigmoid'(0) = 1/4, tanh'(0) = 1), is below this share: its
+    #: units pass on less than a quarter of the gradient that units at their centre would
+    #: (pre-activations with a standard deviation of ~3 for tanh, ~7 for sigmoid), however
+    #: few outputs sit in the tails. At unit scale the share is 0.6 (tanh), 0.83 (sigmoid).
+    saturated_deriv_share: float = 0.25
     #: Lost capacity: a hidden site where at least this share of the units are dead, or of
     #: the outputs saturated, passes (next to) no gradient through nine units in ten: the
     #: layer learns with a tenth of its width, and every layer below it gets at most a tenth

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from gradwatch.anatomy.activations import family, format_spec, parse_spec
+from gradwatch.anatomy.activations import family, format_spec, parse_spec, peak_derivative
 
 #: Share of the derivative's maximum under which an element counts as saturated.
 SATURATION_FRACTION = 0.01
@@ -77,12 +77,10 @@ _FUNCTIONS: dict[str, list[Any]] = {
     "softsign": [F.softsign],
     "hardsigmoid": [F.hardsigmoid],
 }
-#: The peak of each saturating activation's derivative (1 for the others).
-_MAX_DERIV = {"sigmoid": 0.25, "hardsigmoid": 1.0 / 6.0}
 
 #: Function object (as seen by a TorchFunctionMode) -> what it is, at its default parameters.
 ACTIVATIONS: dict[Any, Activation] = {
-    f: Activation(name, measured_family(name), _MAX_DERIV.get(name, 1.0))
+    f: Activation(name, measured_family(name), peak_derivative(name))
     for name, funcs in _FUNCTIONS.items()
     for f in funcs
 }
