@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gradwatch.teach.cli import add_parsers as add_teach
 
     add_teach(sub)
+    from gradwatch.lab.cli import add_parser as add_lab
+
+    add_lab(sub)
     return parser
 
 
