@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
+
 import gradwatch as gw
 from gradwatch.lab.experiments import EXPERIMENTS, Experiment, Observation, Setting
 from gradwatch.lab.schema import validate
@@ -85,6 +87,27 @@ def run(
     jobs = [(e, s, seed) for e in experiments for s in e.selected(quick) for seed in range(seeds)]
     rows: list[Row] = []
     bar = _Progress(len(jobs), out, enabled=progress)
+    threads = torch.get_num_threads()
+    # The lab's models are tiny: one intra-op thread runs them several times faster than
+    # many threads contending over small matrices (the CI timing depends on it).
+    torch.set_num_threads(1)
+    try:
+        _run_jobs(jobs, quick, rows, bar)
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "gradwatch": gw.__version__,
+        "quick": quick,
+        "seeds": seeds,
+        "experiments": [
+            {"name": e.name, "title": e.title, "citation": e.citation, "claim": e.claim, "judge": e.judge}
+            for e in experiments
+        ],
+        "rows": rows,
+    }
+
+
+def _run_jobs(jobs: list[tuple[Experiment, Setting, int]], quick: bool, rows: list[Row], bar: _Progress) -> None:
     with bar:
         for e, s, seed in jobs:
             bar.describe(f"{e.name} {short(s.params)} seed {seed}")
@@ -107,16 +130,6 @@ def run(
                 "seconds": round(time.perf_counter() - t0, 3),
             }))
             bar.advance()
-    return {
-        "gradwatch": gw.__version__,
-        "quick": quick,
-        "seeds": seeds,
-        "experiments": [
-            {"name": e.name, "title": e.title, "citation": e.citation, "claim": e.claim, "judge": e.judge}
-            for e in experiments
-        ],
-        "rows": rows,
-    }
 
 
 def write(results: dict[str, Any], out_dir: Path) -> Path:
