@@ -10,7 +10,14 @@ import pytest
 
 from gradwatch.cli import main
 from gradwatch.lab import runner
-from gradwatch.lab.experiments import CHANCE_ACC, EXPERIMENTS, THEORY_FACTOR, TRAINS_ACC
+from gradwatch.lab.experiments import (
+    CHANCE_ACC,
+    EXPERIMENTS,
+    FAILED_MSE,
+    LEARNED_MSE,
+    THEORY_FACTOR,
+    TRAINS_ACC,
+)
 from gradwatch.lab.schema import validate
 
 
@@ -61,6 +68,10 @@ def test_every_agrees_follows_from_the_numbers_and_the_spec(quick) -> None:
             outcome = "trains" if acc >= TRAINS_ACC else "chance" if acc <= CHANCE_ACC else "partial"
             per_block = 2 if r["setting"]["batchnorm"] else 1  # BatchNorm layers own parameters too
             assert len(r["series"]["grad_norm"]) == per_block * r["setting"]["depth"] + 1
+        elif e.name == "adding":
+            mse = o["test_mse"]
+            outcome = "learns" if mse < LEARNED_MSE else "fails" if mse > FAILED_MSE else "partial"
+            assert o["steps"] == 400
         else:
             ratio = o["first_to_last_measured"]
             outcome = "vanishes" if ratio < 1e-3 else "level" if ratio > 0.1 else "shrinks"
@@ -81,7 +92,7 @@ def test_list_and_bad_arguments(capsys) -> None:
     out = capsys.readouterr().out
     assert all(name in out for name in EXPERIMENTS)
     assert main(["lab", "nope"]) == 2
-    assert capsys.readouterr().err == "gradwatch lab: no experiment 'nope'; choose from: depth, theory\n"
+    assert capsys.readouterr().err == "gradwatch lab: no experiment 'nope'; choose from: depth, theory, adding\n"
     assert main(["lab", "--seeds", "0"]) == 2
     assert capsys.readouterr().err == "gradwatch lab: --seeds must be at least 1, got 0\n"
 
