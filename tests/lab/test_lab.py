@@ -101,3 +101,38 @@ def test_write_refuses_results_that_break_the_schema(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"do not match their schema: \$: missing 'gradwatch'"):
         runner.write({"quick": True, "seeds": 1, "experiments": [], "rows": []}, tmp_path)
     assert not (tmp_path / "results.json").exists()
+
+
+def test_runner_judges_a_custom_experiment_on_one_thread_and_restores_the_threads() -> None:
+    import torch
+
+    from gradwatch.lab.experiments import Experiment, Observation, Setting
+
+    seen: list[int] = []
+
+    def fake(params: dict, seed: int, quick: bool) -> Observation:
+        seen.append(torch.get_num_threads())
+        return Observation(params["outcome"], {"x": float("nan")}, verdict=["flat_loss"])
+
+    e = Experiment(
+        "fake", "a fake", "nobody", "claims", "judged", run=fake,
+        settings=(
+            Setting({"outcome": "a"}, "a", verdict_has=("flat_loss",)),
+            Setting({"outcome": "b"}, "a", verdict_not=("flat_loss",)),
+        ),
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = runner.run([e], seeds=2, progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 1, 1, 1]
+    rows = results["rows"]
+    assert [(r["seed"], r["agrees"], r["verdict_agrees"]) for r in rows] == [
+        (0, True, True), (1, True, True), (0, False, False), (1, False, False)
+    ]
+    assert rows[0]["observed"] == {"x": None}  # strict JSON: NaN becomes null
+    assert rows[2]["verdict_expected"] == "none of: flat_loss"
+    assert validate(results) == []
