@@ -52,7 +52,7 @@ def test_help_lists_every_verb_and_the_exit_codes(capsys) -> None:
     from gradwatch.cli import build_parser
 
     text = build_parser().format_help()
-    for verb in ("demo", "inspect", "explain", "quiz", "lab"):
+    for verb in ("demo", "inspect", "report", "explain", "quiz", "lab"):
         assert f"\n    {verb} " in text
     assert "exit codes:" in text and "2  bad usage" in text
 
