@@ -190,8 +190,9 @@ _CARDS: list[Card] = [
         "pass back almost no gradient.",
         where="Unnormalised inputs of a large scale; weights grown large; a sigmoid top layer early in "
         "training (Glorot and Bengio 2010).",
-        math="sigmoid'(h) = s(1 - s) <= 1/4 and tanh'(h) = 1 - tanh(h)^2 <= 1; for |h| > 5 both are "
-        "below 1% of their peak, so every such unit multiplies the gradient by nearly 0.",
+        math="sigmoid'(h) = s(1 - s) <= 1/4 and tanh'(h) = 1 - tanh(h)^2 <= 1; for |h| > 5 sigmoid's is "
+        "under 3% of its peak and tanh's under 0.02%, so every such unit multiplies the gradient by "
+        "nearly 0.",
         symptoms=(
             "most pre-activations beyond +-5 (DeepDiagnosis' rule of thumb)",
             "outputs pinned at 0/1 (sigmoid) or -1/+1 (tanh)",
@@ -292,8 +293,9 @@ _CARDS: list[Card] = [
         what="Many sigmoid or tanh layers in a row, with nothing resetting the signal's scale between "
         "them.",
         where="Classic MLPs and autoencoders from before ReLU; gates used as hidden activations.",
-        math="Each such layer multiplies the squared gradient by E[phi'(h)^2]: at most 1/16 for sigmoid. "
-        "Sixteen sigmoid layers take off about 16 x 1.2 = 19 decades of squared norm in the worst case.",
+        math="Each such layer multiplies the squared gradient by E[phi'(h)^2], at most 1/16 for sigmoid: "
+        "the derivatives alone take at least 1.2 decades of squared norm per layer, 19 over sixteen "
+        "layers. Weights large enough to make up for it push the units into saturation instead.",
         symptoms=("vanishing_gradient with the earliest layers hit hardest", "saturated_units"),
         fix_torch=_LINEAR_SNIPPET_HEAD
         + "old = nn.Sequential(nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 2))\n"
