@@ -122,3 +122,31 @@ def test_a_session_through_a_real_terminal_moves_cards_between_boxes(tmp_path, m
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     assert main(["quiz", "--reset"]) == 0
     assert f"quiz progress reset ({state})" in capsys.readouterr().out and not state.exists()
+
+
+def test_lab_results_become_cards_with_the_measured_answers(tmp_path, capsys) -> None:
+    from gradwatch.lab.schema import validate
+
+    row = {
+        "experiment": "depth", "seed": 0, "citation": "c", "expected": "chance", "outcome": "chance",
+        "agrees": True, "verdict_expected": "one of: vanishing_gradient", "verdict": ["vanishing_gradient"],
+        "verdict_agrees": True,
+        "setting": {"activation": "sigmoid", "init": "default", "depth": 16, "batchnorm": False, "lr": 0.1},
+        "observed": {"test_accuracy": 0.086, "steps": 300, "first_to_last_grad": 1e-13},
+    }
+    adding = {**row, "experiment": "adding", "setting": {"cell": "rnn", "length": 50},
+              "observed": {"test_mse": 0.16, "steps": 1500, "reach_change_decades": 2.9}, "expected": "fails",
+              "outcome": "fails"}
+    results = {"gradwatch": "0", "quick": False, "seeds": 2, "experiments": [],
+               "rows": [row, adding, {**row, "seed": 1}]}
+    assert validate(results) == []
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert main(["quiz", "--non-interactive", "--lab", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    cards = {c.id: c for c in quiz.lab_cards(results)}
+    assert set(cards) == {"lab-depth-sigmoid-default-16-0.1", "lab-adding-rnn-50"}  # seed 0 rows only
+    assert cards["lab-depth-sigmoid-default-16-0.1"].value == 0.086
+    assert cards["lab-adding-rnn-50"].value == 0.16 and cards["lab-adding-rnn-50"].check("0.2")
+    assert "0.09 (chance; gradwatch reported: vanishing_gradient)" in out
+    assert main(["quiz", "--lab", str(tmp_path / "none.json")]) == 2
+    assert capsys.readouterr().err.startswith("gradwatch quiz: cannot read lab results")

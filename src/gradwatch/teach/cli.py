@@ -44,6 +44,17 @@ def quiz(args: argparse.Namespace) -> int:
 
     if args.cards < 1:
         return _fail("quiz", f"--cards must be at least 1, got {args.cards}")
+    lab_results = None
+    if args.lab:
+        import json
+        from pathlib import Path
+
+        path = Path(args.lab)
+        path = path / "results.json" if path.is_dir() else path
+        try:
+            lab_results = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            return _fail("quiz", f"cannot read lab results {path}: {e}")
     state = q.state_path()
     if args.reset:
         q.reset(state)
@@ -51,9 +62,9 @@ def quiz(args: argparse.Namespace) -> int:
         if not args.non_interactive:
             return 0
     if args.non_interactive:
-        print(q.deck_text(q.deck()))
+        print(q.deck_text(q.deck(lab_results)))
         return 0
-    return q.session(state, n=args.cards, inp=sys.stdin, out=sys.stdout)
+    return q.session(state, n=args.cards, inp=sys.stdin, out=sys.stdout, lab_results=lab_results)
 
 
 def add_parsers(sub: Any) -> None:
@@ -72,4 +83,5 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--cards", type=int, default=10, help="cards per session (default 10)")
     p.add_argument("--non-interactive", action="store_true", help="print the whole deck, questions and answers")
     p.add_argument("--reset", action="store_true", help="forget all progress (every card back to box 1)")
+    p.add_argument("--lab", metavar="DIR", help="add cards from a `gradwatch lab` run (its results.json or folder)")
     p.set_defaults(func=quiz)

@@ -20,7 +20,7 @@ from typing import TextIO
 
 from gradwatch.explain import theory
 
-__all__ = ["BOXES", "QuizCard", "deck", "deck_text", "load_state", "reset", "session", "state_path"]
+__all__ = ["BOXES", "QuizCard", "deck", "deck_text", "lab_cards", "load_state", "reset", "session", "state_path"]
 
 BOXES = 5
 #: Weight scales sigma_w^2 of the common initialisations (REFERENCES §1): PyTorch's
@@ -138,9 +138,40 @@ def _theory_cards() -> list[QuizCard]:
     return cards
 
 
-def deck() -> list[QuizCard]:
-    """Every card: the basics, then those computed from theory."""
-    return [QuizCard(i, q, a) for i, q, a in _BASICS] + _theory_cards()
+def lab_cards(results: dict) -> list[QuizCard]:
+    """Cards whose answers are what `gradwatch lab` measured (a results.json, seed 0 rows)."""
+    cards: list[QuizCard] = []
+    for r in results.get("rows", []):
+        if r.get("seed") != 0:
+            continue
+        s, o = r["setting"], r["observed"]
+        if r["experiment"] == "depth" and o.get("test_accuracy") is not None:
+            bn = " with BatchNorm" if s.get("batchnorm") else ""
+            cards.append(QuizCard(
+                f"lab-depth-{s['activation']}-{s['init']}-{s['depth']}{'-bn' if bn else ''}-{s['lr']}",
+                f"In the lab, a {s['depth']}-layer {s['activation']} MLP{bn} at {s['init']} "
+                f"initialisation learns 8x8 digits with SGD (lr {s['lr']}, momentum 0.9) for "
+                f"{o['steps']} steps: what test accuracy does it reach? (within 30% counts)",
+                f"{o['test_accuracy']:.2f} ({r['outcome']}; gradwatch reported: "
+                f"{', '.join(r['verdict']) or 'nothing'})",
+                value=float(o["test_accuracy"]), decades=math.log10(1.3),
+            ))
+        elif r["experiment"] == "adding" and o.get("test_mse") is not None:
+            cards.append(QuizCard(
+                f"lab-adding-{s['cell']}-{s['length']}",
+                f"In the lab, a {s['cell'].upper()} (hidden 32) learns the adding problem at sequence "
+                f"length {s['length']} for {o['steps']} Adam steps: what test MSE does it reach? "
+                "(predicting the mean gives 0.167; within half a decade counts)",
+                f"{o['test_mse']:.3g} ({r['outcome']})",
+                value=float(o["test_mse"]),
+            ))
+    return cards
+
+
+def deck(lab_results: dict | None = None) -> list[QuizCard]:
+    """Every card: the basics, those computed from theory, and those from a lab run when given."""
+    extra = lab_cards(lab_results) if lab_results else []
+    return [QuizCard(i, q, a) for i, q, a in _BASICS] + _theory_cards() + extra
 
 
 def deck_text(cards: Iterable[QuizCard]) -> str:
@@ -188,11 +219,11 @@ def due(cards: list[QuizCard], state: dict, n: int) -> list[QuizCard]:
     return sorted(ready, key=lambda c: box[c.id])[:n]
 
 
-def session(path: Path, n: int, inp: TextIO, out: TextIO) -> int:
+def session(path: Path, n: int, inp: TextIO, out: TextIO, lab_results: dict | None = None) -> int:
     """One quiz session on `inp`/`out`; the state is saved after every card (Ctrl-D ends early)."""
     state = load_state(path)
     state["session"] += 1
-    cards = due(deck(), state, n)
+    cards = due(deck(lab_results), state, n)
     right = 0
     print(f"gradwatch quiz: session {state['session']}, {len(cards)} cards "
           "(type an answer, Enter; Ctrl-D to stop)", file=out, flush=True)
