@@ -138,6 +138,9 @@ def _theory_cards() -> list[QuizCard]:
     return cards
 
 
+_CELL_NAMES = {"rnn": "tanh RNN", "lstm": "LSTM", "gru": "GRU"}
+
+
 def lab_cards(results: dict) -> list[QuizCard]:
     """Cards whose answers are what `gradwatch lab` measured (a results.json, seed 0 rows)."""
     cards: list[QuizCard] = []
@@ -159,7 +162,7 @@ def lab_cards(results: dict) -> list[QuizCard]:
         elif r["experiment"] == "adding" and o.get("test_mse") is not None:
             cards.append(QuizCard(
                 f"lab-adding-{s['cell']}-{s['length']}",
-                f"In the lab, a {s['cell'].upper()} (hidden 32) learns the adding problem at sequence "
+                f"In the lab, a {_CELL_NAMES.get(s['cell'], s['cell'])} (hidden 32) learns the adding problem at sequence "
                 f"length {s['length']} for {o['steps']} Adam steps: what test MSE does it reach? "
                 "(predicting the mean gives 0.167; within half a decade counts)",
                 f"{o['test_mse']:.3g} ({r['outcome']})",
