@@ -77,6 +77,8 @@ def test_every_agrees_follows_from_the_numbers_and_the_spec(quick) -> None:
             outcome = "vanishes" if ratio < 1e-3 else "level" if ratio > 0.1 else "shrinks"
             m, p = r["series"]["measured"], r["series"]["predicted"]
             assert abs(m[0] / m[-1] - ratio) < 1e-9 * ratio
+            jac = r["series"]["jacobian"]  # 4 samples x min(64 inputs, 10 outputs) singular values
+            assert len(jac) == 40 and math.isclose(o["jacobian_mean_sq"], sum(v * v for v in jac) / 40, rel_tol=1e-9)
             if max(abs(math.log10(a / b)) for a, b in zip(m, p, strict=True)) > math.log10(THEORY_FACTOR):
                 outcome += ", off theory"
         assert r["outcome"] == outcome

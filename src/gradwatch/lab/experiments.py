@@ -147,7 +147,7 @@ def _run_theory(p: dict[str, Any], seed: int, quick: bool) -> Observation:
                 activation=p["activation"], init=p["init"], seed=seed)
     n = 128
     x, y = data.x_train[:n], data.y_train[:n]
-    d = gw.inspect(model, x, loss_fn=lambda out: nn.functional.cross_entropy(out, y))
+    d = gw.inspect(model, x, loss_fn=lambda out: nn.functional.cross_entropy(out, y), jacobian=True)
     pairs = [(r.measured_grad_norm, r.predicted_grad_norm) for r in d.layers]
     pairs = [(m, q) for m, q in pairs if m and q]
     meas = np.array([m for m, _ in pairs])
@@ -160,9 +160,12 @@ def _run_theory(p: dict[str, Any], seed: int, quick: bool) -> Observation:
     return Observation(
         outcome=outcome,
         observed={"first_to_last_measured": ratio_m, "first_to_last_predicted": ratio_p,
-                  "max_log10_error": err, "layers": len(pairs)},
+                  "max_log10_error": err, "layers": len(pairs),
+                  # recorded for the figures, not judged: the input-output Jacobian's spectrum
+                  "jacobian_mean_sq": float(np.mean(np.square(d.jacobian))) if d.jacobian else None},
         verdict=sorted({str(c.kind) for c in d.causes}),
-        series={"measured": [float(v) for v in meas], "predicted": [float(v) for v in pred]},
+        series={"measured": [float(v) for v in meas], "predicted": [float(v) for v in pred],
+                "jacobian": [float(v) for v in d.jacobian]},
     )
 
 
