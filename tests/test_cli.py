@@ -46,3 +46,20 @@ def test_inspect_a_factory(tmp_path, capsys) -> None:
     assert "guessed from the first layer: shape (8, 8)" in capsys.readouterr().out
     assert main(["inspect", f"{f}:nope"]) == 2
     assert "no callable 'nope'" in capsys.readouterr().err
+
+
+def test_help_lists_every_verb_and_the_exit_codes(capsys) -> None:
+    from gradwatch.cli import build_parser
+
+    text = build_parser().format_help()
+    for verb in ("demo", "inspect", "report", "explain", "quiz", "lab"):
+        assert f"\n    {verb} " in text
+    assert "exit codes:" in text and "2  bad usage" in text
+
+
+def test_a_bad_argument_is_one_line_and_exit_2() -> None:
+    r = subprocess.run([sys.executable, "-m", "gradwatch", "quiz", "--cards", "x"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == "gradwatch quiz: argument --cards: invalid int value: 'x' (see gradwatch quiz --help)\n"
+    r = subprocess.run([sys.executable, "-m", "gradwatch", "nosuchverb"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "invalid choice: 'nosuchverb'" in r.stderr

@@ -107,10 +107,25 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_CODES = """exit codes:
+  0  done (for lab: every verdict agreed)
+  1  lab: some result disagreed with the literature or gradwatch's verdict did not match
+  2  bad usage: an unknown verb or option, a bad value, a missing file"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line on stderr and exit code 2, not the usage block."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gradwatch",
         description="Find out why a network is not learning when the cause is its gradients.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("demo", help="watch a deep sigmoid MLP fail and a ReLU one learn, on real data")
@@ -134,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", metavar="OUT", help="write one self-contained HTML page here")
     p.add_argument("--png", metavar="DIR", help="write each figure to DIR/<name>.png")
     p.set_defaults(func=_report)
+    from gradwatch.teach.cli import add_parsers as add_teach
+
+    add_teach(sub)
+    from gradwatch.lab.cli import add_parser as add_lab
+
+    add_lab(sub)
     return parser
 
 

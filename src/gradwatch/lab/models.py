@@ -65,3 +65,16 @@ def mlp(
         fan_in = width
     layers.append(nn.Linear(fan_in, n_out))
     return nn.Sequential(*layers)
+
+
+class SeqLast(nn.Module):
+    """A recurrent layer (batch first) read at the last time step by a Linear head."""
+
+    def __init__(self, rnn: nn.RNNBase, n_out: int) -> None:
+        super().__init__()
+        self.rnn = rnn
+        self.head = nn.Linear(rnn.hidden_size, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
