@@ -8,7 +8,20 @@ import pytest
 
 import gradwatch as gw
 from gradwatch.record import JsonlLog, read_log
+from gradwatch.record import log as log_module
 from gradwatch.record.log import LOG_FORMAT, LOG_VERSION
+
+
+@pytest.fixture(autouse=True, params=["orjson", "json"])
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here reads logs both ways: through orjson (installed with the `report`
+    extra) and through the json module alone, as without it."""
+    if request.param == "json":
+        monkeypatch.setattr(log_module, "_orjson", None)
+    else:
+        assert log_module._orjson is not None, "orjson is part of the report extra that make test installs"
+    return str(request.param)
+
 
 HEADER = {"type": "header", "format": LOG_FORMAT, "version": LOG_VERSION, "columns": ["a"], "anatomy": {"layers": []}}
 
@@ -116,3 +129,14 @@ def test_the_log_folder_must_exist(tmp_path: Path) -> None:
 def test_a_folder_is_not_a_log_file(tmp_path: Path) -> None:
     with pytest.raises(IsADirectoryError, match="is a directory"):
         JsonlLog(tmp_path)
+
+
+def test_both_parsers_read_every_number_back_exactly(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(0)
+    values = [rng.uniform(-1, 1) * 10 ** rng.randint(-300, 300) for _ in range(2000)] + [0.0, -0.0, 5e-324, 1.7976931348623157e308]
+    write(tmp_path / "r.jsonl", HEADER, *({"type": "record", "step": i, "layers": {"g": [v]}} for i, v in enumerate(values)))
+    _, records = read_log(tmp_path / "r.jsonl")
+    assert [r["layers"]["g"][0] for r in records] == values
+    assert all(math.copysign(1, r["layers"]["g"][0]) == math.copysign(1, v) for r, v in zip(records, values, strict=True))

@@ -18,6 +18,12 @@ from typing import IO, Any
 
 from gradwatch._errors import LogFormatError
 
+_orjson: Any
+try:  # optional (the `report` extra): parses a log's lines ~6x faster than the json module
+    import orjson as _orjson
+except ImportError:  # tests/record/test_log.py reads every log both ways
+    _orjson = None
+
 LOG_FORMAT = "gradwatch-log"
 LOG_VERSION = 1
 
@@ -99,6 +105,17 @@ class JsonlLog:
             self._file = None
 
 
+def _parse(line: str) -> Any:
+    """One line as Python objects, the strings "nan", "inf" and "-inf" in value position read
+    as floats. Lines holding none of them (nearly all) go to orjson when it is installed."""
+    if _orjson is not None and '"nan"' not in line and 'inf"' not in line:
+        try:
+            return _orjson.loads(line)
+        except _orjson.JSONDecodeError:
+            pass  # the json module's parse below names what is wrong
+    return json.loads(_NONFINITE_VALUE.sub(lambda m: m.group(1) + _LITERAL[m.group(2)], line))
+
+
 def iter_log(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line number, record)`` for every complete line of a log."""
     p = Path(path)
@@ -111,7 +128,7 @@ def iter_log(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]
         if not line.strip():
             continue
         try:
-            obj = json.loads(_NONFINITE_VALUE.sub(lambda m: m.group(1) + _LITERAL[m.group(2)], line))
+            obj = _parse(line)
         except json.JSONDecodeError as e:
             if last and not line.endswith("\n"):
                 return  # cut short by a killed process: everything before it stands
