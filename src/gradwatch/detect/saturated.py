@@ -75,7 +75,7 @@ def saturated_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> lis
         else:
             severity = Severity.WARNING
         # an output the model returns is meant to grow confident: only hidden sites are raised
-        hidden = [] if gates else [h for h in group if not site_info(timeline, h[0]).get("output")]
+        hidden = [h for h in group if is_hidden(timeline, h[0])]
         lost = [h for h in hidden if h[2] >= th.lost_capacity_frac]
         born = [h for h in hidden if h[1] == 0]  # from the first record on, and still
         if hidden:
@@ -144,6 +144,11 @@ def saturated_units(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> lis
     return findings
 
 
+def is_hidden(timeline: Timeline, site: str) -> bool:
+    """A site inside the model: not an LSTM/GRU gate, not the output the model returns."""
+    return not is_gate(timeline, site) and not site_info(timeline, site).get("output")
+
+
 def passed_share(timeline: Timeline, names: list[str]) -> np.ndarray:
     """Records x `names`: the outputs' mean derivative over the activation's peak (sigmoid'(0) =
     1/4, tanh'(0) = 1) at each hidden site; NaN at gates and at the model's output.
@@ -157,7 +162,7 @@ def passed_share(timeline: Timeline, names: list[str]) -> np.ndarray:
     out = np.full((len(timeline.steps), len(names)), np.nan)
     for j, site in enumerate(names):
         info = site_info(timeline, site)
-        if site not in have or is_gate(timeline, site) or info.get("output") or not info.get("fn"):
+        if site not in have or not is_hidden(timeline, site) or not info.get("fn"):
             continue
         out[:, j] = deriv[:, have.index(site)] / peak_derivative(parse_spec(str(info["fn"]))[0])
     return out
@@ -170,7 +175,7 @@ def _cleared(
     (`severity.lost_time`): the layers below it had under half the run to learn."""
     worst: tuple[float, str, tuple[int, int]] | None = None
     for j, site in enumerate(names):
-        if is_gate(timeline, site) or site_info(timeline, site).get("output"):
+        if not is_hidden(timeline, site):
             continue
         span = cleared_span(mask[:, j], th.persist)
         if span is None or span[0] != 0:

@@ -13,12 +13,7 @@ from __future__ import annotations
 import torch
 
 from gradwatch import Diagnosis
-
-
-def world_size() -> int:
-    """The number of processes (1 when torch.distributed is not initialised)."""
-    dist = torch.distributed
-    return int(dist.get_world_size()) if dist.is_available() and dist.is_initialized() else 1
+from gradwatch.probes.sharded import world_size
 
 
 def agree(diagnosis: Diagnosis) -> Diagnosis:

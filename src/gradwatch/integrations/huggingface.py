@@ -22,6 +22,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 import gradwatch as gw
+from gradwatch.integrations._recorder import new_recorder
 from gradwatch.integrations.distributed import agree
 
 
@@ -59,18 +60,14 @@ class GradwatchCallback(TrainerCallback):
         self.diagnosis: gw.Diagnosis | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any) -> None:
-        self.recorder = gw.Recorder(
+        self.recorder = new_recorder(
             model,
+            optimizer,
             every=self.every,
             log=self.log_path,
             updates=self.updates,
             activations=self.activations,
             capacity=self.capacity,
-            optimizer_name=type(optimizer).__name__ if optimizer is not None else None,
-            no_gradient_message=(
-                f"GradwatchCallback found no gradient on any trainable parameter of the "
-                f"{type(model).__name__} at the optimizer step"
-            ),
         )
         if state.global_step:  # a resumed run keeps the Trainer's numbering
             self.recorder.step_count = int(state.global_step)

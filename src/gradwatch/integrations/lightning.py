@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch import Callback
 
 import gradwatch as gw
+from gradwatch.integrations._recorder import new_recorder
 from gradwatch.integrations.distributed import agree
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,18 +76,14 @@ class GradwatchCallback(Callback):
         if self.recorder is not None and not self.recorder.closed:
             return
         optimizers = trainer.optimizers
-        self.recorder = gw.Recorder(
+        self.recorder = new_recorder(
             pl_module,
+            optimizers[0] if optimizers else None,
             every=self.every,
             log=self.log_path,
             updates=self.updates,
             activations=self.activations,
             capacity=self.capacity,
-            optimizer_name=type(optimizers[0]).__name__ if optimizers else None,
-            no_gradient_message=(
-                "GradwatchCallback found no gradient on any trainable parameter of the "
-                f"{type(pl_module).__name__} at the optimizer step"
-            ),
         )
         if self._resume is not None:
             self.recorder.load_state_dict(self._resume)

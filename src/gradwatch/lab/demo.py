@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import gradwatch as gw
-from gradwatch.lab.data import accuracy, batches, digits
+from gradwatch.lab.data import Split, accuracy, batches, digits
 from gradwatch.lab.models import mlp
 
 
@@ -40,9 +40,9 @@ def train(label: str, activation: str, init: str, *, depth: int, steps: int, see
     return train_model(label, model, steps=steps, seed=seed)
 
 
-def train_model(label: str, model: nn.Module, *, steps: int, seed: int, lr_scale: float = 1.0) -> Trained:
-    data = digits(seed=seed)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01 * lr_scale, momentum=0.9)
+def watched_digits(model: nn.Module, data: Split, *, lr: float, steps: int, seed: int) -> gw.Watcher:
+    """`steps` batches of 64 digits under SGD (momentum 0.9) at `lr`, watched: the watcher."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     with gw.watch(model) as w:
         for x, y in batches(data.x_train, data.y_train, 64, steps, seed=seed):
             loss = nn.functional.cross_entropy(model(x), y)
@@ -50,6 +50,12 @@ def train_model(label: str, model: nn.Module, *, steps: int, seed: int, lr_scale
             loss.backward()
             w.step(loss=loss)
             opt.step()
+    return w
+
+
+def train_model(label: str, model: nn.Module, *, steps: int, seed: int, lr_scale: float = 1.0) -> Trained:
+    data = digits(seed=seed)
+    w = watched_digits(model, data, lr=0.01 * lr_scale, steps=steps, seed=seed)
     recent = w.timeline.layer_metric("grad_norm")[-5:]
     _, losses = w.timeline.loss()
     return Trained(

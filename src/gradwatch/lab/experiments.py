@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 import gradwatch as gw
-from gradwatch.lab.data import accuracy, adding_problem, batches, digits
+from gradwatch.lab.data import accuracy, adding_problem, digits
+from gradwatch.lab.demo import watched_digits
 from gradwatch.lab.models import SeqLast, mlp
 
 __all__ = ["EXPERIMENTS", "Experiment", "Observation", "Setting"]
@@ -79,14 +80,7 @@ def _run_depth(p: dict[str, Any], seed: int, quick: bool) -> Observation:
         init=p["init"], batchnorm=p.get("batchnorm", False), seed=seed,
     )
     steps = 150 if quick else 300
-    opt = torch.optim.SGD(model.parameters(), lr=p["lr"], momentum=0.9)
-    with gw.watch(model) as w:
-        for x, y in batches(data.x_train, data.y_train, 64, steps, seed=seed):
-            loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            w.step(loss=loss)
-            opt.step()
+    w = watched_digits(model, data, lr=p["lr"], steps=steps, seed=seed)
     acc = accuracy(model, data.x_test, data.y_test)
     outcome = "trains" if acc >= TRAINS_ACC else "chance" if acc <= CHANCE_ACC else "partial"
     d = w.diagnose()

@@ -28,6 +28,12 @@ def rank() -> int:
     return 0
 
 
+def world_size() -> int:
+    """The number of processes in the default process group (1 when not distributed)."""
+    dist = torch.distributed
+    return int(dist.get_world_size()) if dist.is_available() and dist.is_initialized() else 1
+
+
 def is_sharded(t: torch.Tensor | None) -> bool:
     """Whether `t` is a DTensor (its data spread over a device mesh)."""
     mod = sys.modules.get("torch.distributed.tensor")
@@ -64,12 +70,12 @@ def gather(sums: torch.Tensor, maxima: torch.Tensor) -> tuple[torch.Tensor, torc
     Every process must call it at the same point with vectors of the same lengths (the
     recording schedule and the model are the same on every rank, so they do).
     """
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    n_proc = world_size()
+    if n_proc == 1:
         return sums, maxima
     buf = torch.cat([sums, maxima])
-    parts = [torch.empty_like(buf) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, buf)
+    parts = [torch.empty_like(buf) for _ in range(n_proc)]
+    torch.distributed.all_gather(parts, buf)
     table = torch.stack(parts)
     n = sums.numel()
     return table[:, :n].sum(0), table[:, n:].amax(0)
