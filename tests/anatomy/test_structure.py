@@ -141,6 +141,23 @@ def test_recurrent_layers_and_their_sequence_length() -> None:
     assert not s.anatomy["head"].extra["recurrent"] and s.anatomy["head"].extra["seq_len"] is None
 
 
+def test_sequence_length_of_a_packed_sequence_and_of_a_cell_called_once() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(3, 5)
+            self.cell = nn.RNNCell(5, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            packed = nn.utils.rnn.pack_padded_sequence(x, [9, 4], enforce_sorted=True)
+            _, (h, _) = self.lstm(packed)
+            return self.cell(h[0])
+
+    s = analyse(Net(), torch.randn(9, 2, 3))  # time first; the longest of the two sequences is 9
+    assert s.recurrent == {"lstm": 9, "cell": 1}
+    assert analyse(nn.GRU(3, 4), torch.randn(11, 3)).recurrent == {"(root)": 11}  # unbatched
+
+
 def test_analyse_leaves_the_model_as_it_was() -> None:
     class Branchy(nn.Sequential):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """Watching a forward pass call by call, and the vocabulary of elementwise calls it reads.
 
-`CallObserver` is the one `TorchFunctionMode` of the map: it runs each torch function as it
-would and shows it, with its arguments and result, to `seen`. `gradwatch.anatomy._graph`
+`CallObserver` is the one `TorchFunctionMode` of the package: it runs each torch function as
+it would and shows it, with its arguments and result, to `seen`. `gradwatch.anatomy._graph`
 builds the dataflow graph from it, `gradwatch.anatomy.order` the functional activations and
-the gates. The sets below (products, shifts, views) are shared with the forward probes.
+the gates, and the forward probes (`gradwatch.probes.forward`) their activation statistics.
+The sets below (products, shifts, views) are shared with the forward probes.
 """
 
 from __future__ import annotations

@@ -95,13 +95,13 @@ class Order:
 
     def sequence_length(self, name: str, module: nn.Module) -> int | None:
         """The sequence length the recurrent layer `name` saw in the traced pass, or None:
-        a cell's number of calls (when more than one), a `PackedSequence`'s longest
-        sequence, else the time dimension of its first output."""
+        a cell's number of calls, a `PackedSequence`'s longest sequence, else the time
+        dimension of its first output."""
         if not self.traced:
             return None
         if isinstance(module, nn.RNNCellBase):
             n = self.calls.get(name)
-            return int(n) if n and n > 1 else None
+            return int(n) if n else None
         if name in self.packed:  # a PackedSequence: its longest sequence
             return int(self.packed[name])
         shape = self.shapes.get(name)

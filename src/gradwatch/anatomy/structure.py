@@ -53,6 +53,7 @@ from gradwatch.anatomy._graph import (
 )
 from gradwatch.anatomy._guard import Preserved
 from gradwatch.anatomy.map import ROOT, Anatomy
+from gradwatch.anatomy.order import traced_order
 
 __all__ = ["Structure", "analyse"]
 
@@ -290,39 +291,6 @@ def _apply_graph(structure: Structure, graph: Graph) -> None:
         anatomy.reorder(order)
 
 
-def _recurrent_lengths(model: nn.Module, example_input: Any) -> dict[str, int]:
-    """Sequence length each recurrent module saw: its time dimension, or how often a cell was called."""
-    from gradwatch.anatomy._call import call_model
-
-    seen: dict[str, int] = {}
-    handles = []
-
-    def hook(name: str) -> Any:
-        def fn(module: nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0] if args else None
-            if isinstance(module, nn.RNNCellBase):
-                seen[name] = seen.get(name, 0) + 1
-            elif isinstance(x, nn.utils.rnn.PackedSequence):
-                seen[name] = int(x.batch_sizes.numel())
-            elif isinstance(x, torch.Tensor):
-                batched = x.dim() == 3
-                time_dim = 1 if (batched and getattr(module, "batch_first", False)) else 0
-                seen[name] = int(x.shape[time_dim])
-
-        return fn
-
-    try:
-        for name, module in model.named_modules():
-            if isinstance(module, nn.RNNBase | nn.RNNCellBase):
-                handles.append(module.register_forward_pre_hook(hook(name or ROOT)))
-        if handles:
-            call_model(model, example_input)
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
-
-
 def analyse(model: nn.Module, example_input: Any = None, anatomy: Anatomy | None = None) -> Structure:
     """Enrich `anatomy` (built from `model` if not given) with the facts above; return the Structure.
 
@@ -373,11 +341,10 @@ def analyse(model: nn.Module, example_input: Any = None, anatomy: Anatomy | None
     structure = Structure(anatomy=anatomy, method=graph.method, notes=notes + graph.notes)
     _apply_graph(structure, graph)
     if example_input is not None and any(layer.extra["recurrent"] for layer in anatomy.layers):
-        with torch.no_grad(), Preserved(model):
-            model.eval()
-            lengths = _recurrent_lengths(model, example_input)
-        for name, t in lengths.items():
-            if name in anatomy:
-                anatomy[name].extra["seq_len"] = t
+        order = traced_order(model, example_input)
+        for layer in anatomy.layers:
+            if layer.extra["recurrent"]:
+                name = "" if layer.name == ROOT else layer.name
+                layer.extra["seq_len"] = order.sequence_length(name, modules[layer.name] if name else model)
     structure.recurrent = {layer.name: layer.extra["seq_len"] for layer in anatomy.layers if layer.extra["recurrent"]}
     return structure

@@ -30,11 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from gradwatch.anatomy._graph import iter_tensors
-from gradwatch.anatomy._mode import AFFINE, PRODUCTS, is_constant
+from gradwatch.anatomy._mode import AFFINE, PRODUCTS, CallObserver, is_constant
 from gradwatch.anatomy.map import ROOT
 from gradwatch.probes import gates, temporal
 from gradwatch.probes.activations import (
@@ -109,16 +108,17 @@ def _chained(calls: list[list[Any]]) -> bool:
     )
 
 
-class _Mode(TorchFunctionMode):
+class _Mode(CallObserver):
+    """Shows each activation call (and each constant shift or scaling of a saturating output)
+    of the model's forward to the probe."""
+
     def __init__(self, probe: ForwardProbe) -> None:
         super().__init__()
         self.probe = probe
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+    def seen(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
         if torch.compiler.is_compiling():  # traced into a compiled graph: observe nothing
-            return out
+            return
         try:
             act = classify(func, args, kwargs)
             affine = act is None and bool(self.probe._outputs) and func in AFFINE
@@ -128,7 +128,6 @@ class _Mode(TorchFunctionMode):
             self.probe._on_activation(act, out, args, kwargs)
         elif affine:
             self.probe._follow(func, args, out)
-        return out
 
 
 class ForwardProbe:
