@@ -47,13 +47,14 @@ def test_a_callable_schedule() -> None:
     assert list(w.timeline.steps) == [1, 4]
 
 
-def test_recorded_gradients_and_updates_match_a_hand_computation() -> None:
+@pytest.mark.parametrize("every", [2, 1])  # 1: the snapshot is taken within the record (fused)
+def test_recorded_gradients_and_updates_match_a_hand_computation(every: int) -> None:
     model = tiny_mlp(depth=2)
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     expected_grad, expected_update = {}, {}
     names = ["0", "2", "4"]
     mods = dict(model.named_modules())
-    with gw.watch(model, every=2) as w:
+    with gw.watch(model, every=every) as w:
         for step in range(7):
             x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
             loss = nn.functional.cross_entropy(model(x), y)

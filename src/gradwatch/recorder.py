@@ -155,14 +155,15 @@ class Recorder:
         measured at the next recorded step from a copy of the parameters taken here.
         """
         n = self.step_count
+        snapshot = self.updates and self.due(n + 1)  # of the parameters, for step n + 1's update
         if self.due(n):
             with self._guard(n):
                 self._begin()
                 self.read_gradients()
                 if not self.seen_gradient:
                     raise UsageError(self.no_gradient_message)
-                self._finish(n)
-        if self.updates and self.due(n + 1):
+                self._finish(n, snapshot=snapshot)
+        elif snapshot:
             with self._guard(n):
                 self._start().snapshot()
         self.step_count = n + 1
@@ -246,13 +247,13 @@ class Recorder:
         assert self._transfer is not None, "read_gradients() outside a record"
         self._snap = self._start().measure_grads(self._transfer)
 
-    def _finish(self, n: int) -> None:
+    def _finish(self, n: int, *, snapshot: bool = False) -> None:
+        """Complete the record of step `n`; `snapshot`: then copy the parameters aside."""
         transfer, snap = self._transfer, self._snap
         assert transfer is not None and snap is not None
         self._transfer, self._snap = None, None
         probe = self._start()
-        probe.measure_update(transfer)
-        probe.measure_weights(transfer)
+        probe.measure_params(transfer, snapshot=snapshot)  # the last update, the weights
         layout: list[tuple[str, str, str]] = []
         if self._fprobe is not None:
             layout = self._fprobe.measure(transfer)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -220,3 +220,83 @@ def test_zero_count_agrees_on_every_path() -> None:
     for g in (base, base.double(), base.half(), base.bfloat16(), base.neg()._neg_view()):
         got = _count_nonzero([g, g[:3]])
         assert [float(x) for x in got] == [4.0, 1.0], g.dtype
+
+
+@pytest.fixture(params=["numpy", "torch"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """CPU float32/float64 tensors are read by numpy in place (`probes._cpu`); every other
+    tensor (a GPU's, bfloat16) by grouped torch operations. "torch" sends all of them there."""
+    if request.param == "torch":
+        from gradwatch.probes import _cpu
+
+        monkeypatch.setattr(_cpu, "view", lambda t, **kw: None)
+    return str(request.param)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(layers_and_grads())
+def test_property_both_paths_match_plain_torch(path: str, case) -> None:
+    test_property_statistics_match_plain_torch.hypothesis.inner_test(case)
+
+
+def test_tensors_larger_than_a_piece_on_both_paths(path: str) -> None:
+    # `_cpu` reads tensors in pieces of CHUNK entries: extremes, zeros and NaN in any piece count
+    from gradwatch.probes._cpu import CHUNK
+
+    torch.manual_seed(1)
+    model = Bag([[(3, CHUNK + 5)], [(2 * CHUNK + 1,)], [(7,)]])
+    g = torch.randn(3, CHUNK + 5)
+    g[0, :100] = 0.0
+    g[2, -1] = -50.0  # the largest |g|, in the last piece
+    model.l0.p0.grad = g
+    h = torch.randn(2 * CHUNK + 1)
+    h[CHUNK + 3] = math.nan  # a NaN in the second piece only
+    model.l1.p0.grad = h
+    model.l2.p0.grad = -torch.zeros(7)
+    check(model)
+    got = measure(model)
+    assert got["grad_max"][0] == 50.0 and math.isnan(got["grad_max"][1]) and got["grad_nonfinite"][1] == 1.0
+    assert got["grad_zero_frac"][2] == 1.0
+
+    anatomy = Anatomy.from_module(model)
+    probe = GradientProbe(anatomy, anatomy.names)
+    before = [p.detach().clone() for p in model.parameters()]
+    probe.snapshot()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    transfer = Transfer()
+    probe.measure_params(transfer, snapshot=True)  # the update, the weights, then the next snapshot
+    got = probe.summarise(transfer.fetch(), None)
+    for i, (p, b) in enumerate(zip(model.parameters(), before, strict=True)):
+        assert got["update_norm"][i] == pytest.approx(float((p.detach() - b).double().norm()), rel=1e-5)
+        assert got["weight_norm"][i] == pytest.approx(float(p.detach().double().norm()), rel=1e-5)
+    with torch.no_grad():
+        model.l2.p0.mul_(2.0)
+    transfer = Transfer()
+    probe.measure_update(transfer)  # against the snapshot the previous call took
+    got = probe.summarise(transfer.fetch(), None)
+    assert got["update_norm"][0] == 0.0 and got["update_norm"][1] == 0.0
+    assert got["update_norm"][2] == pytest.approx(float(model.l2.p0.detach().double().norm()) / 2, rel=1e-6)
+
+
+def test_parameters_cast_or_replaced_between_snapshot_and_update(path: str) -> None:
+    model = Bag([[(4, 4)], [(6,)]])
+    anatomy = Anatomy.from_module(model)
+    probe = GradientProbe(anatomy, anatomy.names)
+    probe.snapshot()
+    model.double()  # model.to(): the snapshot no longer fits, so there is no update to measure
+    transfer = Transfer()
+    probe.measure_params(transfer, snapshot=True)
+    got = probe.summarise(transfer.fetch(), None)
+    assert np.all(np.isnan(got["update_norm"]))
+    assert got["weight_norm"][0] == pytest.approx(float(model.l0.p0.detach().norm()), rel=1e-6)
+    old = model.l1.p0.detach().clone()
+    with torch.no_grad():
+        model.l1.p0.data = torch.full((6,), 2.0, dtype=torch.float64)  # new storage, read anew
+    transfer = Transfer()
+    probe.measure_params(transfer)
+    got = probe.summarise(transfer.fetch(), None)
+    assert got["weight_norm"][1] == pytest.approx(2.0 * math.sqrt(6))
+    assert got["update_norm"][0] == 0.0
+    assert got["update_norm"][1] == pytest.approx(float((old - 2.0).norm()))

@@ -1,18 +1,27 @@
 """Per-layer gradient, weight and update statistics, measured in grouped tensor operations.
 
-For every trainable parameter the probe computes, on the device:
+For every trainable parameter the probe computes:
 
-- the L2 norm of its gradient (one ``torch._foreach_norm`` per device/dtype group),
-- the largest and smallest gradient entry (``torch.aminmax``), giving max |g|,
-- the number of non-zero entries (``torch.count_nonzero``), giving the share of exact zeros,
-- the L2 norm of the parameter itself (one ``_foreach_norm`` per group),
+- the L2 norm of its gradient, its largest |entry| and its number of non-zero entries
+  (the share of exact zeros);
+- the L2 norm of the parameter itself;
 - the L2 norm of its change across an optimizer step, from a snapshot kept in a
-  preallocated buffer (``_foreach_copy_`` before, ``_foreach_sub_`` + ``_foreach_norm`` after).
+  preallocated buffer.
+
+On the CPU, float32 and float64 tensors are read by numpy in place, each tensor once
+with all of its statistics taken while it is in cache (`gradwatch.probes._cpu`); a record
+that also snapshots the parameters for the next update (``measure_params(snapshot=True)``)
+reads each parameter once for its update, its norm and the copy. Elsewhere (a GPU,
+bfloat16) the statistics are grouped torch operations that stay on the device: one
+``torch._foreach_norm`` per device/dtype group, ``torch.aminmax`` and
+``torch.count_nonzero`` per tensor, ``_foreach_copy_`` for the snapshot and
+``_foreach_sub_`` + ``_foreach_norm`` for the update.
 
 The per-parameter numbers go to the host in one copy (see `Transfer`), where numpy
 sums them per layer. Only when a gradient norm comes back non-finite (to count the
-non-finite entries) or below 1e-15 (to redo it in float64, as float32 squares underflow)
-does the probe look at that one tensor again, a rare path that syncs once more.
+non-finite entries; a finite norm proves there are none) or below 1e-15 (to redo it in
+float64, as float32 squares underflow) does the probe look at that one tensor again, a
+rare path that syncs once more.
 
 Sharded parameters (FSDP2's DTensors) are measured on the shard each process holds, and
 the shards' sums of squares, maxima and counts are combined across processes in the
@@ -31,10 +40,15 @@ import torch
 from torch import nn
 
 from gradwatch.anatomy import Anatomy
+from gradwatch.probes import _cpu
 from gradwatch.probes.sharded import gather, is_sharded, local
 from gradwatch.probes.transfer import Transfer
 
 _GroupKey = tuple[torch.device, torch.dtype]
+#: how the parameters are read (`GradientProbe._layout_of`): the indices of those numpy reads
+#: in place, their flat views, views of their snapshot (None without one), and the groups
+#: of the others for grouped torch operations (name -> indices as floats, indices)
+_Layout = tuple[list[int], list[np.ndarray], list[np.ndarray] | None, dict[str, tuple[np.ndarray, list[int]]]]
 #: Below this, a float32 gradient norm may have lost entries to underflow (see `summarise`).
 _UNDERFLOW = 1e-15
 #: dtypes whose CPU tensors numpy reads in place (numpy has no bfloat16)
@@ -65,8 +79,8 @@ class GradientProbe:
         self.updates = updates
         self._snap: list[torch.Tensor] | None = None
         self._snap_valid = False
-        self._groups: dict[str, tuple[np.ndarray, list[int]]] | None = None
-        self._groups_signature: list[tuple[torch.device, torch.dtype, bool]] = []
+        self._layout: _Layout | None = None
+        self._layout_key: list[tuple[int, torch.dtype, bool, torch.Size, tuple[int, ...]]] = []
         # per parameter: None, or for a sharded one the weight of its shard (`sharded.local`)
         self._weights: list[float | None] = [None] * len(params)
         self._any_sharded = any(is_sharded(p) for p in params)
@@ -77,18 +91,31 @@ class GradientProbe:
     def measure_grads(self, transfer: Transfer) -> GradSnapshot:
         """Queue gradient statistics of the current `.grad`s; return what the host needs later."""
         grads = [p.grad for p in self.params]
+        host: list[int] = []  # CPU tensors numpy reads in place (`_cpu`)
+        arrays: list[np.ndarray] = []
         groups: dict[_GroupKey, list[int]] = {}
         odd: list[int] = []  # sparse or complex: measured one by one
         spread: list[int] = []  # sharded over processes (FSDP2)
         for i, g in enumerate(grads):
             if g is None or g.numel() == 0:
                 continue
-            if is_sharded(g):
+            a = _cpu.view(g)
+            if a is not None:
+                host.append(i)
+                arrays.append(a)
+            elif is_sharded(g):
                 spread.append(i)
             elif g.is_sparse or g.is_complex():
                 odd.append(i)
             else:
                 groups.setdefault((g.device, g.dtype), []).append(i)
+        if host:  # every statistic of a tensor while it is in cache, on the host already
+            key = _key(host)
+            sq, absmax, nonzero = _cpu.grad_stats(arrays)
+            transfer.put(f"g.idx.{key}", np.asarray(host, dtype=np.float64))
+            transfer.put(f"g.norm.{key}", np.sqrt(sq))
+            transfer.put(f"g.max.{key}", absmax)
+            transfer.put(f"g.nz.{key}", nonzero)
         for idx in groups.values():
             gs: list[torch.Tensor] = [grads[i] for i in idx]  # type: ignore[misc]
             key = _key(idx)
@@ -108,7 +135,7 @@ class GradientProbe:
             transfer.put(f"g.nz.{key}", torch.count_nonzero(v).reshape(1).double())
         if spread:
             self._measure_spread(transfer, [(i, grads[i]) for i in spread])  # type: ignore[misc]
-        if groups or odd or spread:
+        if host or groups or odd or spread:
             self.seen_gradient = True
         return GradSnapshot(grads=grads)
 
@@ -129,38 +156,104 @@ class GradientProbe:
             transfer.put(f"g.nz.{key}", nz * weight, reduce="sum")
 
     # -- weights and updates --------------------------------------------------------
-    @torch.no_grad()
     def measure_weights(self, transfer: Transfer) -> None:
-        for key, (idx, ps) in self._param_groups().items():
-            transfer.put(f"w.idx.{key}", idx)
-            _put_norms(transfer, f"w.{{}}.{key}", ps, [self._weights[int(i)] for i in idx])
+        """Queue the norm of every parameter."""
+        self.measure_params(transfer, update=False)
 
-    @torch.no_grad()
-    def snapshot(self) -> None:
-        """Copy the parameters aside, so the next `measure_update` sees one step's change."""
-        if not self.updates:
-            return
-        params = self._locals()
-        if self._snap is None or any(
-            s.shape != p.shape or s.dtype != p.dtype or s.device != p.device
-            for s, p in zip(self._snap, params, strict=True)
-        ):
-            self._snap = [torch.empty_like(p) for p in params]
-        _copy_(self._snap, params)
-        self._snap_valid = True
-
-    @torch.no_grad()
     def measure_update(self, transfer: Transfer) -> None:
         """Queue the norm of (parameters now - snapshot), if a snapshot is waiting."""
-        if not (self.updates and self._snap_valid and self._snap is not None):
+        self.measure_params(transfer, weights=False)
+
+    def snapshot(self) -> None:
+        """Copy the parameters aside, so the next `measure_update` sees one step's change."""
+        self.measure_params(None, update=False, weights=False, snapshot=True)
+
+    @torch.no_grad()
+    def measure_params(
+        self, transfer: Transfer | None, *, update: bool = True, weights: bool = True, snapshot: bool = False
+    ) -> None:
+        """`measure_update` (if asked and a snapshot is waiting), `measure_weights` (if asked),
+        then `snapshot` (if asked), reading each parameter once where `_cpu` can."""
+        update = update and self.updates and self._snap_valid
+        snapshot = snapshot and self.updates
+        if not (update or weights or snapshot):
             return
-        snap = self._snap
-        for key, (idx, ps) in self._param_groups().items():
-            diff = [snap[i] for i in idx.astype(np.int64)]
-            torch._foreach_sub_(diff, ps)
-            transfer.put(f"u.idx.{key}", idx)
-            _put_norms(transfer, f"u.{{}}.{key}", diff, [self._weights[int(i)] for i in idx])
-        self._snap_valid = False
+        params = self._locals()
+        layout = self._layout_of(params, keep_snapshot=update)
+        if layout is None:  # the parameters moved or changed since the snapshot (model.to())
+            update = False
+            layout = self._layout_of(params, keep_snapshot=False)
+            assert layout is not None
+        if snapshot and self._snap is None:
+            self._snap = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
+            self._layout = None
+            layout = self._layout_of(params, keep_snapshot=True)
+            assert layout is not None
+        host, arrays, saved, groups = layout
+        if host and (saved is not None or not (update or snapshot)):
+            wsq, usq = _cpu.param_stats(arrays, saved, diff=update, copy=snapshot)
+            idx = np.asarray(host, dtype=np.float64)
+            for kind, sq, wanted in (("u", usq, update), ("w", wsq, weights)):
+                if wanted:
+                    assert transfer is not None
+                    transfer.put(f"{kind}.idx.{_key(host)}", idx)
+                    transfer.put(f"{kind}.norm.{_key(host)}", np.sqrt(sq))
+        elif host:
+            groups = {**groups, _key(host): (np.asarray(host, dtype=np.float64), host)}
+        for key, (idx, members) in groups.items():
+            ps = [params[i] for i in members]
+            shards = [self._weights[i] for i in members]
+            snap = [self._snap[i] for i in members] if self._snap is not None else []
+            if update:
+                assert transfer is not None
+                torch._foreach_sub_(snap, ps)  # the snapshot now holds the change
+                transfer.put(f"u.idx.{key}", idx)
+                _put_norms(transfer, f"u.{{}}.{key}", snap, shards)
+            if weights:
+                assert transfer is not None
+                transfer.put(f"w.idx.{key}", idx)
+                _put_norms(transfer, f"w.{{}}.{key}", ps, shards)
+            if snapshot:
+                _copy_(snap, ps)
+        if update or snapshot:
+            self._snap_valid = snapshot
+
+    def _layout_of(self, params: list[torch.Tensor], *, keep_snapshot: bool) -> _Layout | None:
+        """How the parameters are read (cached until one of them changes storage, dtype, device
+        or shape): the CPU ones numpy reads in place, with views of them and of their snapshot
+        (None until one is taken), and the others grouped by device, dtype and sharding for
+        grouped torch operations. None if `keep_snapshot` and the snapshot no longer fits."""
+        key = [(p.data_ptr(), p.dtype, p.is_cpu, p.shape, p.stride()) for p in params]
+        if key != self._layout_key:
+            if self._snap is not None and any(
+                s.shape != p.shape or s.dtype != p.dtype or s.device != p.device
+                for s, p in zip(self._snap, params, strict=True)
+            ):
+                if keep_snapshot:
+                    return None
+                self._snap, self._snap_valid = None, False
+            self._layout_key, self._layout = key, None
+        if self._layout is None:
+            host, arrays, saved = [], [], []
+            groups: dict[tuple[torch.device, torch.dtype, bool], list[int]] = defaultdict(list)
+            for i, p in enumerate(params):
+                a = _cpu.view(p, contiguous=True) if self._weights[i] is None else None
+                if a is not None:
+                    host.append(i)
+                    arrays.append(a)
+                    if self._snap is not None:
+                        saved.append(_cpu.view(self._snap[i], contiguous=True))
+                else:
+                    groups[(p.device, p.dtype, self._weights[i] is not None)].append(i)
+            readable = [v for v in saved if v is not None]
+            views = readable if self._snap is not None and len(readable) == len(saved) else None
+            self._layout = (
+                host,
+                arrays,
+                views,
+                {_key(idx): (np.asarray(idx, dtype=np.float64), idx) for idx in groups.values()},
+            )
+        return self._layout
 
     def _locals(self) -> list[torch.Tensor]:
         """The parameters, as the shard this process holds where one is sharded (FSDP2)."""
@@ -174,19 +267,6 @@ class GradientProbe:
             else:
                 out.append(p)
         return out
-
-    def _param_groups(self) -> dict[str, tuple[np.ndarray, list[torch.Tensor]]]:
-        """Parameters (local shards where sharded) grouped by device, dtype and whether they
-        are sharded; the grouping is rebuilt only when those change (model.to())."""
-        params = self._locals()
-        signature = [(p.device, p.dtype, self._weights[i] is not None) for i, p in enumerate(params)]
-        if self._groups is None or signature != self._groups_signature:
-            groups: dict[tuple[torch.device, torch.dtype, bool], list[int]] = defaultdict(list)
-            for i, key in enumerate(signature):
-                groups[key].append(i)
-            self._groups = {_key(idx): (np.asarray(idx, dtype=np.float64), idx) for idx in groups.values()}
-            self._groups_signature = signature
-        return {key: (idx, [params[i] for i in members]) for key, (idx, members) in self._groups.items()}
 
     # -- host side ------------------------------------------------------------------
     def summarise(self, host: dict[str, np.ndarray], snap: GradSnapshot | None) -> dict[str, np.ndarray]:
