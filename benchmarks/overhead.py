@@ -12,6 +12,12 @@ gradient through time) unless the column says "gradients only".
 
     python benchmarks/overhead.py            # the figures in docs/performance.md
     python benchmarks/overhead.py --quick    # a fast look
+    python benchmarks/overhead.py --direct   # one record's CPU time next to a step's
+
+"--direct" times, in this thread's CPU time (which other processes on a loaded machine do
+not inflate, as they do wall time), the training step and `w.step()` alone at every=1 with
+gradient statistics only, and gives 1 + record / step: the every-step cost without the
+noise of the round robin, though not without the cache misses other processes cause.
 """
 
 from __future__ import annotations
@@ -136,12 +142,47 @@ def measure(workload: Workload, rounds: int, block: int) -> dict[str, float]:
     return out
 
 
+def direct(workload: Workload, steps: int) -> tuple[float, float]:
+    """Median CPU time (ms) of a training step and of one record (every=1, gradients only)."""
+    _, make, sample, loss_fn = workload
+    torch.manual_seed(0)
+    model = make()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    data = [sample() for _ in range(8)]
+    train, record = [], []
+    with gw.watch(model, every=1, activations=False) as w:
+        for i in range(steps + WARMUP):
+            x, y = data[i % len(data)]
+            t0 = time.thread_time()
+            loss = loss_fn(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            t1 = time.thread_time()
+            w.step(loss=loss)
+            t2 = time.thread_time()
+            opt.step()
+            t3 = time.thread_time()
+            if i >= WARMUP:
+                train.append(t1 - t0 + t3 - t2)
+                record.append(t2 - t1)
+    return statistics.median(train) * 1e3, statistics.median(record) * 1e3
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=25)
     ap.add_argument("--block", type=int, default=64, help="steps per block (a multiple of every)")
     ap.add_argument("--quick", action="store_true", help="5 rounds of 32 steps")
+    ap.add_argument("--direct", action="store_true", help="CPU time of one record next to a step's")
     args = ap.parse_args()
+    if args.direct:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; CPU time, median of 60 steps")
+        print("| workload | training step | one record (every=1, gradients only) | 1 + record / step |")
+        print("|---|---|---|---|")
+        for w in workloads():
+            train, record = direct(w, 60)
+            print(f"| {w[0]} | {train:.2f} ms | {record:.2f} ms | {1 + record / train:.3f}x |", flush=True)
+        return
     rounds, block = (5, 32) if args.quick else (args.rounds, args.block)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, default every={gw.DEFAULT_EVERY}, "
           f"{rounds} rounds of {block} steps")

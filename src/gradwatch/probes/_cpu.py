@@ -1,10 +1,9 @@
 """The statistics of `gradwatch.probes.grads` for CPU tensors, read through numpy in place.
 
-On the CPU a training step of a small dense model is memory-bound, and so is a record:
-what it costs is how often it reads each gradient and parameter from memory. Here every
-tensor is taken in turn, in pieces of at most `CHUNK` entries (256 KiB of float32, well
-inside a core's L2 cache), and all of its statistics are computed while the piece is in
-cache:
+On the CPU a record of a small dense model is memory-bound: what it costs is how often it
+brings each gradient and parameter in from memory. Here every tensor is taken in turn, in
+pieces of at most `CHUNK` entries (256 KiB of float32, inside a core's L2 cache), and all
+of its statistics are computed while the piece is in cache:
 
 - a gradient: its sum of squares (``np.dot``, which also accumulates more accurately than
   ``torch.linalg.vector_norm``), its smallest and largest entry, and its non-zero entries
@@ -13,9 +12,9 @@ cache:
   a scratch buffer that stays in cache), its own sum of squares, and, if asked, the copy
   into the snapshot for the next step's change.
 
-numpy calls also cost about a tenth of a torch call's dispatch, which counts at one call
+A numpy call also costs a fraction of a torch call's dispatch, which counts at one call
 per statistic per tensor. Only float32 and float64 tensors that numpy can view are taken
-(`views` says None otherwise); the others go through the grouped torch operations of
+(`view` says None otherwise); the others go through the grouped torch operations of
 `grads`. Each figure is the one the torch path gives: NaN propagates through the sums and
 extremes, -0.0 is a zero, NaN is not.
 """
