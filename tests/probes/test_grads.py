@@ -142,8 +142,8 @@ def test_mixed_dtypes_are_grouped() -> None:
     check(model)
 
 
-def test_update_is_the_change_across_one_step() -> None:
-    model = Bag([[(4, 4)], [(6,)]])
+def snapshot_then_step(model: nn.Module) -> tuple[GradientProbe, list[torch.Tensor]]:
+    """A probe that has taken its snapshot, and the parameters then; each is then moved a little."""
     anatomy = Anatomy.from_module(model)
     probe = GradientProbe(anatomy, anatomy.names)
     before = [p.detach().clone() for p in model.parameters()]
@@ -151,6 +151,12 @@ def test_update_is_the_change_across_one_step() -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.01)
+    return probe, before
+
+
+def test_update_is_the_change_across_one_step() -> None:
+    model = Bag([[(4, 4)], [(6,)]])
+    probe, before = snapshot_then_step(model)
     transfer = Transfer()
     probe.measure_update(transfer)
     probe.measure_weights(transfer)
@@ -258,13 +264,7 @@ def test_tensors_larger_than_a_piece_on_both_paths(path: str) -> None:
     assert got["grad_max"][0] == 50.0 and math.isnan(got["grad_max"][1]) and got["grad_nonfinite"][1] == 1.0
     assert got["grad_zero_frac"][2] == 1.0
 
-    anatomy = Anatomy.from_module(model)
-    probe = GradientProbe(anatomy, anatomy.names)
-    before = [p.detach().clone() for p in model.parameters()]
-    probe.snapshot()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.01)
+    probe, before = snapshot_then_step(model)
     transfer = Transfer()
     probe.measure_params(transfer, snapshot=True)  # the update, the weights, then the next snapshot
     got = probe.summarise(transfer.fetch(), None)

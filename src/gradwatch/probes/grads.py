@@ -174,7 +174,7 @@ class GradientProbe:
     ) -> None:
         """`measure_update` (if asked and a snapshot is waiting), `measure_weights` (if asked),
         then `snapshot` (if asked), reading each parameter once where `_cpu` can."""
-        update = update and self.updates and self._snap_valid
+        update = update and self.updates and self._snap_valid and self._snap is not None
         snapshot = snapshot and self.updates
         if not (update or weights or snapshot):
             return
