@@ -14,8 +14,10 @@ from gradwatch.lab import runner
 from gradwatch.lab.dying import DEAD_SHARE
 from gradwatch.lab.experiments import (
     CHANCE_ACC,
+    COPIED_ACC,
     EXPERIMENTS,
     FAILED_MSE,
+    FORGOT_ACC,
     LEARNED_MSE,
     PIXEL_FAILS_ACC,
     THEORY_FACTOR,
@@ -82,6 +84,9 @@ def _outcome(name: str, r: dict) -> str:
     if name == "adding":
         mse = o["test_mse"]
         return "learns" if mse < LEARNED_MSE else "fails" if mse > FAILED_MSE else "partial"
+    if name == "copy":
+        acc = o["recall_accuracy"]
+        return "learns" if acc >= COPIED_ACC else "fails" if acc <= FORGOT_ACC else "partial"
     if name == "pixels":
         acc = o["test_accuracy"]
         return "learns" if acc >= TRAINS_ACC else "fails" if acc <= PIXEL_FAILS_ACC else "partial"
@@ -144,7 +149,7 @@ def test_list_and_bad_arguments(capsys) -> None:
     out = capsys.readouterr().out
     assert all(name in out for name in EXPERIMENTS)
     assert main(["lab", "nope"]) == 2
-    assert capsys.readouterr().err == "gradwatch lab: no experiment 'nope'; choose from: depth, theory, adding, pixels, dying, residual, chaos\n"
+    assert capsys.readouterr().err == "gradwatch lab: no experiment 'nope'; choose from: depth, theory, adding, copy, pixels, dying, residual, chaos\n"
     assert main(["lab", "--seeds", "0"]) == 2
     assert capsys.readouterr().err == "gradwatch lab: --seeds must be at least 1, got 0\n"
 

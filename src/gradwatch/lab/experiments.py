@@ -19,10 +19,10 @@ from torch import nn
 
 import gradwatch as gw
 from gradwatch.lab.chaos import CHAOS
-from gradwatch.lab.data import accuracy, adding_problem, batches, digits
+from gradwatch.lab.data import accuracy, adding_problem, batches, copy_task, digits
 from gradwatch.lab.demo import watched_digits
 from gradwatch.lab.dying import DYING
-from gradwatch.lab.models import SeqLast, mlp, recurrent
+from gradwatch.lab.models import SeqAll, SeqLast, mlp, recurrent
 from gradwatch.lab.residual import RESIDUAL
 from gradwatch.lab.spec import CHANCE_ACC, TRAINS_ACC, Experiment, Observation, Setting, steps
 from gradwatch.lab.spec import problems as _problems
@@ -227,6 +227,57 @@ ADDING = Experiment(
     tiny={"steps": 8, "length": 10},
 )
 
+# -- the copy task ---------------------------------------------------------------------------
+#: Recall accuracy (4 symbols: chance 0.25) at or above which a net has learned the copy
+#: task, and at or below which it has not.
+COPIED_ACC = 0.9
+FORGOT_ACC = 0.4
+_K, _SYMBOLS = 5, 4
+
+
+def _recall_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(out[:, -_K:].reshape(-1, _SYMBOLS), y.reshape(-1))
+
+
+def _run_copy(p: dict[str, Any], seed: int, quick: bool) -> Observation:
+    torch.manual_seed(seed)
+    model = SeqAll(recurrent(p["cell"], _SYMBOLS + 2, 64), _SYMBOLS)
+    g = torch.Generator().manual_seed(seed)
+    n = steps(p, quick, 800, 1500)
+    w = train_sequence(model, lambda _: copy_task(32, p["lag"], g, symbols=_SYMBOLS, k=_K), _recall_loss,
+                       steps=n, lr=0.01, clip=p.get("clip"))
+    x, y = copy_task(512, p["lag"], torch.Generator().manual_seed(10_000 + seed), symbols=_SYMBOLS, k=_K)
+    with torch.no_grad():
+        acc = float((model(x)[:, -_K:].argmax(-1) == y).float().mean())
+    outcome = "learns" if acc >= COPIED_ACC else "fails" if acc <= FORGOT_ACC else "partial"
+    d = w.diagnose()
+    return Observation(
+        outcome=outcome,
+        observed={"recall_accuracy": acc, "steps": n, "reach_change_decades": _reach(d)},
+        verdict=_problems(d),
+    )
+
+
+COPY = Experiment(
+    name="copy",
+    title=f"The copy task over the lag: recall {_K} of {_SYMBOLS} symbols after a delay (hidden 64, Adam 0.01)",
+    citation="Hochreiter & Schmidhuber 1997; Arjovsky, Shah & Bengio 2016",
+    claim="A tanh RNN recalls symbols over a short lag but falls to the memoryless baseline "
+    "(chance) as the lag grows, its gradient through time vanishing; gated cells recall over long lags.",
+    judge=f"recall accuracy >= {COPIED_ACC} is 'learns', <= {FORGOT_ACC} 'fails' (chance "
+    f"{1 / _SYMBOLS:g}; 800 steps with --quick, 1500 without). gradwatch must report "
+    "temporal_vanishing for a tanh RNN that fails, and not for a cell that learns.",
+    settings=(
+        Setting({"cell": "rnn", "lag": 5}, "learns", verdict_not=_TIME, quick=True),
+        Setting({"cell": "rnn", "lag": 20}, "fails", verdict_has=_TIME, quick=True),
+        Setting({"cell": "gru", "lag": 20}, "learns", verdict_not=_TIME),
+        Setting({"cell": "lstm", "lag": 20}, "learns", verdict_not=_TIME),
+    ),
+    run=_run_copy,
+    tiny={"steps": 3, "lag": 3},
+)
+
+
 # -- pixel-by-pixel digits -------------------------------------------------------------------
 #: The fixed pixel order of the permuted task (the same for every seed, as in Le et al. 2015).
 PERMUTATION_SEED = 1234
@@ -284,5 +335,5 @@ PIXELS = Experiment(
 
 #: Every experiment, by name, in the order the lab runs them.
 EXPERIMENTS: dict[str, Experiment] = {
-    e.name: e for e in (DEPTH, THEORY, ADDING, PIXELS, DYING, RESIDUAL, CHAOS)
+    e.name: e for e in (DEPTH, THEORY, ADDING, COPY, PIXELS, DYING, RESIDUAL, CHAOS)
 }

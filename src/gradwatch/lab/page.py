@@ -114,6 +114,15 @@ def _adding(rows: list[dict[str, Any]]) -> Figure:
     return fig
 
 
+def _copy(rows: list[dict[str, Any]]) -> Figure:
+    from gradwatch.lab.experiments import COPIED_ACC, FORGOT_ACC
+
+    fig = _figure()
+    _bars(fig.subplots(), rows, "recall_accuracy", "recall accuracy",
+          {"learns": COPIED_ACC, "fails": FORGOT_ACC, "chance": 0.25})
+    return fig
+
+
 def _pixels(rows: list[dict[str, Any]]) -> Figure:
     from gradwatch.lab.experiments import PIXEL_FAILS_ACC
     from gradwatch.lab.spec import TRAINS_ACC
@@ -176,7 +185,7 @@ def _chaos(rows: list[dict[str, Any]]) -> Figure:
 
 #: The figure drawn for each experiment, by name; an experiment without one gets none.
 FIGURE_OF: dict[str, Callable[[list[dict[str, Any]]], Figure]] = {
-    "depth": _depth, "theory": _theory, "adding": _adding, "pixels": _pixels,
+    "depth": _depth, "theory": _theory, "adding": _adding, "copy": _copy, "pixels": _pixels,
     "dying": _dying, "residual": _residual, "chaos": _chaos,
 }
 
