@@ -79,11 +79,14 @@ def _run(p: dict[str, Any], seed: int, quick: bool) -> Observation:
     w = watched_digits(model, data, lr=0.003, steps=n, seed=seed)
     train_acc = accuracy(model, data.x_train, data.y_train)
     outcome = "trains" if train_acc >= TRAINS_ACC else "fails" if train_acc <= CHANCE_ACC else "partial"
+    d = w.diagnose()
+    profile = [float(r.measured_grad_norm) if r.measured_grad_norm is not None else float("nan") for r in d.layers]
     return Observation(
         outcome=outcome,
         observed={"train_accuracy": train_acc, "six_xi_c": 6 * scale["xi_c"], "chi_1": scale["chi_1"],
-                  "c_star": scale["c_star"], "steps": n},
-        verdict=problems(w.diagnose()),
+                  "c_star": scale["c_star"], "first_to_last_grad": profile[0] / profile[-1], "steps": n},
+        verdict=problems(d),
+        series={"grad_norm": profile},
     )
 
 
@@ -118,8 +121,8 @@ CHAOS = Experiment(
         _setting(1.0, 60, quick=True),
         _setting(1.0, 8, quick=True),
         _setting(0.5, 3),
-        _setting(0.5, 30),
-        _setting(4.0, 10),
+        _setting(0.5, 30, quick=True),
+        _setting(4.0, 10, quick=True),
         _setting(4.0, 100),
     ),
     run=_run,

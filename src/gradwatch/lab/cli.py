@@ -28,11 +28,11 @@ def lab(args: argparse.Namespace) -> int:
     results = runner.run(chosen, quick=args.quick, seeds=args.seeds, progress=not args.no_progress)
     path = runner.write(results, Path(args.out))
     rows = results["rows"]
-    print(f"\n{'experiment':<10} {'setting':<32} {'seed':>4}  {'expected':<9} {'observed':<18} agrees  gradwatch")
+    print(f"\n{'experiment':<10} {'setting':<40} {'seed':>4}  {'expected':<9} {'observed':<18} agrees  gradwatch")
     for r in rows:
         setting = runner.short(r["setting"])
         print(
-            f"{r['experiment']:<10} {setting[:32]:<32} {r['seed']:>4}  {r['expected']:<9} {r['outcome'][:18]:<18} "
+            f"{r['experiment']:<10} {setting[:40]:<40} {r['seed']:>4}  {r['expected']:<9} {r['outcome'][:18]:<18} "
             f"{'yes' if r['agrees'] else 'NO':<6}  {'yes' if r['verdict_agrees'] else 'NO'} "
             f"({', '.join(r['verdict']) or 'nothing'})"
         )

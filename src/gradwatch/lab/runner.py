@@ -161,8 +161,12 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
 
 
 def short(params: dict[str, Any]) -> str:
-    """A setting in a few words: values in order, flags by name when set (``sigmoid default 16 batchnorm 0.1``)."""
-    return " ".join(str(v) if not isinstance(v, bool) else k for k, v in params.items() if v is not False)
+    """A setting in a few words: names as they are, numbers with their key, flags by name
+    when set (``sigmoid default depth=16 batchnorm lr=0.1``)."""
+    return " ".join(
+        k if v is True else str(v) if isinstance(v, str) else f"{k}={v}"
+        for k, v in params.items() if v is not False
+    )
 
 
 class _Progress:
