@@ -167,7 +167,8 @@ def _chaos(rows: list[dict[str, Any]]) -> Figure:
 
     fig = _figure(7.0, 4.5)
     ax = fig.subplots()
-    grid = np.concatenate([np.linspace(0.3, 1.7, 12), np.linspace(1.85, 4.5, 10)])
+    # denser near the boundary (sigma_w^2 ~ 1.76), where 6 xi_c peaks
+    grid = np.concatenate([np.linspace(0.3, 1.6, 10), [1.7, 1.74, 1.76, 1.78, 1.82], np.linspace(1.9, 4.5, 8)])
     six_xi = [6 * depth_scale(float(s))["xi_c"] for s in grid]
     ax.semilogy(grid, six_xi, color="#2e86c1", label="6 xi_c (theory)")
     for outcome, marker, colour in (("trains", "o", _GREEN), ("fails", "x", _RED), ("partial", "s", _GREY)):
