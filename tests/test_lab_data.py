@@ -5,7 +5,7 @@ import torch
 
 pytest.importorskip("sklearn")
 
-from gradwatch.lab.data import adding_problem, digits
+from gradwatch.lab.data import adding_problem, copy_task, digits
 
 
 def test_digits_are_standardised_on_the_training_split_without_blowing_up_the_test_split() -> None:
@@ -38,3 +38,15 @@ def test_adding_problem_marks_one_value_in_each_half_and_sums_them() -> None:
     assert float((y - 1.0).pow(2).mean()) == pytest.approx(1 / 6, rel=0.1)
     again, _ = adding_problem(2000, 30, torch.Generator().manual_seed(0))
     assert torch.equal(x, again)
+
+
+def test_copy_task_shows_the_symbols_then_blanks_then_the_delimiter() -> None:
+    x, y = copy_task(500, 7, torch.Generator().manual_seed(0), symbols=4, k=3)
+    assert x.shape == (500, 3 + 7 + 1 + 3, 6) and y.shape == (500, 3)
+    assert torch.equal(x.sum(-1), torch.ones(500, 14))  # one-hot at every step
+    tokens = x.argmax(-1)
+    assert torch.equal(tokens[:, :3], y + 1)  # the symbols, 1..4
+    assert bool((tokens[:, 3:10] == 0).all()) and bool((tokens[:, 10] == 5).all())
+    assert bool((tokens[:, 11:] == 0).all())  # nothing to see while the answer is due
+    assert set(y.unique().tolist()) == {0, 1, 2, 3}
+    assert torch.equal(x, copy_task(500, 7, torch.Generator().manual_seed(0), symbols=4, k=3)[0])

@@ -138,13 +138,16 @@ def test_lab_results_become_cards_with_the_measured_answers(tmp_path, capsys) ->
               "observed": {"test_mse": 0.16, "steps": 1500, "reach_change_decades": 2.9}, "expected": "fails",
               "outcome": "fails"}
     results = {"gradwatch": "0", "quick": False, "seeds": 2, "experiments": [],
-               "rows": [row, adding, {**row, "seed": 1}]}
+               "rows": [row, adding, {**row, "seed": 1},
+                        {**adding, "setting": {"cell": "rnn", "length": 50, "clip": 1.0}}]}
     assert validate(results) == []
     (tmp_path / "results.json").write_text(json.dumps(results))
     assert main(["quiz", "--non-interactive", "--lab", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     cards = {c.id: c for c in quiz.lab_cards(results)}
-    assert set(cards) == {"lab-depth-sigmoid-default-16-0.1", "lab-adding-rnn-50"}  # seed 0 rows only
+    # seed 0 rows only; a clipped run is a card of its own
+    assert set(cards) == {"lab-depth-sigmoid-default-16-0.1", "lab-adding-rnn-50", "lab-adding-rnn-50-clip1.0"}
+    assert "its gradient norm clipped at 1.0" in cards["lab-adding-rnn-50-clip1.0"].question
     assert cards["lab-depth-sigmoid-default-16-0.1"].value == 0.086
     assert cards["lab-adding-rnn-50"].value == 0.16 and cards["lab-adding-rnn-50"].check("0.2")
     assert "0.09 (chance; gradwatch reported: vanishing_gradient)" in out

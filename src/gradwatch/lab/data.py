@@ -86,3 +86,21 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad(), Preserved(model):  # each module back to its own mode afterwards
         model.eval()
         return float((model(x).argmax(-1) == y).float().mean())
+
+
+def copy_task(
+    n: int, lag: int, generator: torch.Generator, *, symbols: int = 4, k: int = 5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The copy task (Hochreiter & Schmidhuber 1997; Arjovsky et al. 2016): remember `k`
+    symbols over `lag` blank steps and write them out after a delimiter.
+
+    ``x`` is ``(n, 2k + lag + 1, symbols + 2)``, one-hot: `k` symbols drawn from
+    ``1..symbols``, `lag` blanks (0), the delimiter (``symbols + 1``), `k` blanks. ``y`` is
+    ``(n, k)``: the symbols to write at the last `k` steps, as classes ``0..symbols-1``.
+    A net that cannot remember gets 1/`symbols` of them right.
+    """
+    y = torch.randint(0, symbols, (n, k), generator=generator)
+    tokens = torch.zeros(n, 2 * k + lag + 1, dtype=torch.long)
+    tokens[:, :k] = y + 1
+    tokens[:, k + lag] = symbols + 1
+    return torch.nn.functional.one_hot(tokens, symbols + 2).float(), y

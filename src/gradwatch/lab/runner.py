@@ -4,9 +4,9 @@ Each row says what was set up, what the literature leads us to expect, what was
 observed, whether the two agree (`agrees`), and whether gradwatch's verdict was the one
 expected (`verdict_agrees`). ``results.json`` validates against `gradwatch.lab.schema`.
 
-Figures and the HTML page side by side with the literature are drawn from
-``results.json`` by the report package (each row's ``series`` holds the per-layer
-profiles); `FIGURES` is where that drawing plugs in.
+Figures and the HTML page side by side with the literature are drawn from the results
+alone (each row's ``series`` holds the per-layer profiles) by `gradwatch.lab.page`,
+through the `FIGURES` hooks.
 """
 
 from __future__ import annotations
@@ -29,9 +29,24 @@ __all__ = ["FIGURES", "Row", "judge", "run", "select", "short", "write"]
 
 Row = dict[str, Any]
 
-#: Called as ``hook(results, out_dir)`` after results.json is written: figures and HTML go
-#: here once the report package provides them. Empty by default.
-FIGURES: list[Callable[[dict[str, Any], Path], None]] = []
+
+
+def _page(results: dict[str, Any], out_dir: Path) -> None:
+    """The figures and ``index.html`` (`gradwatch.lab.page`), when matplotlib is installed."""
+    try:
+        import matplotlib  # noqa: F401  (only asking whether it is there)
+    except ImportError:
+        print("gradwatch lab: no figures or index.html without matplotlib: pip install 'gradwatch[report]'",
+              file=sys.stderr)
+        return
+    from gradwatch.lab import page
+
+    page.write(results, out_dir)
+
+
+#: Called as ``hook(results, out_dir)`` after results.json is written: by default the
+#: figures and the HTML page next to the literature (`gradwatch.lab.page`).
+FIGURES: list[Callable[[dict[str, Any], Path], None]] = [_page]
 
 
 def select(names: Sequence[str]) -> list[Experiment]:
@@ -146,8 +161,12 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
 
 
 def short(params: dict[str, Any]) -> str:
-    """A setting in a few words: values in order, flags by name when set (``sigmoid default 16 batchnorm 0.1``)."""
-    return " ".join(str(v) if not isinstance(v, bool) else k for k, v in params.items() if v is not False)
+    """A setting in a few words: names as they are, numbers with their key, flags by name
+    when set (``sigmoid default depth=16 batchnorm lr=0.1``)."""
+    return " ".join(
+        k if v is True else str(v) if isinstance(v, str) else f"{k}={v}"
+        for k, v in params.items() if v is not False
+    )
 
 
 class _Progress:

@@ -138,7 +138,7 @@ def _theory_cards() -> list[QuizCard]:
     return cards
 
 
-_CELL_NAMES = {"rnn": "tanh RNN", "lstm": "LSTM", "gru": "GRU"}
+_CELL_NAMES = {"rnn": "tanh RNN", "irnn": "IRNN (a ReLU RNN started at the identity)", "lstm": "LSTM", "gru": "GRU"}
 
 
 def lab_cards(results: dict) -> list[QuizCard]:
@@ -160,10 +160,12 @@ def lab_cards(results: dict) -> list[QuizCard]:
                 value=float(o["test_accuracy"]), decades=math.log10(1.3),
             ))
         elif r["experiment"] == "adding" and o.get("test_mse") is not None:
+            clip = s.get("clip")
             cards.append(QuizCard(
-                f"lab-adding-{s['cell']}-{s['length']}",
+                f"lab-adding-{s['cell']}-{s['length']}" + (f"-clip{clip}" if clip else ""),
                 f"In the lab, a {_CELL_NAMES.get(s['cell'], s['cell'])} (hidden 32) learns the adding problem at sequence "
-                f"length {s['length']} for {o['steps']} Adam steps: what test MSE does it reach? "
+                f"length {s['length']} for {o['steps']} Adam steps"
+                + (f", its gradient norm clipped at {clip}" if clip else "") + ": what test MSE does it reach? "
                 "(predicting the mean gives 0.167; within half a decade counts)",
                 f"{o['test_mse']:.3g} ({r['outcome']})",
                 value=float(o["test_mse"]),
