@@ -73,3 +73,12 @@ def test_escaping_is_a_steady_rise_of_over_a_decade_across_the_last_records() ->
     assert escaping(jumps, TH) is None  # no steady rise: a noisy measurement
     assert escaping(np.log10(2.0 ** np.arange(w - 1)), TH) is None  # too few records
     assert escaping(np.append(np.log10(2.0 ** np.arange(10)), np.nan), TH) is None
+
+
+def test_a_measurement_wandering_within_a_band_is_not_escaping() -> None:
+    from gradwatch.detect.severity import escaping
+
+    # a tanh RNN's reach through time: down and up by two decades, never past its old high
+    wander = np.array([-5.2, -4.1, -6.5, -8.3, -7.4, -6.9, -6.0, -7.0, -6.3, -5.7, -5.4, -5.2, -4.0])
+    assert escaping(wander, TH) is None
+    assert escaping(np.append(wander, [-3.5, -2.5, -1.8]), TH) is not None  # now past it by a decade

@@ -25,14 +25,15 @@ given the same output, a recurrent layer that carries nothing yet) leaves it alo
 direction that breaks the symmetry, and that direction grows exponentially: the
 measurement that defines the finding (the outputs' spread, the gradient's reach through
 time) rises by a steady factor per record. A stuck run's stays level. While it rises by
-over `Thresholds.escape_decades` across the last `2 * persist` records the run is leaving
-the plateau, and the finding says so at `info`; if the rise stops, the finding returns.
+over `Thresholds.escape_decades` across the last `2 * persist` records, to that much above
+anything it reached before, the run is leaving the plateau, and the finding says so at `info`; if the rise stops, the finding returns.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from gradwatch.detect._signals import quiet_numpy
 from gradwatch.detect.loss import LossStatus, LossView
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.types import Severity
@@ -60,13 +61,21 @@ def lost_time(steps: np.ndarray, span: tuple[int, int] | None, loss: LossView, t
 def escaping(log_values: np.ndarray, th: Thresholds) -> float | None:
     """The decades a measurement (log10, one value per record) gained over its last
     `2 * th.persist` records, if it rose steadily (a later record above an earlier one in
-    at least `th.depth_trend` of the pairs) by over `th.escape_decades`; None otherwise."""
+    at least `th.depth_trend` of the pairs) by over `th.escape_decades`, to over that much
+    above anything it reached before; None otherwise. A measurement that wanders within a
+    band of decades (a tanh RNN's reach through time) rises that much now and then, but
+    only back to where it had been."""
     w = 2 * th.persist
-    v = np.asarray(log_values, dtype=np.float64)[-w:]
+    allv = np.asarray(log_values, dtype=np.float64)
+    v, before = allv[-w:], allv[:-w]
     if len(v) < w or not np.all(np.isfinite(v)):
         return None
     i, j = np.triu_indices(w, k=1)
     if float(np.mean(v[j] > v[i])) < th.depth_trend:
         return None
     gained = float(np.polyfit(np.arange(w), v, 1)[0]) * (w - 1)
-    return gained if gained > th.escape_decades else None
+    with quiet_numpy():
+        high = float(np.nanmax(before)) if len(before) and np.isfinite(before).any() else -np.inf
+    if not (gained > th.escape_decades and v[-1] - max(high, float(v[0])) > th.escape_decades):
+        return None
+    return gained
