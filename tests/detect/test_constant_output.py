@@ -88,3 +88,14 @@ def test_a_real_lstm_blown_above_chance_by_adam_is_found_and_its_step_blamed() -
     assert f.evidence["loss_recent"] > 20 * f.evidence["loss_chance"]
     assert not d.healthy
     assert "lr_scale" in gw.fix(copy.deepcopy(model), d, timeline=w.timeline).advice
+
+
+def test_a_spread_rising_steadily_off_a_plateau_is_info_and_a_level_one_is_not() -> None:
+    # the direction that breaks a symmetric start grows exponentially: x2 per record
+    rising = build(AN, 20, loss=stuck_loss(), values=lambda s: {"output_spread": {"output": 1e-9 * 2.0 ** (s / 10)}})
+    (f,) = constant_output(rising, AN, TH)
+    assert f.severity == Severity.INFO and f.evidence["escape_decades"] > 1.0
+    assert "the model is leaving a plateau" in f.message
+    level = build(AN, 31, loss=stuck_loss(), values=lambda s: {"output_spread": {"output": 1e-7 * (1 + 0.1 * np.sin(s))}})
+    (g,) = constant_output(level, AN, TH)
+    assert g.severity == Severity.ERROR and "escape_decades" not in g.evidence

@@ -53,3 +53,14 @@ def test_flat_far_below_its_start_with_a_constant_output_is_stuck_not_converged(
     varied = build(reg, 31, loss=loss, values=lambda s: {"output_spread": {"output": 0.3}})
     (g,) = flat_loss(varied, reg, TH)
     assert g.severity == Severity.INFO and "converged" in g.message
+
+
+def test_a_loss_at_chance_while_the_outputs_spread_rises_steadily_is_info() -> None:
+    # a symmetric start breaking: the spread across the batch grows x2 per record while the
+    # loss has not moved yet; the same loss with a level spread is stuck
+    rising = build(AN, 31, loss=stuck_loss(), values=lambda s: {"output_spread": {"output": 1e-9 * 2.0 ** (s / 10)}})
+    (f,) = flat_loss(rising, AN, TH)
+    assert f.severity == Severity.INFO and "the model is leaving its plateau" in f.message
+    level = build(AN, 31, loss=stuck_loss(), values=lambda s: {"output_spread": {"output": 0.2}})
+    (g,) = flat_loss(level, AN, TH)
+    assert g.severity == Severity.WARNING and "escape_decades" not in g.evidence

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from gradwatch import Severity
@@ -58,3 +59,26 @@ def test_raised(status: str, slow: bool, lost: bool, expected: Severity) -> None
 def test_raised_never_lowers() -> None:
     assert raised(Severity.ERROR, LossView("converged")) == Severity.ERROR
     assert raised(Severity.WARNING, LossView("improving")) == Severity.WARNING
+
+
+def test_escaping_is_a_steady_rise_of_over_a_decade_across_the_last_records() -> None:
+    from gradwatch.detect.severity import escaping
+
+    w = 2 * TH.persist
+    # x2 per record over six records: 5 * log10(2) = 1.5 decades on the fitted line
+    assert escaping(np.log10(1e-6 * 2.0 ** np.arange(20)), TH) == pytest.approx((w - 1) * math.log10(2))
+    assert escaping(np.log10(np.full(20, 1e-6)), TH) is None  # level
+    assert escaping(np.log10(1e-6 * 1.3 ** np.arange(20)), TH) is None  # rising, under a decade
+    jumps = np.log10(np.array([1e-6] * 14 + [1e-6, 1e-2, 1e-6, 1e-2, 1e-6, 1e-2]))
+    assert escaping(jumps, TH) is None  # no steady rise: a noisy measurement
+    assert escaping(np.log10(2.0 ** np.arange(w - 1)), TH) is None  # too few records
+    assert escaping(np.append(np.log10(2.0 ** np.arange(10)), np.nan), TH) is None
+
+
+def test_a_measurement_wandering_within_a_band_is_not_escaping() -> None:
+    from gradwatch.detect.severity import escaping
+
+    # a tanh RNN's reach through time: down and up by two decades, never past its old high
+    wander = np.array([-5.2, -4.1, -6.5, -8.3, -7.4, -6.9, -6.0, -7.0, -6.3, -5.7, -5.4, -5.2, -4.0])
+    assert escaping(wander, TH) is None
+    assert escaping(np.append(wander, [-3.5, -2.5, -1.8]), TH) is not None  # now past it by a decade

@@ -141,3 +141,12 @@ def test_a_vanilla_rnn_that_lost_most_of_the_run_before_its_reach_recovered_is_a
     assert temporal_vanishing(done, an, TH) == []
     lstm = _anatomy("LSTM")
     assert temporal_vanishing(build(lstm, 61, loss=slow_loss(start=1.39, rate=6e-4), profiles=late), lstm, TH) == []
+
+
+def test_a_gated_layer_whose_reach_rises_steadily_off_its_plateau_is_info() -> None:
+    an = _anatomy("GRU")
+    # reach x2 per record, still far below the bar: the layer is learning to carry the signal
+    tl = build(an, 31, loss=stuck_loss(0.167), profiles=lambda s: {"grad_t/rnn": _profile(1e-14 * 2.0 ** (s / 10))})
+    (f,) = temporal_vanishing(tl, an, TH)
+    assert f.severity == Severity.INFO and f.evidence["escape_decades"] > 1.0
+    assert "the layer is learning to carry the signal" in f.message

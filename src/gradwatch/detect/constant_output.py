@@ -7,7 +7,8 @@ loss is not improving — or when a classifier's loss, begun at chance, now sits
 chance: a constant output's loss is at least the entropy of the label frequencies, which
 is at most chance, so a loss falling from far above chance with a constant output is only
 the constant shrinking toward those frequencies, not learning (a blow-up that left every
-input the same answer).
+input the same answer). A spread that rises steadily by over a decade is a run leaving its
+plateau (`severity.escaping`): `info`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from gradwatch.anatomy import Anatomy
 from gradwatch.detect._signals import episode, nanmedian, num, recent_rows, site_values, step_at
 from gradwatch.detect.loss import LossStatus, loss_view
-from gradwatch.detect.severity import raised
+from gradwatch.detect.severity import escaping, raised
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
 from gradwatch.types import Finding, Kind, Severity
@@ -45,6 +46,14 @@ def constant_output(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> lis
     severity = raised(severity, loss)
     what = "exactly the same output" if now == 0 else f"outputs that differ by {num(now)} of their size"
     how = loss.describe()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rising = escaping(np.log10(spread), th)
+    if rising is not None:
+        severity = Severity.INFO
+        how += (
+            f"; but the spread grew {num(10**rising)}x over the last {2 * th.persist} records, steadily: "
+            "the model is leaving a plateau"
+        )
     if wrong:
         assert loss.chance is not None
         how = (
@@ -58,7 +67,12 @@ def constant_output(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> lis
             severity=severity,
             layers=[],
             step=step_at(timeline, start),
-            evidence={"output_spread": now, **loss.evidence(), **({"blew_past_chance": 1.0} if wrong else {})},
+            evidence={
+                "output_spread": now,
+                **loss.evidence(),
+                **({"blew_past_chance": 1.0} if wrong else {}),
+                **({"escape_decades": rising} if rising is not None else {}),
+            },
             message=f"the model gives every input of a batch {what}: it ignores its input; {how}",
         )
     ]

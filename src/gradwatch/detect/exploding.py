@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from gradwatch.anatomy import Anatomy
+from gradwatch.anatomy.activations import PIECEWISE_LINEAR, parse_spec
 from gradwatch.detect._signals import (
     depth_log_ratio,
     episode,
@@ -28,6 +29,7 @@ from gradwatch.detect._signals import (
     num,
     quiet_numpy,
     recent_rows,
+    site_values,
     step_at,
     tied,
     time_profiles,
@@ -91,7 +93,7 @@ def exploding_gradient(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
                     )
                 )
         elif _plain(timeline, anatomy, chain):
-            findings += _chaotic(timeline, anatomy, th, chain, ratio)
+            findings += _chaotic(timeline, anatomy, th, chain, ratio) or _growing_signal(timeline, anatomy, th, chain)
 
     for module, (steps, reach) in time_profiles(timeline, th).items():
         start = episode(reach > limit, th.persist)
@@ -179,6 +181,57 @@ def _chaotic(timeline: Timeline, anatomy: Anatomy, th: Thresholds, chain: list[i
                 f"layer on its way back through a plain chain of {len(names)} hidden layers ({num(10 ** float(np.median(growth)))}x "
                 f"from `{names[-1]}` to `{names[0]}`): the chaotic phase, whose forward map scrambles its inputs "
                 f"(re-initialise at a smaller weight scale); {loss.describe()}"
+            ),
+        )
+    ]
+
+
+def _growing_signal(timeline: Timeline, anatomy: Anatomy, th: Thresholds, chain: list[int]) -> list[Finding]:
+    """A plain chain of piecewise-linear units (ReLU, leaky ReLU) drawn so that every layer
+    multiplies the signal's mean square by chi > 1 (He's variance gives chi = 1): the forward
+    signal and the gradient on its way back both grow by sqrt(chi) a layer.
+
+    A layer's weight gradient is its input times the back-propagated signal; along such a
+    chain one grows as the other shrinks, so the relative gradients stay level and the depth
+    ratio cannot see the growth. The mean-field chi of the layers' weight scales can, and the
+    forward gain measured at the first record (the output's RMS over the input's) confirms
+    it: each over `th.chaotic_decades` decades across the chain.
+    """
+    from gradwatch.explain import theory  # explain imports detect: read the theory here
+
+    layers = [anatomy[timeline.layers[c]] for c in chain]
+    hidden = layers[:-1]
+    if len(hidden) < 2 or any(layer.extra.get("sigma_w2") is None for layer in layers):
+        return []
+    if any(parse_spec(layer.extra.get("activation") or "none")[0] not in PIECEWISE_LINEAR for layer in hidden):
+        return []
+    chi = theory.gains([theory.chain_layer(layer) for layer in layers]).chi[:-1]
+    grows = 0.5 * float(np.sum(np.log10(chi)))
+    if not (bool(np.all(chi > 1.0)) and grows > th.chaotic_decades):
+        return []
+    outs, out_rms = site_values(timeline, "output_rms")
+    ins, in_rms = site_values(timeline, "input_rms")
+    if "output" not in outs or "input" not in ins:
+        return []
+    with quiet_numpy():
+        forward = float(np.log10(out_rms[0, outs.index("output")] / in_rms[0, ins.index("input")]))
+    if not forward > th.chaotic_decades:
+        return []
+    loss = loss_view(timeline, anatomy, th)
+    per_layer = 10 ** (grows / len(hidden))
+    names = [layer.name for layer in hidden]
+    return [
+        Finding(
+            kind=Kind.EXPLODING_GRADIENT,
+            severity=_severity(loss),
+            layers=names,
+            step=step_at(timeline, 0),
+            evidence={"growth_decades": grows, "gain_per_layer": per_layer, "forward_gain": 10**forward, **loss.evidence()},
+            message=(
+                f"the signal grows {num(per_layer)}x per layer through a plain chain of {len(names)} ReLU-family "
+                f"layers whose weights are drawn above He's variance: the outputs began {num(10**forward)} times "
+                f"the inputs' scale, and the gradient grows as much on its way back, from `{names[-1]}` to "
+                f"`{names[0]}` (re-initialise at He's variance); {loss.describe()}"
             ),
         )
     ]

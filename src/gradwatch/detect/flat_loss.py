@@ -4,14 +4,19 @@ Told apart: a stuck run (flat at its starting value, or at chance for a classifi
 `warning`; so is one flat far below its start with the same output for every input, the
 level a constant prediction reaches) from a converged one (flat far below its start:
 `info`) and from a plateau
-after real progress (`info`; detectors with gradient evidence judge those).
+after real progress (`info`; detectors with gradient evidence judge those). A stuck loss
+while the outputs' spread across the batch rises steadily by over a decade is a run
+leaving its plateau (`severity.escaping`): `info` while the spread rises.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from gradwatch.anatomy import Anatomy
-from gradwatch.detect._signals import num
+from gradwatch.detect._signals import num, site_values
 from gradwatch.detect.loss import LossStatus, loss_view
+from gradwatch.detect.severity import escaping
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
 from gradwatch.types import Finding, Kind, Severity
@@ -42,6 +47,14 @@ def flat_loss(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Find
         message = loss.describe()
     else:
         return []
+    rising = _spread_rising(timeline, th) if severity > Severity.INFO else None
+    if rising is not None:
+        severity = Severity.INFO
+        message += (
+            f"; but the outputs' spread across the batch grew {num(10**rising)}x over the last "
+            f"{2 * th.persist} records, steadily: the model is leaving its plateau"
+        )
+        evidence["escape_decades"] = rising
     return [
         Finding(
             kind=Kind.FLAT_LOSS,
@@ -52,3 +65,12 @@ def flat_loss(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Find
             message=message,
         )
     ]
+
+
+def _spread_rising(timeline: Timeline, th: Thresholds) -> float | None:
+    """`severity.escaping` of the output's spread across the batch, if it was recorded."""
+    names, values = site_values(timeline, "output_spread")
+    if "output" not in names:
+        return None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return escaping(np.log10(values[:, names.index("output")]), th)

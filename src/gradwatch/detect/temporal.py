@@ -12,6 +12,8 @@ carry the signal, the finding is then a `warning`; so it is while the loss impro
 slowly to finish (`severity.raised`). A layer without gates whose reach stayed tiny for
 most of the run and then recovered is a `warning` while the loss has not converged
 (`severity.lost_time`): the run had under half its steps to learn from the early inputs.
+A reach rising steadily by over a decade is a layer learning to carry the signal
+(`severity.escaping`): `info`.
 When the loss is taken at every time step the reach is ~1 and nothing is reported.
 """
 
@@ -32,7 +34,7 @@ from gradwatch.detect._signals import (
     time_reach,
 )
 from gradwatch.detect.loss import LossStatus, loss_view
-from gradwatch.detect.severity import lost_time, raised
+from gradwatch.detect.severity import escaping, lost_time, raised
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
 from gradwatch.types import Finding, Kind, Severity
@@ -86,6 +88,14 @@ def temporal_vanishing(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> 
             severity = raised((Severity.WARNING if gated else Severity.ERROR) if stalled else Severity.INFO, loss)
             hint = "; gated layers often sit on such a plateau before they learn to carry the signal" if stalled and gated else ""
             evidence = {"time_reach": float(10**now), "reach_change_decades": float(rise)}
+            rising = escaping(reach, th)
+            if rising is not None:
+                severity = Severity.INFO
+                hint = (
+                    f"; but the reach grew {num(10**rising)}x over the last {2 * th.persist} records, steadily: "
+                    "the layer is learning to carry the signal"
+                )
+                evidence["escape_decades"] = rising
             trend = f", {'up' if rise >= 0 else 'down'} {abs(rise):.1f} decades over the run" if len(reach) >= 3 else ""
             what = (
                 "the gradient reaching the time steps farthest from where the loss enters (the first, "

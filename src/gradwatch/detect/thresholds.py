@@ -133,3 +133,8 @@ class Thresholds:
     lost_capacity_frac: float = 0.9
     #: Constant output: the across-batch spread of the output, relative to its size.
     output_spread: float = 1e-3
+    #: Escape: a measurement that defines a finding (the outputs' spread, the gradient's reach
+    #: through time) rising steadily by over this many decades across the last `2 * persist`
+    #: records is a run leaving its plateau along the direction that breaks its symmetry,
+    #: which grows exponentially (`severity.escaping`): `info` while it rises.
+    escape_decades: float = 1.0

@@ -30,10 +30,10 @@ from gradwatch.anatomy.structure import Structure
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.explain.targets import Targets, read_targets
 from gradwatch.explain.theory import (
-    ChainLayer,
     Gains,
     activation,
     bias_dead_share,
+    chain_layer,
     critical_sigma_w2,
     gains,
 )
@@ -150,16 +150,6 @@ def _is_weight_layer(layer: Layer) -> bool:
     )
 
 
-def _chain_layer(layer: Layer) -> ChainLayer:
-    e = layer.extra
-    return ChainLayer(
-        name=layer.name,
-        fan_in=int(layer.fan_in or 1),
-        sigma_w2=weight_scale(layer),
-        sigma_b2=float(e.get("sigma_b2") or 0.0),
-        activation=e.get("activation"),
-        bias=e.get("sigma_b2") is not None,
-    )
 
 
 def _plain_runs(ctx: Context) -> list[tuple[list[Layer], Gains]]:
@@ -181,7 +171,7 @@ def _plain_runs(ctx: Context) -> list[tuple[list[Layer], Gains]]:
     for i, run in enumerate(runs):
         q0 = ctx.q0 if i == 0 else 1.0  # after a normalisation the signal has unit scale
         try:
-            out.append((run, gains([_chain_layer(x) for x in run], q0)))
+            out.append((run, gains([chain_layer(x) for x in run], q0)))
         except GradwatchValueError:
             continue  # an activation the theory does not know: no prediction for this run
     return out
@@ -268,7 +258,7 @@ def init_mismatch(ctx: Context) -> Cause | None:
         specs = [x.extra.get("activation") for x in run[:-1]]
         spec = max(set(specs), key=specs.count, default=None)
         crit = critical_sigma_w2(
-            spec, len(run), ctx.q0, float(np.mean([_chain_layer(x).sigma_b2 for x in run])), upper=MAX_CRITICAL_SIGMA_W2
+            spec, len(run), ctx.q0, float(np.mean([chain_layer(x).sigma_b2 for x in run])), upper=MAX_CRITICAL_SIGMA_W2
         )
         if crit is None:  # none up to MAX_CRITICAL_SIGMA_W2: not a practical fix
             continue

@@ -44,15 +44,15 @@ from gradwatch.anatomy import Anatomy
 from gradwatch.anatomy._call import call_model, split_input
 from gradwatch.anatomy._graph import iter_tensors
 from gradwatch.anatomy._guard import Preserved, keeps_random_states
-from gradwatch.anatomy.map import ROOT, weight_scale
+from gradwatch.anatomy.map import ROOT
 from gradwatch.anatomy.structure import Structure, analyse
 from gradwatch.detect.probing import probing_pass
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.explain.link import link
 from gradwatch.explain.theory import (
-    ChainLayer,
     Prediction,
     activation,
+    chain_layer,
     jacobian_singular_values,
     predict_chain,
 )
@@ -208,7 +208,7 @@ def inspect(
     prediction: Prediction | None = None
     if chain is not None and "input" in captured and "output_grad" in captured:
         prediction = predict_chain(
-            [_chain_layer(anatomy, n) for n in chain],
+            [chain_layer(anatomy[n]) for n in chain],
             captured["input"].double().numpy(),
             captured["output_grad"].double().numpy(),
         )
@@ -264,17 +264,6 @@ def _measure(anatomy: Anatomy, names: list[str]) -> tuple[dict[str, float], dict
     )
 
 
-def _chain_layer(anatomy: Anatomy, name: str) -> ChainLayer:
-    layer = anatomy[name]
-    e = layer.extra
-    return ChainLayer(
-        name=name,
-        fan_in=int(layer.fan_in or 1),
-        sigma_w2=weight_scale(layer),
-        sigma_b2=float(e.get("sigma_b2") or 0.0),
-        activation=e.get("activation"),
-        bias=e.get("sigma_b2") is not None,
-    )
 
 
 def _input_scale(example_input: Any, captured: dict[str, torch.Tensor]) -> float:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from gradwatch._errors import GradwatchValueError
 from gradwatch.anatomy.activations import parse_spec
+from gradwatch.anatomy.map import Layer, weight_scale
 
 __all__ = [
     "Activation",
@@ -45,6 +46,7 @@ __all__ = [
     "activation",
     "bias_dead_share",
     "bivariate_moments",
+    "chain_layer",
     "chi",
     "critical_sigma_w2",
     "forward_map",
@@ -235,6 +237,20 @@ class ChainLayer:
     sigma_b2: float = 0.0
     activation: str | None = None  # what follows this layer (None: nothing)
     bias: bool = True
+
+
+def chain_layer(layer: Layer) -> ChainLayer:
+    """A weight layer of the model map as the theory sees it: its fan-in, weight and bias
+    scales as the map read them, and the activation that follows it."""
+    e = layer.extra
+    return ChainLayer(
+        name=layer.name,
+        fan_in=int(layer.fan_in or 1),
+        sigma_w2=weight_scale(layer),
+        sigma_b2=float(e.get("sigma_b2") or 0.0),
+        activation=e.get("activation"),
+        bias=e.get("sigma_b2") is not None,
+    )
 
 
 @dataclass
