@@ -64,7 +64,7 @@ class GradwatchCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         model = self.model
-        if model.optimizer is None:
+        if getattr(model, "optimizer", None) is None:
             raise gw.GradwatchValueError("GradwatchCallback needs a compiled model (model.compile(optimizer=...))")
         self.diagnosis = None
         self.recorder = KerasRecorder(
