@@ -106,6 +106,28 @@ def test_watching_does_not_change_training() -> None:
         np.testing.assert_array_equal(a, b)
 
 
+def test_gradient_through_time_equals_a_gradient_tape_on_the_layer_input() -> None:
+    fresh()
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((16, 10, 3)).astype("float32"), rng.standard_normal((16, 1)).astype("float32")
+    model = keras.Sequential([keras.Input((10, 3)), keras.layers.SimpleRNN(6, name="rnn"), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        loss = tf.reduce_mean(tf.square(model(xt, training=True) - y))
+    gx, gk = tape.gradient(loss, [xt, model.get_layer("rnn").cell.kernel])
+    expected = np.sqrt(np.sum(np.square(gx.numpy().astype(np.float64)), axis=(0, 2)))
+    cb = GradwatchCallback(every=1, verbose=False)
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
+    ((step, profile),) = cb.recorder.timeline.profiles.get("grad_t/rnn")
+    assert step == 0 and len(profile) == 10
+    np.testing.assert_allclose(profile, expected, rtol=1e-5)
+    # the identity that reads the profile passes no gradient to the kernel it takes
+    _, kernel_grad = cb.recorder.timeline.metric("grad_max")
+    assert kernel_grad[0, 0] >= np.abs(gk.numpy()).max() * (1 - 1e-5)
+
+
 # -- diagnoses ----------------------------------------------------------------------------------
 def test_deep_sigmoid_net_on_circles_is_diagnosed_with_a_vanishing_gradient_from_saturating_activations(tmp_path, capsys) -> None:
     x, y = circles()
@@ -152,6 +174,33 @@ def test_too_high_a_rate_is_diagnosed_as_exploding() -> None:
     model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[cb])
     kinds = {f.kind for f in above_info(cb.diagnosis)}
     assert kinds & {gw.Kind.EXPLODING_GRADIENT, gw.Kind.NONFINITE_GRADIENT}, str(cb.diagnosis)
+
+
+def adding_problem(n: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hochreiter and Schmidhuber's adding problem: sum the two values marked in a sequence,
+    the first marked within its first tenth."""
+    rng = np.random.default_rng(0)
+    values, marks = rng.uniform(0, 1, (n, steps)), np.zeros((n, steps))
+    rows = np.arange(n)
+    marks[rows, rng.integers(0, steps // 10, n)] = 1
+    marks[rows, rng.integers(steps // 2, steps, n)] = 1
+    x = np.stack([values, marks], -1).astype("float32")
+    return x, (values * marks).sum(1, keepdims=True).astype("float32")
+
+
+def test_simple_rnn_on_the_adding_problem_at_t100_is_diagnosed_with_a_temporal_vanishing() -> None:
+    x, y = adding_problem(1024, 100)
+    fresh()
+    model = keras.Sequential([keras.Input((100, 2)), keras.layers.SimpleRNN(32, name="rnn"), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    cb = GradwatchCallback(every=4, verbose=False)
+    model.fit(x, y, batch_size=32, epochs=4, verbose=0, callbacks=[cb])
+    temporal = next(f for f in cb.diagnosis.findings if f.kind == gw.Kind.TEMPORAL_VANISHING)
+    assert temporal.severity == gw.Severity.ERROR and temporal.layers == ["rnn"]
+    assert temporal.evidence["time_reach"] < 1e-6
+    # Keras starts W_hh orthogonal (spectral radius 1): the gradient through time vanishes
+    # by tanh's slope alone, which the structure cause (rho^T) does not predict
+    assert cb.diagnosis.findings and cb.recorder.anatomy["rnn"].extra["hh_radius"] == pytest.approx(1.0, abs=1e-5)
 
 
 # -- structure ----------------------------------------------------------------------------------

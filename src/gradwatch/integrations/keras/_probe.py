@@ -12,7 +12,9 @@ with an elementwise activation. The wrappers add to the traced training step, be
 - after the update: each variable's sum of squares and that of its change;
 - in each watched layer's forward: the dead or saturated share of its activation's outputs
   (`gradwatch.probes.activations` defines them; the derivatives from the output are the
-  TensorFlow spelling of its `derivative`).
+  TensorFlow spelling of its `derivative`);
+- in the backward pass of each recurrent layer (``SimpleRNN``/``LSTM``/``GRU`` with a fixed
+  sequence length): ||dL/dx_t|| at every time step of its input (`_sequence_wrapper`).
 
 The results stay in variables until `read`, one device-to-host copy per record. Other steps
 run the ``tf.cond``'s empty branch. `uninstall` removes every wrapper; the callback then
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from gradwatch.anatomy.activations import parse_spec, peak_derivative
-from gradwatch.integrations.keras._anatomy import activation_spec, leaf_layers
+from gradwatch.integrations.keras._anatomy import RECURRENT, activation_spec, leaf_layers
 from gradwatch.probes.activations import DEAD_MIN_OBSERVATIONS, SATURATION_FRACTION, measured_family
 
 #: Per-site values kept in the site's variable, in this order (docs/metrics.md).
@@ -86,6 +88,14 @@ class KerasProbe:
                     tf.fill([len(SITE_METRICS)], tf.constant(math.nan, tf.float64)), trainable=False, name="gradwatch_site"
                 )
                 self._site_layers.append((site, layer, spec))
+        # gradient through time: recurrent layer name -> its layer and its profile's variable
+        self._profiles: dict[str, tuple[Any, Any]] = {}
+        if activations:
+            for name, layer in leaf_layers(model):
+                steps = _time_steps(layer)
+                if type(layer).__name__ in RECURRENT and steps and name in columns:
+                    var = tf.Variable(tf.fill([steps], tf.constant(math.nan, tf.float64)), trainable=False, name="gradwatch_grad_t")
+                    self._profiles[name] = (layer, var)
         self._installed: list[tuple[Any, str]] = []
         self.failed: str | None = None  # why the statistics could not be built into the step
 
@@ -95,6 +105,8 @@ class KerasProbe:
         self._wrap(optimizer, "apply", self._apply_wrapper(optimizer.apply, optimizer))
         for site, layer, spec in self._site_layers:
             self._wrap(layer, "call", self._call_wrapper(layer.call, site, spec))
+        for layer, var in self._profiles.values():
+            self._wrap(layer, "call", self._sequence_wrapper(layer.call, layer, var))
 
     def _wrap(self, obj: Any, attr: str, fn: Callable[..., Any]) -> None:
         object.__setattr__(obj, attr, fn)
@@ -175,6 +187,42 @@ class KerasProbe:
 
         return wrapped
 
+    def _sequence_wrapper(self, call: Callable[..., Any], layer: Any, var: Any) -> Callable[..., Any]:
+        """A recurrent layer's input passed through an identity whose gradient function takes
+        ||dL/dx_t|| at every time step (over batch and features) on recording steps.
+
+        The identity also takes the layer's input kernel, so that the tape records it when
+        the input is data (which it does not watch); its gradient to the kernel is zero, which
+        leaves the kernel's gradient bit for bit as it was."""
+        import tensorflow as tf
+
+        flag = self.flag
+
+        def wrapped(sequences: Any, *args: Any, **kwargs: Any) -> Any:
+            kernel = layer.cell.kernel
+
+            @tf.custom_gradient
+            def through(x: Any, k: Any) -> Any:
+                def grad(dy: Any) -> Any:
+                    def norms() -> None:
+                        g = tf.cast(dy, tf.float64)
+                        var.assign(tf.sqrt(tf.reduce_sum(tf.square(g), axis=[0, 2])))
+
+                    _when(flag, norms)
+                    return dy, tf.zeros_like(k)
+
+                return tf.identity(x), grad
+
+            x = sequences
+            if self.failed is None:
+                try:
+                    x = through(sequences, tf.convert_to_tensor(kernel))
+                except Exception as e:
+                    self.failed = f"{type(e).__name__}: {e}"
+            return call(x, *args, **kwargs)
+
+        return wrapped
+
     def _site_stats(self, site: str, spec: str, y: Any) -> None:
         import tensorflow as tf
 
@@ -203,7 +251,7 @@ class KerasProbe:
         """This record's numbers on the host, in one copy."""
         import tensorflow as tf
 
-        parts = [self._grad, self._weight, *self._site_vars.values()]
+        parts = [self._grad, self._weight, *self._site_vars.values(), *(v for _, v in self._profiles.values())]
         flat = tf.concat([tf.convert_to_tensor(p) for p in parts], 0).numpy().astype(np.float64)
         n = len(self.vars)
         out = {
@@ -217,7 +265,17 @@ class KerasProbe:
         k = len(SITE_METRICS)
         for j, site in enumerate(self._site_vars):
             out[f"site.{site}"] = flat[6 * n + j * k : 6 * n + (j + 1) * k]
+        at = 6 * n + len(self._site_vars) * k
+        for name, (_, var) in self._profiles.items():
+            steps = int(var.shape[0])
+            out[f"grad_t/{name}"] = flat[at : at + steps]
+            at += steps
         return out
+
+    @property
+    def profiles(self) -> list[str]:
+        """The recurrent layers whose gradient through time is measured."""
+        return list(self._profiles)
 
 
 def derivative(spec: str, y: Any) -> Any:
@@ -246,3 +304,12 @@ def _when(flag: Any, fn: Callable[[], None]) -> None:
         return tf.constant(True)
 
     tf.cond(tf.convert_to_tensor(flag), yes, lambda: tf.constant(False))
+
+
+def _time_steps(layer: Any) -> int | None:
+    """The sequence length of a recurrent layer's (batch, time, features) input, if fixed."""
+    try:
+        shape = tuple(layer.input.shape)
+    except (AttributeError, ValueError):
+        return None
+    return int(shape[1]) if len(shape) == 3 and shape[1] is not None else None

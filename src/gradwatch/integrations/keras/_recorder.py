@@ -63,13 +63,15 @@ class KerasRecorder(Recorder):
         columns = [layer.name for layer in anatomy.trainable]
         self.timeline.layers = columns
         self.probe = KerasProbe(model, columns, variables, updates=updates, activations=activations)
+        # the structure of the model as it starts (its initialisation), before the first step
+        self._initial_facts = structure_facts(model, anatomy)
         self._recording = False
         self._sites_sent = False
         if log is not None:
             self._log = JsonlLog(log)
 
     def _structure_facts(self) -> dict[str, Any]:
-        return structure_facts(self.model, self.anatomy)
+        return self._initial_facts
 
     # -- the driver's events ------------------------------------------------------------------
     def begin_step(self) -> None:
@@ -117,6 +119,9 @@ class KerasRecorder(Recorder):
                     values.setdefault(metric, {})[site] = float(v)
         if values:
             fields["values"] = values
+        profiles = {f"grad_t/{name}": [float(v) for v in host[f"grad_t/{name}"]] for name in p.profiles}
+        if profiles:
+            fields["profiles"] = profiles
         if p.sites and not self._sites_sent:
             fields["sites"] = dict(p.sites)
             self._sites_sent = True
