@@ -6,9 +6,11 @@
     model.fit(x, y, epochs=5, callbacks=[cb])
     print(cb.diagnosis)
 
-The gradients are the ones the optimizer applies, read inside the compiled training step
-(``jit_compile`` as the model was compiled) on recording steps only, and brought to the
-host in one copy per record (see `gradwatch.integrations.keras._probe`). The loss of each
+The gradients are the ones the optimizer applies, read inside the training step on
+recording steps only: those run a training function of the callback's own, traced with the
+statistics in it (``jit_compile`` as the model was compiled); every other step runs the
+model's own, untouched. A record's numbers come to the host in one copy (see
+`gradwatch.integrations.keras._probe`). The loss of each
 step comes from the running mean Keras logs. This module imports `keras` and
 `tensorflow`; importing gradwatch never does.
 """
@@ -61,6 +63,8 @@ class GradwatchCallback(keras.callbacks.Callback):
         self.diagnosis: gw.Diagnosis | None = None
         self._epoch_steps = 0  # steps of this epoch so far, and its running mean loss
         self._mean_loss = 0.0
+        self._plain: Any = None  # the model's own training function, and the recording one
+        self._recording_fn: Any = None
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         model = self.model
@@ -75,23 +79,35 @@ class GradwatchCallback(keras.callbacks.Callback):
             activations=self.activations,
             capacity=self.capacity,
         )
-        self.recorder.probe.install(model.optimizer)
-        # fit() made its training function before calling us: make it again, so that the
-        # step is traced with the statistics in it (it is traced at its first call)
+        # fit() has made its training function: recorded steps run one made the same way,
+        # traced (at its first call) while the probe's wrappers are in place
+        self._plain = model.train_function
         model.make_train_function(force=True)
+        self._recording_fn = model.train_function
+        model.train_function = self._plain
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch_steps, self._mean_loss = 0, 0.0
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.recorder is not None and not self.recorder.closed:
-            self.recorder.begin_step()
+        rec = self.recorder
+        if rec is not None and not rec.closed and rec.begin_step():
+            rec.probe.install(self.model.optimizer)
+            self.model.train_function = self._recording_fn
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         rec = self.recorder
         if rec is None or rec.closed:
             return
+        self._restore()
         rec.end_step(self._step_loss(logs))
+
+    def _restore(self) -> None:
+        """The model's own training function and no wrapper, for the steps that record nothing."""
+        if self.recorder is not None:
+            self.recorder.probe.uninstall()
+        if self._plain is not None:
+            self.model.train_function = self._plain
 
     def _step_loss(self, logs: dict[str, Any] | None) -> float | None:
         """This step's loss from the epoch's running mean that Keras logs (equal batches assumed:
@@ -108,12 +124,8 @@ class GradwatchCallback(keras.callbacks.Callback):
         rec = self.recorder
         if rec is None or rec.closed:
             return
-        rec.remove_hooks()
-        model = self.model
-        # the traced functions hold the wrappers' statistics: the next fit traces afresh
-        model.train_function = None
-        model.test_function = None
-        model.predict_function = None
+        self._restore()
+        self._recording_fn = self._plain = None
         self.diagnosis = rec.diagnose(self.thresholds)
         rec.close()
         if self.verbose:

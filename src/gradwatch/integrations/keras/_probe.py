@@ -1,9 +1,11 @@
 """Statistics of a Keras training step, computed inside the compiled step on recording steps.
 
 `KerasProbe.install` wraps, on the instance only, the optimizer's ``apply`` (what
-``apply_gradients`` calls with the gradients the tape gave) and the ``call`` of each layer
-with an elementwise activation. The wrappers add to the traced training step, behind one
-``tf.cond`` on a boolean variable that the callback sets only for recording steps:
+``apply_gradients`` calls with the gradients the tape gave), the ``call`` of each layer
+with an elementwise activation and that of each recurrent layer. The callback installs
+them only around a recording step, which runs a training function of its own, traced (at
+its first call) with the wrappers in it: every other step runs the user's training
+function as Keras made it, untouched. The wrappers add to the recording step:
 
 - before the update, for every trainable variable: the float64 sum of squares of its
   gradient (as the optimizer uses it: loss scale undone, ``clipnorm``/``clipvalue``/
@@ -16,9 +18,8 @@ with an elementwise activation. The wrappers add to the traced training step, be
 - in the backward pass of each recurrent layer (``SimpleRNN``/``LSTM``/``GRU`` with a fixed
   sequence length): ||dL/dx_t|| at every time step of its input (`_sequence_wrapper`).
 
-The results stay in variables until `read`, one device-to-host copy per record. Other steps
-run the ``tf.cond``'s empty branch. `uninstall` removes every wrapper; the callback then
-drops the traced functions so that the next ``fit`` traces the model as it was.
+The results stay in variables until `read`, one device-to-host copy per record.
+`uninstall` removes every wrapper.
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ class KerasProbe:
         self._index = {id(v): i for i, v in enumerate(self.vars)}
         self._by_path = {str(v.path): i for i, v in enumerate(self.vars)}
         n = len(self.vars)
-        self.flag = tf.Variable(False, trainable=False, name="gradwatch_record")
         self._grad = tf.Variable(tf.zeros(4 * n, tf.float64), trainable=False, name="gradwatch_grads")
         self._weight = tf.Variable(tf.zeros(2 * n, tf.float64), trainable=False, name="gradwatch_weights")
         self._snaps = (
@@ -133,9 +133,9 @@ class KerasProbe:
         def wrapped(grads: Any, trainable_variables: Any = None) -> Any:
             grads = list(grads)
             tvars = list(trainable_variables) if trainable_variables is not None else list(optimizer._trainable_variables)
-            self._guarded(lambda: _when(self.flag, lambda: self._before(optimizer, grads, tvars)))
+            self._guarded(lambda: self._before(optimizer, grads, tvars))
             out = apply(grads, trainable_variables)
-            self._guarded(lambda: _when(self.flag, self._after))
+            self._guarded(self._after)
             return out
 
         return wrapped
@@ -182,21 +182,19 @@ class KerasProbe:
     def _call_wrapper(self, call: Callable[..., Any], site: str, spec: str) -> Callable[..., Any]:
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             y = call(*args, **kwargs)
-            self._guarded(lambda: _when(self.flag, lambda: self._site_stats(site, spec, y)))
+            self._guarded(lambda: self._site_stats(site, spec, y))
             return y
 
         return wrapped
 
     def _sequence_wrapper(self, call: Callable[..., Any], layer: Any, var: Any) -> Callable[..., Any]:
         """A recurrent layer's input passed through an identity whose gradient function takes
-        ||dL/dx_t|| at every time step (over batch and features) on recording steps.
+        ||dL/dx_t|| at every time step (over batch and features).
 
         The identity also takes the layer's input kernel, so that the tape records it when
         the input is data (which it does not watch); its gradient to the kernel is zero, which
         leaves the kernel's gradient bit for bit as it was."""
         import tensorflow as tf
-
-        flag = self.flag
 
         def wrapped(sequences: Any, *args: Any, **kwargs: Any) -> Any:
             kernel = layer.cell.kernel
@@ -204,12 +202,9 @@ class KerasProbe:
             @tf.custom_gradient
             def through(x: Any, k: Any) -> Any:
                 def grad(dy: Any) -> Any:
-                    def norms() -> None:
-                        g = tf.cast(dy, tf.float64)
-                        var.assign(tf.sqrt(tf.reduce_sum(tf.square(g), axis=[0, 2])))
-
-                    _when(flag, norms)
-                    return dy, tf.zeros_like(k)
+                    g = tf.cast(dy, tf.float64)
+                    with tf.control_dependencies([var.assign(tf.sqrt(tf.reduce_sum(tf.square(g), axis=[0, 2])))]):
+                        return tf.identity(dy), tf.zeros_like(k)
 
                 return tf.identity(x), grad
 
@@ -244,9 +239,6 @@ class KerasProbe:
         self._site_vars[site].assign(tf.stack(values))
 
     # -- reading ----------------------------------------------------------------------------
-    def set_recording(self, on: bool) -> None:
-        self.flag.assign(on)
-
     def read(self) -> dict[str, np.ndarray]:
         """This record's numbers on the host, in one copy."""
         import tensorflow as tf
@@ -293,17 +285,6 @@ def derivative(spec: str, y: Any) -> Any:
     lo, hi = (0.0, 1.0) if name == "hardsigmoid" else (float(params.get("min_val", -1.0)), float(params.get("max_val", 1.0)))
     slope = 1.0 / 6.0 if name == "hardsigmoid" else 1.0
     return tf.cast((y > lo) & (y < hi), tf.float32) * slope
-
-
-def _when(flag: Any, fn: Callable[[], None]) -> None:
-    """Run `fn`'s ops only when `flag` holds (a ``tf.cond``; eagerly, a plain ``if``)."""
-    import tensorflow as tf
-
-    def yes() -> Any:
-        fn()
-        return tf.constant(True)
-
-    tf.cond(tf.convert_to_tensor(flag), yes, lambda: tf.constant(False))
 
 
 def _time_steps(layer: Any) -> int | None:

@@ -74,12 +74,10 @@ class KerasRecorder(Recorder):
         return self._initial_facts
 
     # -- the driver's events ------------------------------------------------------------------
-    def begin_step(self) -> None:
-        """Before the training step `step_count`: turn the in-graph statistics on if it is recorded."""
-        due = self.due(self.step_count) and self.probe.failed is None
-        if due != self._recording:
-            self.probe.set_recording(due)
-            self._recording = due
+    def begin_step(self) -> bool:
+        """Before the training step `step_count`: whether it is recorded (run with the probe in it)."""
+        self._recording = self.due(self.step_count) and self.probe.failed is None
+        return self._recording
 
     def end_step(self, loss: float | None) -> None:
         """After the training step: keep its loss, write its record if it was recorded, advance."""
@@ -92,10 +90,8 @@ class KerasRecorder(Recorder):
         if self._recording and self.stopped is None:
             with self._guard(n):
                 self._record(n)
+        self._recording = False
         self.step_count = n + 1
-        if self._recording and not self.due(self.step_count):
-            self.probe.set_recording(False)
-            self._recording = False
 
     def _record(self, n: int) -> None:
         host = self.probe.read()  # the one device-to-host copy of this record
