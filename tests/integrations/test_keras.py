@@ -93,6 +93,25 @@ def test_clipnorm_is_measured_as_the_optimizer_applies_it() -> None:
     assert np.all(norms[0] <= np.sqrt(2) * 1e-3 * (1 + 1e-5))
 
 
+def test_each_steps_loss_is_the_loss_of_its_batch_at_the_weights_it_started_from() -> None:
+    x, y = circles(96)
+    model = mlp(1, 8, "tanh")
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="binary_crossentropy", jit_compile=False)
+
+    seen: list[list[np.ndarray]] = []  # the weights each step starts from
+    starts = keras.callbacks.LambdaCallback(on_train_batch_begin=lambda batch, logs: seen.append(model.get_weights()))
+    cb = GradwatchCallback(every=100, verbose=False)
+    model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[starts, cb])
+    recorded = cb.recorder.timeline.losses.column("loss", "loss")
+    assert len(recorded) == len(seen) == 6
+    probe = mlp(1, 8, "tanh")
+    for step, weights in enumerate(seen):
+        probe.set_weights(weights)
+        batch = slice(32 * (step % 3), 32 * (step % 3 + 1))
+        expected = keras.losses.binary_crossentropy(y[batch, None], probe(x[batch])).numpy().mean()
+        assert recorded[step] == pytest.approx(expected, rel=1e-4), step
+
+
 def test_watching_does_not_change_training() -> None:
     x, y = circles(128)
     weights = []
@@ -230,4 +249,7 @@ def test_bad_arguments_are_refused_with_the_reason() -> None:
     cb.set_model(mlp(1, 4, "relu"))  # never compiled
     with pytest.raises(gw.GradwatchValueError, match=r"needs a compiled model \(model.compile\(optimizer=...\)\)"):
         cb.on_train_begin()
+    weightless = keras.Sequential([keras.Input((3,)), keras.layers.Activation("relu")], name="bare")
+    with pytest.raises(gw.GradwatchValueError, match="the Keras model 'bare' has no weights, so there are no gradients to watch"):
+        build_anatomy(weightless)
 

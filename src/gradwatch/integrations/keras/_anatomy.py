@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from gradwatch._errors import GradwatchValueError
 from gradwatch.anatomy import Anatomy, Layer, Structure
 from gradwatch.anatomy._graph import Graph
 from gradwatch.anatomy.activations import keras_spec
@@ -176,7 +177,7 @@ def build_anatomy(model: Any) -> tuple[Anatomy, dict[str, list[Any]]]:
         layers.append(entry)
         variables[name] = trainable
     if not layers:
-        raise ValueError(f"the Keras model {model.name!r} has no weights, so there are no gradients to watch")
+        raise GradwatchValueError(f"the Keras model {model.name!r} has no weights, so there are no gradients to watch")
     return Anatomy(layers, model_type=type(model).__name__), variables
 
 
