@@ -30,7 +30,7 @@ def test_a_typo_in_a_kind_lists_the_choices() -> None:
 def test_import_needs_only_torch_and_numpy() -> None:
     code = (
         "import sys, gradwatch, gradwatch.integrations, gradwatch.integrations.distributed; "
-        "bad = [m for m in ('matplotlib', 'rich', 'lightning', 'transformers', 'sklearn', 'pytorch_lightning') if m in sys.modules]; "
+        "bad = [m for m in ('matplotlib', 'rich', 'lightning', 'transformers', 'sklearn', 'pytorch_lightning', 'keras', 'tensorflow') if m in sys.modules]; "
         "print(','.join(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -74,6 +74,10 @@ class Recorder:
         rank: this process's rank in a distributed run (0 otherwise).
     """
 
+    _fprobe: ForwardProbe | None
+    _order: FirstForward | None
+    _log: JsonlLog | None
+
     def __init__(
         self,
         model: nn.Module,
@@ -102,31 +106,14 @@ class Recorder:
             model = inner  # type: ignore[assignment]
             activations = False
         self.model = model
-        self.anatomy = Anatomy.from_module(model)
-        if not self.anatomy.trainable:
-            raise GradwatchValueError(
-                f"every parameter of the model ({type(model).__name__}) is frozen "
-                "(requires_grad=False), so there are no gradients to watch"
-            )
-        self.schedule = as_schedule(every)
-        self.every = every if isinstance(every, int) else None
-        self.timeline = Timeline(capacity=capacity)
-        self.step_count = 0
-        self.updates = updates
-        self.optimizer_name = optimizer_name
-        self.no_gradient_message = no_gradient_message
-        self.stopped: str | None = None  # why recording stopped (a measurement failed), if it did
-        self._probe: GradientProbe | None = None
-        # the record under way: its transfer, and its gradient snapshot once read
-        self._transfer: Transfer | None = None
-        self._snap: GradSnapshot | None = None
-        self._grads_after = False  # this step's gradients are read after the optimizer step
-        self._losses: list[tuple[int, torch.Tensor | float]] = []
-        self._order: FirstForward | None = None
-        self._closed = False
-        self._started = False
-        self._structure: dict[str, Any] | None = None  # the model's structure at the first record
-        self._log: JsonlLog | None = None
+        self._setup(
+            Anatomy.from_module(model),
+            every=every,
+            updates=updates,
+            capacity=capacity,
+            optimizer_name=optimizer_name,
+            no_gradient_message=no_gradient_message,
+        )
         self._fprobe = ForwardProbe(model) if activations else None
         # Every rank records (under FSDP2 the records are collective; under DDP every rank
         # holds the same gradients), but one file is written, by rank zero.
@@ -139,6 +126,51 @@ class Recorder:
         except BaseException:
             self.close()
             raise
+
+    def _setup(
+        self,
+        anatomy: Anatomy,
+        *,
+        every: int | Schedule,
+        updates: bool,
+        capacity: int,
+        optimizer_name: str | None,
+        no_gradient_message: str,
+    ) -> None:
+        """The framework-neutral state: schedule, Timeline, losses, log (opened by the caller).
+
+        A driver for another framework (`gradwatch.integrations.keras`) subclasses Recorder,
+        calls this with its own anatomy instead of `__init__`, and hands finished records to
+        `_assemble`.
+        """
+        self.anatomy = anatomy
+        if not self.anatomy.trainable:
+            raise GradwatchValueError(
+                f"every parameter of the model ({anatomy.model_type}) is frozen "
+                "(requires_grad=False), so there are no gradients to watch"
+            )
+        self.schedule = as_schedule(every)
+        self.every = every if isinstance(every, int) else None
+        self.timeline = Timeline(capacity=capacity)
+        self.step_count = 0
+        self.updates = updates
+        self.optimizer_name = optimizer_name
+        self.no_gradient_message = no_gradient_message
+        #: further header settings of a driver (the framework it watches), written with the rest
+        self.settings_extra: dict[str, Any] = {}
+        self.stopped: str | None = None  # why recording stopped (a measurement failed), if it did
+        self._probe: GradientProbe | None = None
+        # the record under way: its transfer, and its gradient snapshot once read
+        self._transfer: Transfer | None = None
+        self._snap: GradSnapshot | None = None
+        self._grads_after = False  # this step's gradients are read after the optimizer step
+        self._losses: list[tuple[int, torch.Tensor | float]] = []
+        self._order = None
+        self._fprobe = None
+        self._closed = False
+        self._started = False
+        self._structure: dict[str, Any] | None = None  # the model's structure at the first record
+        self._log = None
 
     # -- events: the driver calls these --------------------------------------------------
     def add_loss(self, loss: torch.Tensor | float, step: int | None = None) -> None:
@@ -261,14 +293,27 @@ class Recorder:
         losses = self._queue_losses(transfer, upto=n)
         host = transfer.fetch()  # the one device-to-host copy of this record
         layers = probe.summarise(host, snap)
+        fields = self._fprobe.summarise(host, layout) if self._fprobe is not None else {}
+        self._assemble(n, layers, losses, host, fields)
+
+    def _assemble(
+        self,
+        n: int,
+        layers: dict[str, np.ndarray],
+        losses: list[tuple[int, str]],
+        host: dict[str, np.ndarray],
+        fields: dict[str, Any],
+    ) -> None:
+        """Write the record of step `n`: per-layer metrics (arrays over the Timeline's layers),
+        the losses queued by `_queue_losses` and read back in `host`, and further record
+        fields (``values``, ``profiles``, ``sites``: docs/log-format.md)."""
         record: dict[str, Any] = {
             "type": "record",
             "step": n,
             "losses": _mean_per_step(losses, host),
             "layers": {k: [float(x) for x in v] for k, v in layers.items()},
         }
-        if self._fprobe is not None:
-            record.update(self._fprobe.summarise(host, layout))
+        record.update(fields)
         self._emit(record)
 
     def _start(self) -> GradientProbe:
@@ -283,11 +328,16 @@ class Recorder:
         return self._probe
 
     # -- the log and the Timeline -----------------------------------------------------------
-    def _write_header(self) -> None:
-        self._started = True
+    def _structure_facts(self) -> dict[str, Any]:
+        """The model's structure for the log header (`explain.structure_facts`, which also
+        fills the anatomy's per-layer facts); a driver for another framework reads its own."""
         from gradwatch.explain import structure_facts
 
-        facts = structure_facts(self.model, self.anatomy)  # also fills anatomy extras
+        return structure_facts(self.model, self.anatomy)
+
+    def _write_header(self) -> None:
+        self._started = True
+        facts = self._structure_facts()
         if self._structure is None:  # a resumed run keeps the facts of the initial model
             self._structure = facts
         if self._log is None:
@@ -299,6 +349,7 @@ class Recorder:
             "activations": self._fprobe is not None,
             "capacity": self.timeline.records.capacity,
             "loss_capacity": self.timeline.losses.capacity,
+            **self.settings_extra,
         }
         self._log.write(log_header(settings, list(self.timeline.layers), self.anatomy.to_dict(), self._structure))
 

@@ -28,6 +28,7 @@ __all__ = [
     "function_spec",
     "is_activation",
     "is_saturating",
+    "keras_spec",
     "module_spec",
     "parse_spec",
     "peak_derivative",
@@ -270,3 +271,33 @@ def function_spec(fn_name: str, args: Sequence[Any] = (), kwargs: Mapping[str, A
         if isinstance(v, int | float | str)
     }
     return format_spec(name, params)
+
+
+#: Keras's names for activations (``keras.activations.*``, the ``activation=`` strings) where
+#: they differ from the vocabulary above; the rest (``relu``, ``sigmoid``, ``tanh``...) agree.
+_KERAS_NAMES = {
+    "hard_sigmoid": "hardsigmoid",
+    "hard_silu": "hardswish",
+    "hard_swish": "hardswish",
+    "swish": "silu",
+    "hard_tanh": "hardtanh",
+}
+#: Keras's defaults where they differ from PyTorch's (`keras.activations.leaky_relu`: 0.2).
+_KERAS_DEFAULTS: dict[str, dict[str, Any]] = {"leaky_relu": {"negative_slope": 0.2}}
+
+
+def keras_spec(name: str, params: Mapping[str, Any] | None = None) -> str | None:
+    """The spec of a Keras activation by its name (``Dense(activation="hard_sigmoid")``,
+    ``keras.activations.gelu``...), with the parameters that shape it; None when it is not
+    an elementwise activation gradwatch knows (``softmax``, ``exponential``).
+
+    ``keras_spec("linear")`` is None too: no activation. A ``gelu`` is Keras's exact one
+    unless ``approximate=True`` is given.
+    """
+    name = _KERAS_NAMES.get(name, name)
+    if name not in ACTIVATION_FAMILIES or name == "linear":
+        return None
+    merged = {**_KERAS_DEFAULTS.get(name, {}), **(params or {})}
+    if name == "gelu":
+        merged = {"approximate": "tanh" if merged.get("approximate") else "none"}
+    return format_spec(name, merged)

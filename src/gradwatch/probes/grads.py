@@ -296,26 +296,44 @@ class GradientProbe:
                     if nonfinite[i] > 0:
                         continue
                 norm[i] = math.sqrt(_whole_sum(g, lambda t: t.double().square().sum()))
-        # A parameter counts when its gradient was measured (count_nonzero is never NaN).
-        has = ~np.isnan(nonzero)
-        counted = np.bincount(self.layer_of, weights=np.where(has, self.numel, 0.0), minlength=n_layers)
-        none = counted == 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            grad_norm = np.sqrt(_sum(self.layer_of, np.where(has, norm**2, 0.0), n_layers))
-            grad_max = _max(self.layer_of, np.where(has, maxabs, -np.inf), n_layers)
-            zeros = _sum(self.layer_of, np.where(has, self.numel - nonzero, 0.0), n_layers)
-            out = {
-                "grad_norm": np.where(none, np.nan, grad_norm),
-                "grad_rms": np.where(none, np.nan, grad_norm / np.sqrt(counted)),
-                "grad_max": np.where(none, np.nan, grad_max),
-                "grad_zero_frac": np.where(none, np.nan, zeros / counted),
-                "grad_nonfinite": np.where(none, np.nan, _sum(self.layer_of, nonfinite, n_layers)),
-                "weight_norm": np.sqrt(_sum(self.layer_of, wnorm**2, n_layers)),
-            }
-            update = np.sqrt(_sum(self.layer_of, unorm**2, n_layers))
-            out["update_norm"] = update
-            out["update_ratio"] = update / out["weight_norm"]
-        return out
+        return per_layer(self.layer_of, self.numel, n_layers, norm, maxabs, nonzero, nonfinite, wnorm, unorm)
+
+
+def per_layer(
+    layer_of: np.ndarray,
+    numel: np.ndarray,
+    n_layers: int,
+    norm: np.ndarray,
+    maxabs: np.ndarray,
+    nonzero: np.ndarray,
+    nonfinite: np.ndarray,
+    wnorm: np.ndarray,
+    unorm: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The per-layer metrics of a record (docs/metrics.md) from per-parameter numbers:
+    `layer_of` (each parameter's layer index), `numel` (its entries), the L2 norms of its
+    gradient, weight and update, its gradient's max |g|, non-zero and non-finite counts
+    (NaN for a parameter whose gradient was not measured). Shared by every framework."""
+    # A parameter counts when its gradient was measured (count_nonzero is never NaN).
+    has = ~np.isnan(nonzero)
+    counted = np.bincount(layer_of, weights=np.where(has, numel, 0.0), minlength=n_layers)
+    none = counted == 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        grad_norm = np.sqrt(_sum(layer_of, np.where(has, norm**2, 0.0), n_layers))
+        grad_max = _max(layer_of, np.where(has, maxabs, -np.inf), n_layers)
+        zeros = _sum(layer_of, np.where(has, numel - nonzero, 0.0), n_layers)
+        out = {
+            "grad_norm": np.where(none, np.nan, grad_norm),
+            "grad_rms": np.where(none, np.nan, grad_norm / np.sqrt(counted)),
+            "grad_max": np.where(none, np.nan, grad_max),
+            "grad_zero_frac": np.where(none, np.nan, zeros / counted),
+            "grad_nonfinite": np.where(none, np.nan, _sum(layer_of, nonfinite, n_layers)),
+            "weight_norm": np.sqrt(_sum(layer_of, wnorm**2, n_layers)),
+        }
+        update = np.sqrt(_sum(layer_of, unorm**2, n_layers))
+        out["update_norm"] = update
+        out["update_ratio"] = update / out["weight_norm"]
+    return out
 
 
 def _count_nonzero(gs: list[torch.Tensor]) -> torch.Tensor | np.ndarray:
