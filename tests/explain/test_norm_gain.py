@@ -8,6 +8,7 @@ branch whose last gain is 0).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -157,25 +158,19 @@ def test_fix_sets_the_named_gains_to_one_and_the_gradient_comes_back() -> None:
     assert float(first.norm()) > 1e-3 * float(head.norm())
 
 
-def _efficientnet(gain_one: bool) -> tuple[nn.Module, torch.Tensor]:
+def test_hugging_face_efficientnet_gains_from_n0_002_are_named_and_its_gain_one_twin_is_not() -> None:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.EfficientNetConfig(image_size=32, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=320, num_labels=3)
-    model = transformers.EfficientNetForImageClassification(cfg)
-    if gain_one:
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.weight.fill_(1.0)
-    return model, 0.3 * torch.randn(8, 3, 32, 32)
-
-
-def test_hugging_face_efficientnet_gains_from_n0_002_are_named_and_its_gain_one_twin_is_not() -> None:
-    model, x = _efficientnet(gain_one=False)
+    model, x = transformers.EfficientNetForImageClassification(cfg), 0.3 * torch.randn(2, 3, 32, 32)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in twin.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.fill_(1.0)
     c = causes(model, x)[CauseKind.NORM_GAIN_TOO_SMALL]
     assert c.evidence["norm_eps"] == 1e-3 and c.evidence["decades"] < -10
     assert all(isinstance(model.get_submodule(n), nn.BatchNorm2d) for n in c.layers)
-    twin, x = _efficientnet(gain_one=True)
     assert CauseKind.NORM_GAIN_TOO_SMALL not in causes(twin, x)
 
 
