@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python benchmarks/zoo.py                 # all 69 models, ~5 min on 2 CPU cores
     PYTHONPATH=src python benchmarks/zoo.py --only MobileNetV2 --steps 40
+    PYTHONPATH=src python benchmarks/zoo.py --only EfficientNet --only MobileViT --fix
 
 Each model is built from a small config (random weights, nothing downloaded: hidden size
 32-64, two layers, a vocabulary of 64, 16 tokens, 32x32 images, 50 ms of audio) and trained
@@ -36,8 +37,10 @@ checkpoints have: at d_model 32 and init std 0.02 the token embeddings are other
 drowned by unit-amplitude sinusoidal positions and both stay at the pattern's unigram
 loss). Some defaults do not train from scratch, and are kept as runs gradwatch should
 name: MobileNetV1's classifier dropout of 0.999, EfficientNet's and MobileViT's
-BatchNorm weights drawn from N(0, 0.02) (1e-34 of the gradient reaches the stem),
-MobileBERT's un-normalised layers at std 0.02.
+BatchNorm weights drawn from N(0, 0.02) (the signal falls under the norms' eps, where they
+stop normalising: `norm_gain_too_small`), MobileBERT's un-normalised layers at std 0.02.
+With ``--fix``, each run whose loss did not fall is trained again from the model `gw.fix`
+makes out of its ``every=4`` diagnosis.
 
 Printed: one row per model, then the crashes, the runs not bit-identical, and the runs
 whose loss fell but which drew a warning or an error (false alarms). torchvision is not
@@ -288,14 +291,19 @@ def batch_at(entry: Entry, step: int) -> Batch:
     return entry.task(torch.Generator().manual_seed(SEED * 100_003 + step))
 
 
-def train(entry: Entry, steps: int, mode: str) -> tuple[list[float], Diagnosis | None, Diagnosis | None]:
+def train(
+    entry: Entry, steps: int, mode: str, repair: Diagnosis | None = None
+) -> tuple[list[float], Diagnosis | None, Diagnosis | None]:
     """One training run from the seed; mode is ``plain``, ``inspect+every4``, ``every4`` or ``defaults``.
 
     Returns the loss of every step, inspect's diagnosis (``inspect+every4`` only) and the
-    watcher's (None unwatched).
+    watcher's (None unwatched). With `repair`, the model `gw.fix` makes from it is trained
+    (a ``plain`` run).
     """
     seed_everything(SEED)
     model = entry.build()
+    if repair is not None:
+        model = gw.fix(model, repair, example_input=batch_at(entry, 0)).model
     model.train()
     pre = gw.inspect(model, batch_at(entry, 0)) if mode == "inspect+every4" else None
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -341,6 +349,7 @@ class Row:
     every4: list[str] = field(default_factory=list)
     defaults: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    fixed: str = ""
 
     @property
     def alarms(self) -> bool:
@@ -348,8 +357,10 @@ class Row:
         return any(not s.endswith(":info") for s in self.inspect + self.every4 + self.defaults)
 
 
-def run_one(entry: Entry, steps: int) -> Row:
-    """The three runs of one model (four if one is not bit-identical), and what they found."""
+def run_one(entry: Entry, steps: int, repair: bool = False) -> Row:
+    """The three runs of one model (four if one is not bit-identical), and what they found;
+    with `repair`, a run that did not learn is trained again as `gw.fix` repairs it from the
+    diagnosis of the ``every=4`` run."""
     row = Row(entry.name, entry.kind, steps)
     t0 = time.perf_counter()
     try:
@@ -378,6 +389,10 @@ def run_one(entry: Entry, steps: int) -> Row:
             if f.severity != gw.Severity.INFO:
                 ev = ", ".join(f"{k}={v:.3g}" for k, v in list(f.evidence.items())[:6])
                 row.messages.append(f"{label}: {f.kind}:{f.severity} {f.layers[:3]} — {f.message} [{ev}]")
+    if repair and not row.learned and d4 is not None and not d4.healthy:
+        fixed, _, _ = train(entry, steps, "plain", repair=d4)
+        k = max(steps // 10, 1)
+        row.fixed = f"{np.mean(fixed[:5]):.3f}>{np.mean(fixed[-k:]):.3f} {'fell' if fell(fixed) else 'did NOT fall'}"
     return row
 
 
@@ -386,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", default=None, metavar="NAME", help="only these models (repeatable)")
     ap.add_argument("--steps", type=int, default=150, help="training steps per run (default 150)")
     ap.add_argument("--verbose", action="store_true", help="print every warning's message and evidence")
+    ap.add_argument("--fix", action="store_true", help="train the runs that did not learn again, as gw.fix repairs them")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
@@ -403,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     t0 = time.perf_counter()
     for entry in entries:
-        r = run_one(entry, args.steps)
+        r = run_one(entry, args.steps, repair=args.fix)
         rows.append(r)
         if r.crash:
             print(f"{r.name:<16} {r.kind:<10} {r.steps:>5} {r.seconds:>5.0f} CRASH {r.crash}")
@@ -414,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{'yes' if r.learned else 'NO':<4} {'yes' if r.identical else 'NO':<4}  "
                 f"{ins} | {', '.join(r.every4) or '-'} | {', '.join(r.defaults) or '-'}"
             )
+        if r.fixed:
+            print(f"    after gw.fix: loss {r.fixed}")
         if args.verbose or r.crash or not r.identical:
             for m in r.messages:
                 print("    " + m.replace("\n", "\n    "))

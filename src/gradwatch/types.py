@@ -122,6 +122,7 @@ class CauseKind(_StrEnum):
     INPUT_NOT_STANDARDISED = "input_not_standardised"  # inputs far from mean 0, variance 1
     TARGET_OUT_OF_RANGE = "target_out_of_range"  # targets a bounded output activation cannot produce
     TARGET_SCALE = "target_scale"  # regression targets orders of magnitude beyond the output's scale
+    NORM_GAIN_TOO_SMALL = "norm_gain_too_small"  # normalisation gains that leave the signal under their eps
 
 
 @dataclass

@@ -14,7 +14,12 @@ from torch import nn
 from gradwatch.anatomy._graph import is_norm_module
 from gradwatch.anatomy.map import LayerFacts, transposed_fan_in
 
-__all__ = ["recurrent_facts", "weight_facts"]
+__all__ = ["norm_facts", "recurrent_facts", "weight_facts"]
+
+#: PyTorch's own normalisations, whose forward is ``gain * (x - mean) / sqrt(var + eps) + shift``
+#: (RMSNorm: without the mean): their gain is ``weight`` and their floor ``eps``. Other
+#: ``*Norm`` classes may scale by something else (Gemma's RMSNorm by ``1 + weight``).
+_KNOWN_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
 
 def weight_facts(module: nn.Module) -> LayerFacts:
@@ -51,6 +56,23 @@ def weight_facts(module: nn.Module) -> LayerFacts:
         elif isinstance(b, torch.Tensor) and b.dim() == 1 and not is_norm_module(module):
             facts["sigma_b2"] = float(b.detach().float().pow(2).mean())
     return facts
+
+
+def norm_facts(module: nn.Module) -> LayerFacts:
+    """For one of PyTorch's normalisations: ``norm_gain``, the root mean square of its gain
+    (1 without one), and ``norm_eps``, the constant added to the variance it divides by.
+    Empty for any other module."""
+    if not isinstance(module, _KNOWN_NORMS):
+        return {}
+    w = getattr(module, "weight", None)
+    eps = getattr(module, "eps", None)
+    if eps is None:  # nn.RMSNorm(eps=None): the machine epsilon of the input's dtype
+        eps = torch.finfo(w.dtype if isinstance(w, torch.Tensor) else torch.get_default_dtype()).eps
+    gain = 1.0
+    if isinstance(w, torch.Tensor) and w.numel():
+        with torch.no_grad():
+            gain = float(w.detach().float().pow(2).mean().sqrt())
+    return {"norm_gain": gain, "norm_eps": float(eps)}
 
 
 def recurrent_facts(module: nn.Module) -> LayerFacts:

@@ -52,6 +52,8 @@ class LayerFacts(TypedDict, total=False):
     hh_radius: float
     hh_norm: float
     keep_bias_max: float
+    norm_gain: float
+    norm_eps: float
     tied_uses: dict[str, int | None]
     tied_head: int
     input_group: int

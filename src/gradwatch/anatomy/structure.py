@@ -23,9 +23,10 @@ plus, where they apply, ``cell`` (``rnn``/``lstm``/``gru``), ``hh_radius`` and
 weights, the largest over stacked layers and directions), ``keep_bias_max`` (for an
 LSTM or GRU: the largest bias of the gate that keeps the state — an LSTM's forget gate,
 a GRU's update gate ``z`` — ``b_ih + b_hh`` over units, stacked layers and directions)
-and ``bias_ratio_q`` (the
+``bias_ratio_q`` (the
 deciles of ``b_i / ||W_i||`` over units: how far each unit's bias sits from zero in
-units of its weight row's norm).
+units of its weight row's norm) and, for PyTorch's own normalisations, ``norm_gain`` (the
+root mean square of the gain) and ``norm_eps`` (the constant added to the variance).
 
 It returns a `Structure` with the model-level facts: the longest chain of layers
 without a skip, the skip connections and normalisations found, the recurrent layers.
@@ -43,7 +44,7 @@ import torch
 from torch import nn
 
 from gradwatch._errors import GradwatchTypeError
-from gradwatch.anatomy._facts import recurrent_facts, weight_facts
+from gradwatch.anatomy._facts import norm_facts, recurrent_facts, weight_facts
 from gradwatch.anatomy._graph import (
     Graph,
     build_fx,
@@ -313,6 +314,7 @@ def analyse(model: nn.Module, example_input: Any = None, anatomy: Anatomy | None
         module = modules[layer.name] if layer.name != ROOT else model
         extra = layer.extra
         extra.update(weight_facts(module))
+        extra.update(norm_facts(module))
         extra.setdefault("activation", None)
         extra.setdefault("norm", None)
         extra.setdefault("skip", False)

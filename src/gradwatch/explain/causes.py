@@ -16,6 +16,7 @@ and in docs/causes.md.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from gradwatch.explain.theory import (
     chain_layer,
     critical_sigma_w2,
     gains,
+    moments,
 )
 from gradwatch.probes.activations import SATURATION_FRACTION
 from gradwatch.record import Timeline
@@ -372,6 +374,120 @@ def no_normalization(ctx: Context) -> Cause | None:
             f"scale, which theory predicts changes by about {d:.0f} decades across them"
         ),
         remedy="add BatchNorm (or LayerNorm) after each hidden Linear/Conv layer, before its activation",
+    )
+
+
+def _norm_units(ctx: Context) -> list[tuple[Layer, Layer]]:
+    """Every (weight layer, the normalisation right after it), in execution order (registration
+    order where the forward pass was not seen).
+
+    Weight layers without a normalisation after them (a squeeze-excitation gate, a head)
+    are stepped over. Empty when not even the modules' order was read.
+    """
+    if ctx.structure.method not in ("fx", "trace", "sequential", "modules"):
+        return []
+    layers = sorted(ctx.anatomy.layers, key=lambda x: (x.order is None, x.order or 0))
+    return [
+        (w, n)
+        for w, n in itertools.pairwise(layers)
+        if _is_weight_layer(w) and w.extra.get("norm") and "norm_gain" in n.extra
+    ]
+
+
+def _unit(w: Layer, n: Layer, q: float, gain: float) -> tuple[float, float]:
+    """One unit, input mean square `q`: ``(v / eps, the next unit's input mean square)``.
+
+    The weight layer makes a pre-normalisation variance ``v = sigma_w^2 q``; the normalisation
+    outputs ``gain^2 v / (v + eps)``, which the activation after it maps on (`theory.moments`).
+    """
+    v = weight_scale(w) * q
+    eps = float(n.extra["norm_eps"])
+    m = gain * gain * (v / (v + eps) if eps > 0 else 1.0)
+    try:
+        q = moments(activation(w.extra.get("activation")), m)[0]
+    except GradwatchValueError:  # an activation the theory does not know: taken as linear
+        q = m
+    return (v / eps if eps > 0 else math.inf), q
+
+
+def _floored(units: list[tuple[Layer, Layer]], q0: float, gains: list[float]) -> tuple[float, list[float]]:
+    """Mean-field pass over the units: log10 of the smallest floor factor ``sqrt(v / (v + eps))``
+    of a normalisation on the main path (how far the signal falls under a floor), and every
+    main-path unit's ``v / eps``.
+
+    Units inside a residual branch (weight layer ``skip``) run from the stream's mean square
+    q; the stream after them is ``q + q_branch`` (independent signals add their variances),
+    so a branch whose last gain is 0 (a zero-initialised residual) leaves it as it was. A
+    gain of exactly 0 is taken to end such a branch where the skips were not seen (no trace):
+    a draw never gives all zeros, only a zero-initialised residual does.
+    """
+    q, stream = q0, None
+    ratios: list[float] = []
+    for (w, n), g in zip(units, gains, strict=True):
+        if w.extra.get("skip") or g == 0.0:
+            if stream is None:
+                stream = q
+            _, q = _unit(w, n, q, g)
+            continue
+        if stream is not None:
+            q, stream = stream + q, None
+        r, q = _unit(w, n, q, g)
+        ratios.append(r)
+    low = min(ratios, default=math.inf)
+    if not math.isfinite(low):
+        return 0.0, ratios
+    return 0.5 * _decades(low / (1.0 + low)), ratios
+
+
+def norm_gain_too_small(ctx: Context) -> Cause | None:
+    """Normalisation gains so small that the signal falls below the normalisations' eps.
+
+    A normalisation divides by ``sqrt(var + eps)``. While the variance it sees is well above
+    eps it resets the signal's scale, and small gains cancel out along a chain: each passes
+    back ``gain / sqrt(var)`` and the next one's variance carries the same gain forward.
+    Below eps it divides by ``sqrt(eps)`` instead and stops normalising: a unit (weight
+    layer, normalisation, activation) then multiplies its input by about
+    ``gain * phi'(0) * sqrt(sigma_w^2 / eps)``, and when that is under 1 the signal and the
+    gradient (which goes back through the same factors) shrink geometrically along the
+    chain. A gain drawn from N(0, 0.02) instead of 1 does that with eps = 1e-3.
+
+    Fires when, along the model's units (`_norm_units`, `_floored`), a normalisation's input
+    is predicted to sit more than `DECADES` decades (of its standard deviation) under its
+    floor, and with every gain below 1 set to 1 none would.
+    """
+    units = _norm_units(ctx)
+    if len(units) < 2:
+        return None
+    gains = [float(n.extra["norm_gain"]) for _, n in units]
+    d, ratios = _floored(units, ctx.q0, gains)
+    if d > -DECADES:
+        return None
+    fixed, _ = _floored(units, ctx.q0, [max(g, 1.0) for g in gains])
+    if fixed <= -DECADES:
+        return None  # the weights, not the gains, keep the signal under the floor
+    small = [n for _, n in units if float(n.extra["norm_gain"]) < 1.0]
+    gain = float(np.sqrt(np.mean([float(n.extra["norm_gain"]) ** 2 for n in small])))
+    eps = float(np.median([float(n.extra["norm_eps"]) for _, n in units]))
+    under = sum(1 for r in ratios if r < 1.0)
+    return Cause(
+        kind=CauseKind.NORM_GAIN_TOO_SMALL,
+        score=_score(d),
+        layers=[n.name for n in small],
+        evidence={
+            "norm_gain": gain,
+            "norm_eps": eps,
+            "units": float(len(ratios)),
+            "under_eps": float(under),
+            "decades": d,
+            "decades_at_unit_gain": fixed,
+        },
+        message=(
+            f"{len(small)} normalisation gains of RMS {gain:.3g}: along a chain of {len(ratios)} normalised layers "
+            f"the signal falls under the normalisations' eps ({eps:.3g}) at {under} of them, where they stop "
+            f"normalising; the signal is predicted to fall to 1e{d:+.0f} of its floor, and the gradient "
+            "shrinks by the same factors on its way back"
+        ),
+        remedy="initialise normalisation gains at 1 and shifts at 0 (nn.init.ones_(norm.weight), nn.init.zeros_(norm.bias))",
     )
 
 
@@ -910,6 +1026,7 @@ CAUSES: list[Callable[[Context], Cause | None]] = [
     keep_gate_closed,
     step_size_too_large,
     init_mismatch,
+    norm_gain_too_small,
     depth_without_skip,
     no_normalization,
 ]

@@ -143,6 +143,16 @@ def choose(
             # (no initialisation starts a model confidently wrong about every input).
             kinds = [CauseKind.STEP_SIZE_TOO_LARGE, *(k for k in kinds if k != CauseKind.STEP_SIZE_TOO_LARGE)]
         messages = {c.kind: c.message for c in ranked}
+        gains = next((c for c in ranked if c.kind == CauseKind.NORM_GAIN_TOO_SMALL and c.layers), None)
+        if gains is not None and (not kinds or kinds[0] == gains.kind or Remedy.INIT in plan.remedies):
+            # the gains it names go to 1 (`init` re-draws them): a change a dry run of
+            # `init` without them would not see; the weights only if another cause asks
+            if Remedy.INIT in plan.remedies:
+                norms = plan.options.setdefault(Remedy.INIT, {}).setdefault("norms", [])
+                norms.extend(n for n in gains.layers if n not in norms)
+            else:
+                plan.add(Remedy.INIT, f"{finding.kind}: {gains.message}", norms=list(gains.layers), layers=[])
+            continue
         if any(r in plan.remedies for k in kinds for r in remedies_for(k, order)):
             if finding.kind in (Kind.EXPLODING_GRADIENT, Kind.NONFINITE_GRADIENT) and Remedy.LR in plan.remedies:
                 plan.clip = True

@@ -66,6 +66,7 @@ from gradwatch.types import Change
 __all__ = [
     "BIAS_RMS_LIMIT",
     "DEFAULT_DEPTH",
+    "NORM_REASON",
     "REASON",
     "SCALE_TOLERANCE",
     "chain_depth",
@@ -216,11 +217,32 @@ def chain_depth(order: Order) -> int:
     return max(n, 2)
 
 
+#: Why `transform` re-draws normalisation gains (`explain.causes.norm_gain_too_small`).
+NORM_REASON = (
+    "a normalisation divides by sqrt(var + eps): gains far under 1 leave the variance under eps, where "
+    "it stops normalising and each layer shrinks the signal and the gradient"
+)
+
+
+def _norm_gain(name: str, m: nn.Module) -> Change | None:
+    """Gain 1 and shift 0 for a normalisation module whose affine weight is not all ones already."""
+    w, b = getattr(m, "weight", None), getattr(m, "bias", None)
+    if not isinstance(w, nn.Parameter) or not w.requires_grad or bool((w.detach() == 1).all()):
+        return None
+    was = float(w.detach().double().pow(2).mean().sqrt())
+    with torch.no_grad():
+        w.fill_(1.0)
+        if isinstance(b, nn.Parameter) and b.requires_grad:
+            b.zero_()
+    return Change(kind="init", target=name, description=f"{name}: gain re-drawn at 1 (RMS {was:.3g} -> 1), shift 0", reason=NORM_REASON)
+
+
 def transform(
     model: nn.Module,
     *,
     example_input: Any = None,
     layers: Collection[str] | None = None,
+    norms: Collection[str] = (),
     reason: str = REASON,
     force: bool = False,
     inplace: bool = False,
@@ -234,6 +256,8 @@ def transform(
             A model with lazy modules that have not run yet needs one (their weights
             do not exist until a forward pass creates them).
         layers: only these module names (default: every layer).
+        norms: normalisation modules whose gains are set to 1 and shifts to 0 (the layers
+            `norm_gain_too_small` names); a frozen or tied one is left alone.
         force: also re-draw Linear/convolution layers whose scale matches but whose values
             are trained ones (a weight mean off zero, non-zero biases): weights trained for
             another activation carry its structure, not only its scale — a layer trained
@@ -274,5 +298,10 @@ def transform(
             # the older weight_norm — so drawing into it would change nothing)
             change = _feedforward(op.name, m, order.next_activation(op.name), reason, depth, force)
         if change is not None:
+            changes.append(change)
+    modules = dict(new.named_modules())
+    for name in norms:
+        m = modules.get(name)
+        if m is not None and redrawable(m, tied) and (change := _norm_gain(name, m)) is not None:
             changes.append(change)
     return new, changes

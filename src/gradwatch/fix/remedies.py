@@ -67,6 +67,7 @@ CAUSE_REMEDIES: dict[CauseKind, tuple[Remedy, ...]] = {
     CauseKind.SATURATING_ACTIVATIONS: (Remedy.ACTIVATIONS, Remedy.NORM, Remedy.RESIDUAL),
     CauseKind.INIT_MISMATCH: (Remedy.INIT, Remedy.NORM),
     CauseKind.DEAD_RELU_BIAS: (Remedy.INIT, Remedy.NORM),
+    CauseKind.NORM_GAIN_TOO_SMALL: (Remedy.INIT,),  # the gains it names, at 1 (`init.transform(norms=...)`)
     CauseKind.VANILLA_RNN_LONG_SEQUENCE: (Remedy.RECURRENT, Remedy.INIT),
     CauseKind.KEEP_GATE_CLOSED: (Remedy.INIT,),
     CauseKind.STEP_SIZE_TOO_LARGE: (Remedy.LR,),

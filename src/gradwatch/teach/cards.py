@@ -413,6 +413,28 @@ _CARDS: list[Card] = [
         side="vanishing",
     ),
     Card(
+        key=_C.NORM_GAIN_TOO_SMALL,
+        title="Normalisation gain too small",
+        what="BatchNorm/LayerNorm gains initialised far under 1, so the signal falls under the "
+        "normalisations' eps and they stop normalising.",
+        where="A config that draws normalisation weights like other weights, from N(0, 0.02) "
+        "(Hugging Face's EfficientNet and MobileViT), with eps = 1e-3 or 1e-5.",
+        math="A normalisation divides by sqrt(var + eps). Above eps a small gain cancels out along a "
+        "chain; below it each layer passes gain * phi'(0) * sqrt(sigma_w^2 / eps) of its input: "
+        "0.02 * 0.5 * sqrt(0.005 / 1e-3) = 0.02 per layer, 1e-29 over 20 layers, and the gradient "
+        "shrinks by the same factors.",
+        symptoms=("vanishing_gradient from the first step", "flat_loss at chance"),
+        fix_torch=_LINEAR_SNIPPET_HEAD
+        + "model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, eps=1e-3), nn.SiLU())\n"
+        "for m in model.modules():\n"
+        "    if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):\n"
+        "        nn.init.ones_(m.weight)\n"
+        "        nn.init.zeros_(m.bias)\n",
+        fix_keras="keras.layers.BatchNormalization(gamma_initializer='ones') (the default); "
+        "LayerNormalization likewise.",
+        side="vanishing",
+    ),
+    Card(
         key=_C.STEP_SIZE_TOO_LARGE,
         title="Step size too large",
         what="Each update is large next to the weights it changes.",
