@@ -48,10 +48,11 @@ __all__ = ["CAUSES", "Context", "find_causes"]
 #: A predicted change of the gradient norm by this many decades is a problem: 1e-3 is the
 #: first-to-last ratio AutoTrainer (and our vanishing detector) calls vanishing.
 DECADES = 3.0
-#: The same for a predicted *growth*: 1e2, where the exploding-gradient detector draws
-#: its line (`Thresholds.explode_ratio`). An early layer that gets 100x the head's
-#: relative gradient overshoots under SGD long before one at 1e-3 of it stops learning.
-EXPLODE_DECADES = 2.0
+#: The same for a predicted *growth* along a plain chain: a decade, where the
+#: exploding-gradient detector calls such a chain's growth the chaotic phase or a growing
+#: signal (`Thresholds.chaotic_decades`). An early layer that gets 10x the head's gradient
+#: overshoots under SGD long before one at 1e-3 of it stops learning.
+EXPLODE_DECADES = Thresholds().chaotic_decades
 #: Plain nets deeper than this train worse than shallower ones even at a critical
 #: initialisation (He et al. 2016: plain 20-layer nets train, deeper plain ones degrade;
 #: Balduzzi et al. 2017: gradients of plain nets decorrelate like 2^-L).
@@ -112,7 +113,8 @@ SATURATED_SHARE = Thresholds.saturated_frac
 #: reached: the output layer's weights must grow by that factor, and the gradient that
 #: pulls them is that many times larger than the one its step size was set for (it throws
 #: the weights far: the loss rises or overflows) or, under a step of fixed size (Adam),
-#: takes that many times longer. Two decades, as for an exploding gradient (`EXPLODE_DECADES`).
+#: takes that many times longer. Two decades, where the exploding-gradient detector draws its
+#: line through depth (`Thresholds.explode_ratio`).
 TARGET_DECADES = 2.0
 #: A loss whose smoothed minimum stays above this share of its start has not fallen.
 LOSS_NOT_FALLEN = 0.5
