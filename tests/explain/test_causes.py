@@ -261,3 +261,33 @@ def test_vanilla_rnn_sequence_length_from_a_watched_run() -> None:
     assert len(w.timeline.profiles.get("grad_t/rnn")[-1][1]) == 60
     c = {c.kind: c for c in w.diagnose().causes}[CauseKind.VANILLA_RNN_LONG_SEQUENCE]
     assert c.evidence["seq_len"] == 60
+
+
+def _watched_orthogonal(steps: int, nonlinearity: str = "tanh") -> gw.Diagnosis:
+    """A vanilla RNN over 100 steps with W_hh orthogonal (radius 1: rho^T stays level), watched."""
+    torch.manual_seed(0)
+    model = Recurrent(nn.RNN)
+    model.rnn = nn.RNN(2, 32, batch_first=True, nonlinearity=nonlinearity)
+    nn.init.orthogonal_(model.rnn.weight_hh_l0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gw.watch(model, every=1) as w:
+        for _ in range(steps):
+            loss = model(torch.randn(8, 100, 2) * 2.0).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            w.step(loss=loss)
+            opt.step()
+    return w.diagnose()
+
+
+def test_an_orthogonal_tanh_rnn_is_named_from_its_measured_reach() -> None:
+    # radius 1: the structure alone predicts no vanishing, but tanh's slope is under 1 off 0
+    # and W_hh's largest singular value is 1, so no step can grow the gradient through time
+    d = _watched_orthogonal(4)
+    c = {c.kind: c for c in d.causes}[CauseKind.VANILLA_RNN_LONG_SEQUENCE]
+    assert c.evidence["spectral_radius"] == pytest.approx(1.0, abs=1e-4)
+    assert c.evidence["decades"] <= -3 and "measured, it falls by about" in c.message
+    assert "IRNN" in c.remedy and "orthogonal" not in c.remedy
+    # an IRNN-like ReLU layer is not bound to shrink (its slope is 1 where it is on)
+    relu = _watched_orthogonal(4, nonlinearity="relu")
+    assert CauseKind.VANILLA_RNN_LONG_SEQUENCE not in {c.kind for c in relu.causes}

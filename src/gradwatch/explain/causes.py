@@ -25,9 +25,10 @@ import numpy as np
 
 from gradwatch._errors import GradwatchValueError
 from gradwatch.anatomy import Anatomy, Layer
-from gradwatch.anatomy.activations import family, parse_spec
-from gradwatch.anatomy.map import weight_scale
+from gradwatch.anatomy.activations import family, parse_spec, peak_derivative
+from gradwatch.anatomy.map import LayerFacts, weight_scale
 from gradwatch.anatomy.structure import Structure
+from gradwatch.detect._signals import nanmedian, recent_rows, time_reach
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.explain.targets import Targets, read_targets
 from gradwatch.explain.theory import (
@@ -498,10 +499,14 @@ def vanilla_rnn_long_sequence(ctx: Context) -> Cause | None:
 
     The gradient through time multiplies ``W_hh^T diag(phi')`` per step, so its size goes
     like ``rho^T`` (rho the spectral radius of W_hh; phi' <= 1 only makes it smaller);
-    Pascanu et al. (2013): largest singular value below 1/gamma guarantees vanishing.
+    Pascanu et al. (2013): largest singular value below 1/gamma guarantees vanishing. With
+    rho ~ 1 (an orthogonal W_hh) rho^T stays level, yet a saturating layer within that
+    condition can only lose gradient at each step: in a watched run its measured reach
+    through time, when under `DECADES`, names the cause.
     """
     found: list[tuple[float, Layer]] = []
     t_of: dict[str, int] = {}
+    measured = _measured_reach(ctx)
     for layer in ctx.anatomy.layers:
         e = layer.extra
         if not e.get("recurrent") or e.get("cell") != "rnn":
@@ -511,13 +516,18 @@ def vanilla_rnn_long_sequence(ctx: Context) -> Cause | None:
             continue
         d = (t - 1) * _decades(rho)
         t_of[layer.name] = int(t)
+        if abs(d) < DECADES and _only_shrinks(e) and measured.get(layer.name, 0.0) <= -DECADES:
+            # rho ~ 1 (an orthogonal W_hh) keeps rho^T level, but no step can grow the
+            # gradient and a saturating slope shrinks it at every step: the measured reach
+            d = measured[layer.name]
         if abs(d) >= DECADES:
             found.append((d, layer))
     if not found:
         return None
     d, layer = max(found, key=lambda x: abs(x[0]))
     e = layer.extra
-    gamma = 0.25 if e.get("activation") == "sigmoid" else 1.0
+    gamma = peak_derivative(str(e.get("activation") or "tanh"))
+    by_slope = abs((t_of[layer.name] - 1) * _decades(float(e["hh_radius"]))) < DECADES
     return Cause(
         kind=CauseKind.VANILLA_RNN_LONG_SEQUENCE,
         score=_score(d),
@@ -530,18 +540,50 @@ def vanilla_rnn_long_sequence(ctx: Context) -> Cause | None:
             "decades": d,
         },
         message=(
-            f"a vanilla RNN ('{layer.name}') over {t_of[layer.name]} steps: with W_hh's spectral radius "
+            f"a vanilla RNN ('{layer.name}') over {t_of[layer.name]} steps: "
             + (
-                f"{e['hh_radius']:.3g}, the gradient through time vanishes by about 1e{d:+.0f} from the "
-                "last step to the first"
+                f"W_hh's largest singular value is {e['hh_norm']:.3g}, at most 1/{gamma:.3g} (the {e.get('activation')} "
+                "slope's peak), so no step can grow the gradient through time and every step off the slope's "
+                f"peak shrinks it: measured, it falls by about 1e{d:+.0f} from the last step to the first"
+                if by_slope
+                else f"with W_hh's spectral radius {e['hh_radius']:.3g}, the gradient through time vanishes by "
+                f"about 1e{d:+.0f} from the last step to the first"
                 if d < 0
-                else f"{e['hh_radius']:.3g}, the gradient through time can grow by up to about 1e{d:+.0f} from "
-                "the last step to the first (the activation's slope, at most 1, only shrinks it): it cannot "
-                "stay near 1 over the sequence"
+                else f"with W_hh's spectral radius {e['hh_radius']:.3g}, the gradient through time can grow by up "
+                f"to about 1e{d:+.0f} from the last step to the first (the activation's slope, at most 1, only "
+                "shrinks it): it cannot stay near 1 over the sequence"
             )
         ),
-        remedy="use nn.LSTM or nn.GRU; or initialise W_hh orthogonal (or as the identity with ReLU, IRNN) and clip gradients",
+        remedy=(
+            "use nn.LSTM or nn.GRU (gates that can hold the state), or an IRNN: a ReLU RNN with W_hh the identity"
+            if by_slope
+            else "use nn.LSTM or nn.GRU; or initialise W_hh orthogonal (or as the identity with ReLU, IRNN) and clip gradients"
+        ),
     )
+
+
+def _only_shrinks(facts: LayerFacts) -> bool:
+    """A vanilla RNN whose step can only shrink the gradient through time: a saturating
+    activation (slope under its peak everywhere but at 0) and W_hh's largest singular value
+    at most 1/gamma, gamma that peak — Pascanu et al.'s (2013) condition for vanishing."""
+    act = facts.get("activation")
+    if act not in ("tanh", "sigmoid"):
+        return False
+    gamma = peak_derivative(act)
+    return float(facts.get("hh_norm", math.inf)) <= (1.0 + 1e-3) / gamma
+
+
+def _measured_reach(ctx: Context) -> dict[str, float]:
+    """Per recurrent module of a watched run: the reach through time (log10) over its
+    recent records, as the vanishing-through-time rule reads it."""
+    if ctx.timeline is None:
+        return {}
+    th = Thresholds()
+    return {
+        name: float(nanmedian(recent_rows(reach, th.persist)))
+        for name, (_, reach) in time_reach(ctx.timeline, th).items()
+        if np.isfinite(reach).any()
+    }
 
 
 def _seq_len(ctx: Context, layer: Layer) -> int | None:
