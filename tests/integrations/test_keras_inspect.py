@@ -44,7 +44,7 @@ def tape_norms(model: keras.Model, x: object) -> dict[str, float]:
         k = len(layer.trainable_weights)
         if k:
             gs = grads[at : at + k]
-            out[layer.name] = math.sqrt(sum(float(np.sum(g.numpy().astype(np.float64) ** 2)) for g in gs))
+            out[layer.name] = math.sqrt(sum(float(np.sum(tf.convert_to_tensor(g).numpy().astype(np.float64) ** 2)) for g in gs))
             at += k
     return out
 
@@ -106,6 +106,20 @@ def test_functional_model_with_a_skip_and_batchnorm() -> None:
     expected = tape_norms(model, x)
     for name, norm in expected.items():
         assert by[name].measured_grad_norm == pytest.approx(norm, rel=1e-5), name
+
+
+def test_recurrent_layers_and_an_embedding_on_integer_input() -> None:
+    fresh()
+    model = keras.Sequential(
+        [keras.Input((12,), dtype="int32"), keras.layers.Embedding(20, 8), keras.layers.LSTM(8), keras.layers.Dense(1)]
+    )
+    x = np.random.default_rng(0).integers(0, 20, (6, 12)).astype("int32")
+    d = gw.inspect(model, x)
+    by = {r.name: r for r in d.layers}
+    assert by["lstm"].extra["recurrent"] and by["lstm"].extra["seq_len"] == 12
+    for name, norm in tape_norms(model, x).items():  # the embedding's gradient comes as IndexedSlices
+        assert by[name].measured_grad_norm == pytest.approx(norm, rel=1e-5), name
+    assert any("not a Dense layer" in n for n in d.notes)
 
 
 def test_bad_arguments_say_what_to_do() -> None:
