@@ -78,6 +78,22 @@ def test_deep_sigmoid_vanishes_and_theory_predicts_every_layer() -> None:
     assert "structure read by sequential" in d.notes
 
 
+def test_an_output_activation_is_applied_and_the_layers_are_left_unwrapped() -> None:
+    fresh()
+    hidden = [keras.layers.Dense(32, activation="tanh") for _ in range(5)]
+    model = keras.Sequential([keras.Input((16,)), *hidden, keras.layers.Dense(8, activation="sigmoid")])
+    x = batch()
+    d = gw.inspect(model, x)
+    by = {r.name: r for r in d.layers}
+    for name, norm in tape_norms(model, x).items():  # a wrong output (activation lost) would change them all
+        assert by[name].measured_grad_norm == pytest.approx(norm, rel=1e-5), name
+    for r in d.layers:
+        assert r.predicted_grad_norm is not None and r.measured_grad_norm is not None
+        assert abs(math.log10(r.predicted_grad_norm / r.measured_grad_norm)) < 0.3, r.name
+    assert all("call" not in vars(layer) for layer in model.layers)
+    assert model.layers[-1].activation is keras.activations.sigmoid
+
+
 def test_healthy_relu_he_net_draws_nothing() -> None:
     d = gw.inspect(mlp(8, "relu", init="he_normal"), batch())
     assert not above_info(d) and d.healthy
