@@ -84,8 +84,11 @@ def _default_loss(output: Any) -> torch.Tensor:
     )
 
 
-def _chain_for_theory(anatomy: Anatomy, structure: Structure) -> tuple[list[str] | None, str]:
-    """The layers of a plain chain of Linear layers covering the whole model, or None and why not."""
+def _chain_for_theory(
+    anatomy: Anatomy, structure: Structure, kinds: tuple[str, ...] = ("Linear",)
+) -> tuple[list[str] | None, str]:
+    """The layers of a plain chain of Linear layers (of a type in `kinds`: Keras's are ``Dense``)
+    covering the whole model, or None and why not."""
     if not structure.sees_skips:
         return None, "the model's dataflow could not be traced"
     chain = structure.chain
@@ -97,8 +100,8 @@ def _chain_for_theory(anatomy: Anatomy, structure: Structure) -> tuple[list[str]
     for i, name in enumerate(chain):
         layer = anatomy[name]
         e = layer.extra
-        if layer.type != "Linear" or e.get("sigma_w2") is None:
-            return None, f"'{name}' is a {layer.type}, not a Linear layer"
+        if layer.type not in kinds or e.get("sigma_w2") is None:
+            return None, f"'{name}' is a {layer.type}, not a {' or '.join(kinds)} layer"
         if e.get("norm") or e.get("skip"):
             return None, f"'{name}' has a normalisation or a skip connection"
         if i + 1 < len(chain) and structure.successors.get(name) != [chain[i + 1]]:
@@ -136,7 +139,8 @@ def inspect(
     """Static analysis, one probing forward/backward pass, and theory, before training.
 
     Args:
-        model: any ``nn.Module`` (third-party ones included).
+        model: any ``nn.Module`` (third-party ones included), or a Keras 3 model on the
+            TensorFlow backend (see docs/keras.md).
         example_input: a tensor (``model(x)``), a tuple of positional arguments or a dict of
             keyword arguments (``model(**batch)``, Hugging Face style). A real batch gives
             the most faithful answer; its size matters for the absolute gradient norms.
@@ -153,6 +157,14 @@ def inspect(
     Raises:
         ModelError: the model failed on the example input (names the module and its input shapes).
     """
+    if type(model).__module__.startswith("keras"):
+        # a Keras model: read by the Keras integration, imported only now (it imports keras)
+        from gradwatch.integrations.keras._inspect import inspect_keras
+
+        d = inspect_keras(model, example_input, loss_fn)
+        if jacobian:
+            d.notes.append("Jacobian spectrum skipped: it is computed for torch models only")
+        return d
     model = unwrap(model)  # type: ignore[assignment]  # a torch.compile wrapper: its module
     if not isinstance(model, nn.Module):
         raise GradwatchTypeError(
