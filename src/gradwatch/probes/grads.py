@@ -51,8 +51,6 @@ _GroupKey = tuple[torch.device, torch.dtype]
 _Layout = tuple[list[int], list[np.ndarray], list[np.ndarray] | None, dict[str, tuple[np.ndarray, list[int]]]]
 #: Below this, a float32 gradient norm may have lost entries to underflow (see `summarise`).
 _UNDERFLOW = 1e-15
-#: dtypes whose CPU tensors numpy reads in place (numpy has no bfloat16)
-_NUMPY_FLOATS = frozenset({torch.float16, torch.float32, torch.float64})
 
 
 @dataclass
@@ -336,19 +334,10 @@ def per_layer(
     return out
 
 
-def _count_nonzero(gs: list[torch.Tensor]) -> torch.Tensor | np.ndarray:
-    """The number of non-zero entries (NaN counts, -0.0 does not) of each tensor of one group.
-
-    On the CPU, numpy's vectorised ``!= 0`` and its count of a boolean array take about a
-    third of the time of ``torch.count_nonzero`` (which tests entry by entry); elsewhere
-    the counts stay on the device. Both are exact; float64 keeps counts exact past 2**24.
-    """
-    g0 = gs[0]
-    if g0.device.type == "cpu" and g0.dtype in _NUMPY_FLOATS:
-        try:
-            return np.asarray([np.count_nonzero(g.detach().numpy() != 0) for g in gs], dtype=np.float64)
-        except (RuntimeError, TypeError):  # a tensor numpy cannot view (a lazy negation, a subclass)
-            pass
+def _count_nonzero(gs: list[torch.Tensor]) -> torch.Tensor:
+    """The number of non-zero entries (NaN counts, -0.0 does not) of each tensor of one group,
+    on its device; float64 keeps counts exact past 2**24. (CPU float32/float64 tensors are
+    counted by `_cpu.grad_stats` instead.)"""
     return torch.stack([torch.count_nonzero(g) for g in gs]).double()
 
 
