@@ -339,6 +339,12 @@ def site_values(timeline: Timeline, metric: str) -> tuple[list[str], np.ndarray]
     return names, values
 
 
+def site_series(timeline: Timeline, metric: str, site: str) -> np.ndarray | None:
+    """One site's values of `metric`, one per record (NaN where missing); None if never measured."""
+    names, values = site_values(timeline, metric)
+    return values[:, names.index(site)] if site in names else None
+
+
 def fill_pooled(values: np.ndarray) -> np.ndarray:
     """A ``[records, sites]`` metric some records of which pool the ones before them (NaN
     there: `act_dead_frac` of steps with too few outputs per unit), each gap given the value

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from gradwatch.anatomy import Anatomy
-from gradwatch.detect._signals import episode, nanmedian, num, recent_rows, site_values, step_at
+from gradwatch.detect._signals import episode, nanmedian, num, recent_rows, site_series, step_at
 from gradwatch.detect.loss import LossStatus, loss_view
 from gradwatch.detect.severity import escaping, raised
 from gradwatch.detect.thresholds import Thresholds
@@ -26,10 +26,9 @@ from gradwatch.types import Finding, Kind, Severity
 
 def constant_output(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Finding]:
     """Output spread below `th.output_spread`, persistently."""
-    names, values = site_values(timeline, "output_spread")
-    if "output" not in names:
+    spread = site_series(timeline, "output_spread", "output")
+    if spread is None:
         return []
-    spread = values[:, names.index("output")]
     with np.errstate(invalid="ignore"):
         start = episode(spread < th.output_spread, th.persist)
     if start is None:

@@ -29,7 +29,7 @@ from gradwatch.detect._signals import (
     num,
     quiet_numpy,
     recent_rows,
-    site_values,
+    site_series,
     step_at,
     tied,
     time_profiles,
@@ -209,12 +209,12 @@ def _growing_signal(timeline: Timeline, anatomy: Anatomy, th: Thresholds, chain:
     grows = 0.5 * float(np.sum(np.log10(chi)))
     if not (bool(np.all(chi > 1.0)) and grows > th.chaotic_decades):
         return []
-    outs, out_rms = site_values(timeline, "output_rms")
-    ins, in_rms = site_values(timeline, "input_rms")
-    if "output" not in outs or "input" not in ins:
+    out_rms = site_series(timeline, "output_rms", "output")
+    in_rms = site_series(timeline, "input_rms", "input")
+    if out_rms is None or in_rms is None:
         return []
     with quiet_numpy():
-        forward = float(np.log10(out_rms[0, outs.index("output")] / in_rms[0, ins.index("input")]))
+        forward = float(np.log10(out_rms[0] / in_rms[0]))
     if not forward > th.chaotic_decades:
         return []
     loss = loss_view(timeline, anatomy, th)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from gradwatch.anatomy import Anatomy
-from gradwatch.detect._signals import num, site_values
+from gradwatch.detect._signals import num, site_series
 from gradwatch.detect.loss import LossStatus, loss_view
 from gradwatch.detect.severity import escaping
 from gradwatch.detect.thresholds import Thresholds
@@ -69,8 +69,8 @@ def flat_loss(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> list[Find
 
 def _spread_rising(timeline: Timeline, th: Thresholds) -> float | None:
     """`severity.escaping` of the output's spread across the batch, if it was recorded."""
-    names, values = site_values(timeline, "output_spread")
-    if "output" not in names:
+    spread = site_series(timeline, "output_spread", "output")
+    if spread is None:
         return None
     with np.errstate(divide="ignore", invalid="ignore"):
-        return escaping(np.log10(values[:, names.index("output")]), th)
+        return escaping(np.log10(spread), th)

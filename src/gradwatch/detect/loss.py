@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradwatch.anatomy import Anatomy
-from gradwatch.detect._signals import num, recent_rows, site_values
+from gradwatch.detect._signals import num, recent_rows, site_series
 from gradwatch.detect.thresholds import Thresholds
 from gradwatch.record import Timeline
 from gradwatch.types import _StrEnum
@@ -305,10 +305,10 @@ def loss_view(timeline: Timeline, anatomy: Anatomy, th: Thresholds) -> LossView:
 
 def _constant_output(timeline: Timeline, th: Thresholds) -> bool:
     """The output spread below `th.output_spread` on each of the last `th.persist` records."""
-    names, values = site_values(timeline, "output_spread")
-    if "output" not in names:
+    spread = site_series(timeline, "output_spread", "output")
+    if spread is None:
         return False
-    recent = recent_rows(values[:, names.index("output")], th.persist)
+    recent = recent_rows(spread, th.persist)
     with np.errstate(invalid="ignore"):
         return len(recent) >= th.persist and bool(np.all(recent < th.output_spread))
 
@@ -326,10 +326,9 @@ def _confidently_wrong(timeline: Timeline, first: float, chance: float | None, t
     """
     if chance is None or not first > (1 + th.chance_tolerance) * chance:
         return False
-    names, rms = site_values(timeline, "output_rms")
-    if "output" not in names:
+    s = site_series(timeline, "output_rms", "output")
+    if s is None:
         return False
-    s = rms[:, names.index("output")]
     s = s[np.isfinite(s)]
     return bool(len(s)) and first <= chance + float(s[0]) * (math.sqrt(2 * chance) + 2)
 
