@@ -23,6 +23,7 @@ Accumulators stay on the device; nothing here syncs with the host.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +92,7 @@ def classify(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Activa
     act = ACTIVATIONS.get(func)
     if act is None or act.name != "hardtanh":
         return act
-    return _hardtanh(*_hard_bounds("hardtanh", args, kwargs))
+    return _hardtanh(*hard_bounds("hardtanh", args, kwargs))
 
 
 @functools.lru_cache(maxsize=64)
@@ -100,7 +101,8 @@ def _hardtanh(lo: float, hi: float) -> Activation:
     return Activation(parse_spec(spec)[0], measured_family(spec))
 
 
-def _hard_bounds(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[float, float]:
+def hard_bounds(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[float, float]:
+    """A hard activation's (lower, upper) bound, from its call's arguments (or a spec's parameters)."""
     if name == "hardsigmoid":
         return 0.0, 1.0
     lo = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
@@ -108,19 +110,25 @@ def _hard_bounds(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tu
     return float(lo), float(hi)
 
 
-def derivative(name: str, y: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-    """phi'(x) of a saturating activation, from its output y = phi(x)."""
-    y = y.float()
+def output_derivative(name: str, y: Any, bounds: Callable[[], tuple[float, float]], to_float: Callable[[Any], Any]) -> Any:
+    """phi'(x) of a saturating activation from its output y = phi(x), for any tensor with
+    arithmetic, ``abs`` and comparisons (torch's here, TensorFlow's in the Keras probe):
+    sigmoid y(1-y), tanh 1-y^2, softsign (1-|y|)^2, the hard ones their slope strictly
+    inside `bounds` (`to_float` turns that mask into numbers) and 0 at them."""
     if name == "sigmoid":
         return y * (1.0 - y)
     if name == "tanh":
         return 1.0 - y * y
     if name == "softsign":
-        return (1.0 - y.abs()) ** 2
-    lo, hi = _hard_bounds(name, args, kwargs)
-    inside = (y > lo) & (y < hi)
+        return (1.0 - abs(y)) ** 2
+    lo, hi = bounds()
     slope = 1.0 / 6.0 if name == "hardsigmoid" else 1.0
-    return inside.float() * slope
+    return to_float((y > lo) & (y < hi)) * slope
+
+
+def derivative(name: str, y: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    """phi'(x) of a saturating activation, from its output y = phi(x) (`output_derivative`)."""
+    return output_derivative(name, y.float(), lambda: hard_bounds(name, args, kwargs), lambda m: m.float())
 
 
 def unit_dim(y: torch.Tensor, channels_first: bool) -> int | None:

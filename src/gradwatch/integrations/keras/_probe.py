@@ -32,7 +32,13 @@ import numpy as np
 
 from gradwatch.anatomy.activations import parse_spec, peak_derivative
 from gradwatch.integrations.keras._anatomy import RECURRENT, activation_spec, leaf_layers
-from gradwatch.probes.activations import DEAD_MIN_OBSERVATIONS, SATURATION_FRACTION, measured_family
+from gradwatch.probes.activations import (
+    DEAD_MIN_OBSERVATIONS,
+    SATURATION_FRACTION,
+    hard_bounds,
+    measured_family,
+    output_derivative,
+)
 
 #: Per-site values kept in the site's variable, in this order (docs/metrics.md).
 SITE_METRICS = ("act_dead_frac", "act_zero_frac", "act_sat_frac", "act_mean_deriv")
@@ -271,20 +277,12 @@ class KerasProbe:
 
 
 def derivative(spec: str, y: Any) -> Any:
-    """phi'(x) of a saturating activation from its output y = phi(x), in TensorFlow (the same
-    formulas as `gradwatch.probes.activations.derivative` for torch tensors)."""
+    """phi'(x) of a saturating activation from its output y = phi(x), on TensorFlow tensors
+    (`gradwatch.probes.activations.output_derivative`)."""
     import tensorflow as tf
 
     name, params = parse_spec(spec)
-    if name == "sigmoid":
-        return y * (1.0 - y)
-    if name == "tanh":
-        return 1.0 - y * y
-    if name == "softsign":
-        return tf.square(1.0 - tf.abs(y))
-    lo, hi = (0.0, 1.0) if name == "hardsigmoid" else (float(params.get("min_val", -1.0)), float(params.get("max_val", 1.0)))
-    slope = 1.0 / 6.0 if name == "hardsigmoid" else 1.0
-    return tf.cast((y > lo) & (y < hi), tf.float32) * slope
+    return output_derivative(name, y, lambda: hard_bounds(name, (), params), lambda m: tf.cast(m, tf.float32))
 
 
 def _time_steps(layer: Any) -> int | None:
